@@ -1,0 +1,1 @@
+"""The tuning loop, builds, the tuning database, kernel export and the `tune` CLI."""

@@ -1,0 +1,96 @@
+"""`tune`: search a TVM schedule space for the kernel that is best for latency, energy or EDP."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from compiler.objective import OBJECTIVES, needs_energy
+
+DTYPES_FOR_TARGET = {"cuda": ("float16", "float32"), "llvm": ("float32",)}
+DEFAULT_SHAPE = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
+DEFAULT_DTYPE = {"cuda": "float16", "llvm": "float32"}
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def default_db() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "energy-tuner" / "tuning.sqlite"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tune", description=__doc__)
+    p.add_argument("--op", required=True, help="operator to tune (known: matmul)")
+    p.add_argument("--shape", help="M,N,K for matmul (default: 4096,4096,4096 on cuda, "
+                                   "256,256,256 on llvm)")
+    p.add_argument("--dtype", choices=("float16", "float32"),
+                   help="input dtype; accumulation and output are float32 (default: float16 on "
+                        "cuda, float32 on llvm; llvm supports float32 only)")
+    p.add_argument("--target", choices=("auto", "cuda", "llvm"), default="auto",
+                   help="auto: the first NVIDIA GPU that NVML and TVM see, else the CPU (llvm)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="latency",
+                   help="minimize latency (s), energy per call (J) or energy x delay (J*s); "
+                        "energy needs NVML on a GPU or readable RAPL counters on the CPU")
+    p.add_argument("--trials", type=int, default=64,
+                   help="candidates to measure for this workload and objective, counting those "
+                        "already in --db (re-running continues an interrupted tune)")
+    p.add_argument("--db", type=Path, default=default_db(),
+                   help=f"SQLite database of every measured candidate (default: {default_db()})")
+    p.add_argument("--export", type=Path, metavar="DIR",
+                   help="write the best kernel as a shared library and a JSON manifest here")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
+    return p
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"tune: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.trials < 1:
+            raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    except UsageError as err:
+        fail(str(err))
+    # TVM is imported only after the arguments are known to be sane: it takes seconds.
+    from compiler.database import DatabaseError, TuningDatabase
+    from compiler.target import TargetError, open_meter, resolve
+    from measure.meters import MeterError
+    from schedules import OpError, make_op
+
+    try:
+        plat = resolve(args.target)
+        dtype = args.dtype or DEFAULT_DTYPE[plat.kind]
+        if dtype not in DTYPES_FOR_TARGET[plat.kind]:
+            raise UsageError(f"dtype {dtype} is not supported on target {plat.kind} "
+                             f"(supported: {', '.join(DTYPES_FOR_TARGET[plat.kind])})")
+        op = make_op(args.op, args.shape or DEFAULT_SHAPE[plat.kind], dtype)
+        try:
+            meter, no_meter = open_meter(plat), None
+        except MeterError as err:
+            meter, no_meter = None, str(err)
+            if needs_energy(args.objective):
+                raise UsageError(f"--objective {args.objective} needs an energy meter, but {err}; "
+                                 "use --objective latency") from err
+        db = TuningDatabase(args.db)
+    except (UsageError, OpError, TargetError, DatabaseError) as err:
+        fail(str(err))
+    from compiler.session import run_session
+
+    return run_session(args, plat, op, meter, no_meter, db)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

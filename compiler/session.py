@@ -1,0 +1,68 @@
+"""One `tune` invocation after its input is validated: tune, summarize, export."""
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from compiler.database import TuningDatabase
+from compiler.export import export_kernel
+from compiler.report import LiveProgress, summary_table
+from compiler.search import Tuner, best
+from compiler.target import Platform
+from measure.meters import EnergyMeter
+from measure.runner import MeasureConfig, Runner
+from schedules import Op
+
+MEASURE_CONFIG = {
+    "cuda": MeasureConfig(),
+    "llvm": MeasureConfig(latency_repeats=5, latency_min_repeat_ms=5, energy_window_s=0.2),
+}
+
+
+def run_session(args: argparse.Namespace, plat: Platform, op: Op, meter: EnergyMeter | None,
+                no_meter: str | None, db: TuningDatabase) -> int:
+    out, err = Console(), Console(stderr=True)
+    err.print(f"{op.name} {op.shape_text()} {op.dtype} on {plat.device_name} ({plat.kind}), "
+              f"objective {args.objective}, {args.trials} trials, db {db.path}")
+    if meter is None:
+        err.print(f"energy: not measured ({no_meter})")
+    runner = Runner(op, plat.device, meter, MEASURE_CONFIG[plat.kind], seed=args.seed)
+    tuner = Tuner(op, plat, runner, db, args.objective, seed=args.seed)
+    done = sum(r.objective == args.objective for r in db.records(tuner.key))
+    if done:
+        err.print(f"resuming: {min(done, args.trials)} of {args.trials} trials already in the db")
+    try:
+        with LiveProgress(args.objective, args.trials, min(done, args.trials), err) as live:
+            result = tuner.tune(args.trials, on_record=live.update)
+    except KeyboardInterrupt:
+        err.print("interrupted: every measured candidate is in the db; "
+                  "re-run the same command to continue")
+        return 130
+    finally:
+        if meter is not None:
+            meter.close()
+        db.close()
+
+    s = result.stats
+    err.print(f"measured {s.measured} new candidates ({s.previous} before): {s.build_errors} build "
+              f"errors, {s.run_errors} run errors, {s.wrong} wrong results"
+              + ("; the search found no further new candidates" if s.exhausted else ""))
+    chosen = best(result.records, args.objective)
+    if chosen is None:
+        err.print("tune: no correct kernel was found; see the errors in the db")
+        return 1
+    rows = [(f"best {args.objective}", chosen)]
+    fastest = best(result.records, "latency")
+    if args.objective != "latency":
+        rows.append(("best latency", fastest))
+    out.print(summary_table(op, rows))
+    if chosen is not fastest:
+        out.print(f"trade-off: {chosen.latency_s / fastest.latency_s - 1:+.1%} latency, "
+                  + (f"{chosen.energy_j / fastest.energy_j - 1:+.1%} energy"
+                     if chosen.energy_j and fastest.energy_j else "energy not measured"))
+    if args.export:
+        manifest = export_kernel(op, plat.target, tuner.schedule(chosen), chosen,
+                                 args.objective, args.export)
+        out.print(f"exported {manifest.with_suffix('.so')} and {manifest}")
+    return 0

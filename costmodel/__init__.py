@@ -1,0 +1,5 @@
+"""Features of schedule candidates and learned models of their latency and energy."""
+from costmodel.features import candidate_features
+from costmodel.model import LatencyEnergyModel
+
+__all__ = ["candidate_features", "LatencyEnergyModel"]

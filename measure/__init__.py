@@ -1,0 +1,1 @@
+"""Running candidates on the device: correctness, latency and energy."""

@@ -1,0 +1,10 @@
+"""Operators and their TVM schedule spaces.
+
+`make_op` turns CLI input (op name, shape text, dtype) into an `Op`; `design_space` gives the
+MetaSchedule space generator for an op on a target.
+"""
+from schedules import matmul  # noqa: F401  registers the op
+from schedules.op import Op, OpError, make_op, OPS
+from schedules.space import design_space
+
+__all__ = ["Op", "OpError", "make_op", "OPS", "design_space"]
