@@ -24,8 +24,9 @@ def fmt_objective(objective: str, value: float | None) -> str:
 class LiveProgress:
     """Trials done, best so far in the objective, and the last candidate's latency and energy."""
 
-    def __init__(self, objective: str, total: int, done: int, console: Console) -> None:
-        self.objective, self.best = objective, None
+    def __init__(self, objective: str, total: int, done: int, console: Console,
+                 best: float | None = None) -> None:
+        self.objective, self.best, self.console, self.done = objective, best, console, done
         self.progress = Progress(TextColumn("[bold]tuning"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                                  console=console, transient=False)
@@ -49,6 +50,9 @@ class LiveProgress:
                 f", {fmt(record.energy_j, 1e3)} mJ" if record.energy_j is not None else "")
         status = f"best {self.objective} {fmt_objective(self.objective, self.best)} | {last}"
         self.progress.update(self.task, advance=1, status=status)
+        self.done += 1
+        if not self.console.is_terminal:  # logs get one line per trial instead of a live bar
+            self.console.print(f"trial {self.done}: {status}")
 
 
 def kernel_figures(op: Op, record: Record) -> dict[str, float | None]:

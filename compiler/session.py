@@ -7,6 +7,7 @@ from rich.console import Console
 
 from compiler.database import TuningDatabase
 from compiler.export import export_kernel
+from compiler.objective import objective_value
 from compiler.report import LiveProgress, summary_table
 from compiler.search import Tuner, best
 from compiler.target import Platform
@@ -29,11 +30,15 @@ def run_session(args: argparse.Namespace, plat: Platform, op: Op, meter: EnergyM
         err.print(f"energy: not measured ({no_meter})")
     runner = Runner(op, plat.device, meter, MEASURE_CONFIG[plat.kind], seed=args.seed)
     tuner = Tuner(op, plat, runner, db, args.objective, seed=args.seed)
-    done = sum(r.objective == args.objective for r in db.records(tuner.key))
+    previous = db.records(tuner.key)
+    done = min(args.trials, sum(r.objective == args.objective for r in previous))
     if done:
-        err.print(f"resuming: {min(done, args.trials)} of {args.trials} trials already in the db")
+        err.print(f"resuming: {done} of {args.trials} trials already in the db")
+    prior_best = best(previous, args.objective)
+    prior_value = objective_value(args.objective, prior_best.latency_s, prior_best.energy_j) \
+        if prior_best else None
     try:
-        with LiveProgress(args.objective, args.trials, min(done, args.trials), err) as live:
+        with LiveProgress(args.objective, args.trials, done, err, prior_value) as live:
             result = tuner.tune(args.trials, on_record=live.update)
     except KeyboardInterrupt:
         err.print("interrupted: every measured candidate is in the db; "

@@ -37,6 +37,6 @@ def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latenc
         power_w=power,
         power_cv=cv,
         sustained_latency_s=per_call,
-        windows=[{"calls": calls, "watts": r.watts, "span_s": r.seconds, "per_call_s": r.result}
-                 for r in readings],
+        windows=[{"calls": calls, "watts": r.watts, "span_s": r.seconds, "per_call_s": r.result,
+                  "ticks": len(r.ticks)} for r in readings],
     )

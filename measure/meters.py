@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -26,6 +26,7 @@ class PowerReading:
     watts: float
     seconds: float          # length of the span the power was integrated over
     result: float           # what `run` returned (per-call seconds of the batch)
+    ticks: list[tuple[float, int]] = field(default_factory=list)  # NVML (time, mJ) used
 
 
 class EnergyMeter(Protocol):
@@ -62,6 +63,12 @@ def _nvml_sampler(index: int, conn, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
+def busy_ticks(ticks: list[tuple[float, int]], t0: float, t1: float,
+               settle_s: float) -> list[tuple[float, int]]:
+    """Ticks strictly inside the busy interval: after the first launch has settled, before sync."""
+    return [t for t in ticks if t0 + settle_s < t[0] < t1]
+
+
 def power_from_ticks(ticks: list[tuple[float, int]]) -> tuple[float, float]:
     """Average watts and span seconds between the first and last counter tick (mJ counter)."""
     if len(ticks) < 2:
@@ -89,14 +96,18 @@ class NvmlMeter:
         if not self._conn.poll(60) or self._conn.recv() != "ready":
             raise MeterError("NVML sampler process did not start")
 
+    def ticks_between(self, t0: float, t1: float) -> list[tuple[float, int]]:
+        """All counter ticks the sampler saw between two time.monotonic() instants."""
+        self._conn.send((t0, t1))
+        return [tuple(t) for t in self._conn.recv()]
+
     def power_during(self, run: Callable[[], float]) -> PowerReading:
         t0 = time.monotonic()
         result = run()
         t1 = time.monotonic()
-        # ticks within the busy interval only: skip the launch of the first call
-        self._conn.send((t0 + self._settle_s, t1))
-        watts, span = power_from_ticks(self._conn.recv())
-        return PowerReading(watts, span, result)
+        ticks = busy_ticks(self.ticks_between(t0, t1), t0, t1, self._settle_s)
+        watts, span = power_from_ticks(ticks)
+        return PowerReading(watts, span, result, ticks)
 
     def device_state(self) -> dict:
         """Temperature, clocks and power limit: recorded next to every energy figure."""
