@@ -1,0 +1,62 @@
+"""Markdown table of a gpu_baseline.sh run: each tune's chosen kernel beside cuBLAS.
+
+    python experiments/summarize_baseline.py experiments/results/matmul4096_fp16_h200_2026-11-21
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from compiler.database import TuningDatabase
+from compiler.report import kernel_figures
+from compiler.search import best
+from schedules import make_op
+
+
+def load_records(path: Path):
+    with tempfile.TemporaryDirectory() as tmp:
+        db_path = Path(tmp) / "db.sqlite"
+        with gzip.open(path) as src, open(db_path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        db = TuningDatabase(db_path)
+        records = db.conn.execute("SELECT DISTINCT workload_key FROM candidates").fetchall()
+        out = [r for (key,) in records for r in db.records(key)]
+        db.close()
+    return out
+
+
+def row(label: str, f: dict) -> str:
+    cells = [f"{f['latency_ms']:.4f}", f"{f['energy_mj']:.1f}", f"{f['power_w']:.0f}",
+             f"{f['tflops']:.0f}", f"{f['gflop_per_j']:.0f}"]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def main(results: Path) -> None:
+    lines = ["| kernel | latency (ms) | energy/call (mJ) | avg power (W) | TFLOP/s | GFLOP/J |",
+             "|---|---|---|---|---|---|"]
+    for objective in ("latency", "energy"):
+        db_file = results / f"{objective}.sqlite.gz"
+        if not db_file.exists():
+            continue
+        records = load_records(db_file)
+        wl = records[0].workload
+        op = make_op(wl["op"], ",".join(str(v) for v in wl["shape"].values()), wl["dtype"])
+        chosen = best(records, objective)
+        ok = sum(r.status == "ok" for r in records)
+        lines.append(row(f"TVM, `--objective {objective}` (best of {ok} correct of "
+                         f"{len(records)}, db id {chosen.id})", kernel_figures(op, chosen)))
+        cublas = json.loads((results / f"cublas_{objective}.json").read_text())
+        for c in cublas:
+            figures = {"latency_ms": c["latency_s"] * 1e3, "energy_mj": c["energy_j"] * 1e3,
+                       "power_w": c["power_w"], "tflops": c["tflops"],
+                       "gflop_per_j": c["gflop_per_j"]}
+            lines.append(row(f"{c['kernel']} (same call)", figures))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
