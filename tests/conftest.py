@@ -1,0 +1,29 @@
+"""Shared fixtures: one real tiny tune on the llvm target, reused by several tests."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+TINY = ["--op", "matmul", "--shape", "64,64,64", "--target", "llvm", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tune(tmp_path_factory):
+    """Run `tune` for 8 trials of a 64^3 float32 matmul on llvm; return (db path, export dir, rc)."""
+    from compiler.cli import main
+
+    work = tmp_path_factory.mktemp("tiny")
+    db, export = work / "tune.sqlite", work / "export"
+    rc = main([*TINY, "--trials", "8", "--db", str(db), "--export", str(export)])
+    return db, export, rc
+
+
+@pytest.fixture(scope="session")
+def gpu_records() -> list[dict]:
+    """The 128 candidates measured on an H200 (see tests/data/README.md)."""
+    with gzip.open(DATA / "h200_matmul4096_fp16_records.jsonl.gz", "rt") as f:
+        return [json.loads(line) for line in f]

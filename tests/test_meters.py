@@ -1,0 +1,82 @@
+"""Meters and the energy protocol: RAPL on a fake powercap tree, NVML on a recorded H200 trace."""
+import json
+
+import pytest
+
+from measure.energy import measure_energy
+from measure.meters import MeterError, RaplMeter, busy_ticks, power_from_ticks
+from tests.conftest import DATA
+
+
+def fake_powercap(root, packages):
+    """intel-rapl:N package domains (plus a sub-domain that must be ignored)."""
+    for i, (energy, max_range) in enumerate(packages):
+        d = root / f"intel-rapl:{i}"
+        d.mkdir(parents=True)
+        (d / "energy_uj").write_text(str(energy))
+        (d / "max_energy_range_uj").write_text(str(max_range))
+        sub = root / f"intel-rapl:{i}:0"
+        sub.mkdir()
+        (sub / "energy_uj").write_text("0")
+    return root
+
+
+def advance(root, index, energy):
+    (root / f"intel-rapl:{index}" / "energy_uj").write_text(str(energy))
+
+
+def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
+    root = fake_powercap(tmp_path, [(1_000_000, 10_000_000), (9_900_000, 10_000_000)])
+    meter = RaplMeter(root)
+
+    def run():
+        advance(root, 0, 3_000_000)       # +2 J
+        advance(root, 1, 900_000)         # wrapped: +1 J
+        return 0.001
+
+    reading = meter.power_during(run)
+    assert reading.result == 0.001
+    assert reading.watts * reading.seconds == pytest.approx(3.0, rel=1e-9)
+
+
+def test_rapl_missing_tree_says_why(tmp_path):
+    with pytest.raises(MeterError, match="no RAPL energy counters"):
+        RaplMeter(tmp_path / "absent")
+
+
+def test_measure_energy_protocol_with_rapl(tmp_path):
+    """Energy per call = mean window power x per-call time; calls sized to fill the window."""
+    root = fake_powercap(tmp_path, [(0, 2**40)])
+    meter = RaplMeter(root)
+    state = {"energy_uj": 0, "calls": []}
+
+    def run_batch(calls):
+        state["calls"].append(calls)
+        state["energy_uj"] += calls * 50_000   # 50 mJ per call
+        advance(root, 0, state["energy_uj"])
+        return 0.002                            # 2 ms per call
+
+    result = measure_energy(meter, run_batch, latency_s=0.002, window_s=0.2, windows=3)
+    assert state["calls"] == [100, 100, 100]
+    joules = [w["watts"] * w["span_s"] for w in result.windows]
+    assert joules == pytest.approx([5.0, 5.0, 5.0])
+    assert result.energy_j == pytest.approx(result.power_w * 0.002)
+    assert result.sustained_latency_s == 0.002
+
+
+def test_nvml_window_alignment_on_recorded_h200_trace():
+    trace = json.loads((DATA / "h200_nvml_ticks_cublas4096.json").read_text())
+    ticks = [tuple(t) for t in trace["ticks"]]
+    inside = busy_ticks(ticks, trace["busy_start"], trace["busy_end"], settle_s=0.005)
+    assert 3 <= len(inside) < len(ticks)
+    assert all(trace["busy_start"] < t < trace["busy_end"] for t, _ in inside)
+    busy_w, span = power_from_ticks(inside)
+    # cuBLAS fp16 4096^3 ran at the H200's 700 W limit in the same run (cublas_latency.json)
+    assert 600 < busy_w < 800 and span > 0.3
+    whole_w, _ = power_from_ticks(ticks)   # idle edges included: a badly aligned window
+    assert whole_w < 0.8 * busy_w
+
+
+def test_too_few_ticks_is_an_error():
+    with pytest.raises(MeterError, match="only 1"):
+        power_from_ticks([(0.0, 5)])
