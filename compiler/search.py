@@ -175,7 +175,7 @@ class Tuner:
             try:
                 while stats.measured < remaining:
                     candidates = ctx.generate_measure_candidates()
-                    if candidates is None:
+                    if not candidates:
                         stats.exhausted = True
                         break
                     hashes = [module_hash(c.sch.mod) for c in candidates]

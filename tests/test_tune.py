@@ -103,3 +103,28 @@ def test_tuner_reports_the_same_best_as_the_database(tiny_tune):
     ex = tvm.compile(tuner.schedule(chosen).mod, target=plat.target)
     assert tuner.runner.check(ex["main"]) < op.tolerance
     database.close()
+
+
+def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path):
+    op = make_op("matmul", "32,32,32", "float32")
+    plat = resolve("llvm")
+    config = MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1)
+    db = TuningDatabase(tmp_path / "t.sqlite")
+    seen = []
+
+    def interrupt_after_three(record):
+        seen.append(record)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    tuner = Tuner(op, plat, Runner(op, plat.device, None, config), db, "latency", batch=6)
+    try:
+        tuner.tune(6, on_record=interrupt_after_three)
+    except KeyboardInterrupt:
+        pass
+    assert [r["id"] for r in rows(tmp_path / "t.sqlite")] == [r.id for r in seen]
+    resumed = Tuner(op, plat, Runner(op, plat.device, None, config), db, "latency", batch=6)
+    result = resumed.tune(6)
+    assert result.stats.previous == 3 and result.stats.measured == 3
+    assert len({r["mod_hash"] for r in rows(tmp_path / "t.sqlite")}) == 6
+    db.close()
