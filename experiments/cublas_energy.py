@@ -35,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="4096,4096,4096")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--ticks", help="also save the raw NVML ticks of each window here")
+    ap.add_argument("--ticks", help="also save raw NVML ticks around one idle-busy-idle cuBLAS batch here")
     args = ap.parse_args()
     m, n, k = (int(x) for x in args.shape.split(","))
     gen = torch.Generator(device="cuda").manual_seed(0)
