@@ -28,6 +28,13 @@ def default_db() -> Path:
     return Path(cache) / "energy-tuner" / "tuning.sqlite"
 
 
+def powercap_root() -> str:
+    """Where RAPL counters are read (ENERGY_TUNER_POWERCAP overrides /sys/class/powercap)."""
+    from measure.meters import DEFAULT_POWERCAP
+
+    return os.environ.get("ENERGY_TUNER_POWERCAP", DEFAULT_POWERCAP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tune", description=__doc__)
     p.add_argument("--op", required=True, help="operator to tune (known: matmul)")
@@ -48,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SQLite database of every measured candidate (default: {default_db()})")
     p.add_argument("--export", type=Path, metavar="DIR",
                    help="write the best kernel as a shared library and a JSON manifest here")
+    p.add_argument("--l2", choices=("resident", "rotate"), default="resident",
+                   help="resident: every call reads the same inputs, which stay in L2 where they "
+                        "fit (default, as cuBLAS is usually timed); rotate: calls cycle through "
+                        "input copies totalling 256 MiB, so inputs come from DRAM")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
     return p
 
@@ -66,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(err))
     # TVM is imported only after the arguments are known to be sane: it takes seconds.
     from compiler.database import DatabaseError, TuningDatabase
-    from compiler.target import TargetError, open_meter, resolve
-    from measure.meters import MeterError
+    from compiler.target import TargetError, resolve
+    from measure.meters import meter_problem
     from schedules import OpError, make_op
 
     try:
@@ -77,19 +88,16 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"dtype {dtype} is not supported on target {plat.kind} "
                              f"(supported: {', '.join(DTYPES_FOR_TARGET[plat.kind])})")
         op = make_op(args.op, args.shape or DEFAULT_SHAPE[plat.kind], dtype)
-        try:
-            meter, no_meter = open_meter(plat), None
-        except MeterError as err:
-            meter, no_meter = None, str(err)
-            if needs_energy(args.objective):
-                raise UsageError(f"--objective {args.objective} needs an energy meter, but {err}; "
-                                 "use --objective latency") from err
+        no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
+        if no_meter and needs_energy(args.objective):
+            raise UsageError(f"--objective {args.objective} needs an energy meter, but {no_meter}; "
+                             "use --objective latency")
         db = TuningDatabase(args.db)
     except (UsageError, OpError, TargetError, DatabaseError) as err:
         fail(str(err))
     from compiler.session import run_session
 
-    return run_session(args, plat, op, meter, no_meter, db)
+    return run_session(args, plat, op, no_meter, db)
 
 
 if __name__ == "__main__":

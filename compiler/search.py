@@ -33,7 +33,7 @@ from compiler.database import Record, TuningDatabase
 from compiler.objective import objective_value, predicted_log_objective
 from compiler.target import Platform
 from costmodel import LatencyEnergyModel, candidate_features
-from measure.runner import Runner
+from measure.runner import CandidateRunner
 from schedules import Op, design_space
 
 FAILED_RUN_SECS = 1e10  # what a failed or unmeasurable candidate "costs" in the strategy's database
@@ -106,7 +106,7 @@ class TuneResult:
 
 
 class Tuner:
-    def __init__(self, op: Op, plat: Platform, runner: Runner, db: TuningDatabase, objective: str,
+    def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase, objective: str,
                  seed: int = 0, batch: int = 16, population: int = 512) -> None:
         self.op, self.plat, self.runner, self.db = op, plat, runner, db
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population

@@ -5,30 +5,39 @@ import argparse
 
 from rich.console import Console
 
+from compiler.cli import powercap_root
 from compiler.database import TuningDatabase
 from compiler.export import export_kernel
 from compiler.objective import objective_value
 from compiler.report import LiveProgress, summary_table
 from compiler.search import Tuner, best
 from compiler.target import Platform
-from measure.meters import EnergyMeter
-from measure.runner import MeasureConfig, Runner
+from measure.runner import MeasureConfig
+from measure.worker import IsolatedRunner, WorkerError, WorkerSpec
 from schedules import Op
 
-MEASURE_CONFIG = {
-    "cuda": MeasureConfig(),
-    "llvm": MeasureConfig(latency_repeats=5, latency_min_repeat_ms=5, energy_window_s=0.2),
-}
+LATENCY_TIMING = {"cuda": {"latency_repeats": 10, "latency_min_repeat_ms": 20},
+                  "llvm": {"latency_repeats": 5, "latency_min_repeat_ms": 5}}
 
 
-def run_session(args: argparse.Namespace, plat: Platform, op: Op, meter: EnergyMeter | None,
-                no_meter: str | None, db: TuningDatabase) -> int:
+def run_session(args: argparse.Namespace, plat: Platform, op: Op, no_meter: str | None,
+                db: TuningDatabase) -> int:
     out, err = Console(), Console(stderr=True)
     err.print(f"{op.name} {op.shape_text()} {op.dtype} on {plat.device_name} ({plat.kind}), "
-              f"objective {args.objective}, {args.trials} trials, db {db.path}")
-    if meter is None:
+              f"objective {args.objective}, {args.trials} trials, L2 {args.l2}, db {db.path}")
+    if no_meter:
         err.print(f"energy: not measured ({no_meter})")
-    runner = Runner(op, plat.device, meter, MEASURE_CONFIG[plat.kind], seed=args.seed)
+    config = MeasureConfig(l2=args.l2, **LATENCY_TIMING[plat.kind])
+    spec = WorkerSpec(op.describe(), plat.kind, plat.device.index, config, args.seed,
+                      None if no_meter else powercap_root())
+    try:
+        runner = IsolatedRunner(spec)
+    except WorkerError as error:
+        err.print(f"tune: error: {error}")
+        db.close()
+        return 1
+    if runner.idle_w is not None:
+        err.print(f"idle power {runner.idle_w:.1f} W")
     tuner = Tuner(op, plat, runner, db, args.objective, seed=args.seed)
     previous = db.records(tuner.key)
     done = min(args.trials, sum(r.objective == args.objective for r in previous))
@@ -44,14 +53,17 @@ def run_session(args: argparse.Namespace, plat: Platform, op: Op, meter: EnergyM
         err.print("interrupted: every measured candidate is in the db; "
                   "re-run the same command to continue")
         return 130
+    except WorkerError as error:
+        err.print(f"tune: error: {error}; every measured candidate is in the db")
+        return 1
     finally:
-        if meter is not None:
-            meter.close()
+        runner.close()
         db.close()
 
     s = result.stats
     err.print(f"measured {s.measured} new candidates ({s.previous} before): {s.build_errors} build "
-              f"errors, {s.run_errors} run errors, {s.wrong} wrong results"
+              f"errors, {s.run_errors} run errors, {s.wrong} wrong results, "
+              f"{runner.restarts} worker restarts"
               + ("; the search found no further new candidates" if s.exhausted else ""))
     chosen = best(result.records, args.objective)
     if chosen is None:

@@ -1,7 +1,6 @@
-"""Choosing the compilation target, the device that runs it, and the energy meter that watches it."""
+"""Choosing the compilation target and the device that runs it."""
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass
 
@@ -9,7 +8,6 @@ import psutil
 import tvm
 from tvm.target import Target
 
-from measure.meters import DEFAULT_POWERCAP, EnergyMeter, MeterError, NvmlMeter, RaplMeter
 
 
 class TargetError(RuntimeError):
@@ -58,15 +56,3 @@ def resolve(choice: str) -> Platform:
         return Platform("cuda", Target.from_device(tvm.cuda(0)), tvm.cuda(0), gpu)
     cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     return Platform("llvm", Target({"kind": "llvm", "num-cores": cores}), tvm.cpu(0), _cpu_name())
-
-
-def open_meter(plat: Platform) -> EnergyMeter:
-    """NVML for a GPU, RAPL for the CPU; raises MeterError saying why none is available."""
-    if plat.kind == "cuda":
-        try:
-            return NvmlMeter(plat.device.index)
-        except MeterError:
-            raise
-        except Exception as err:
-            raise MeterError(f"NVML energy counter unavailable: {err}") from err
-    return RaplMeter(os.environ.get("ENERGY_TUNER_POWERCAP", DEFAULT_POWERCAP))

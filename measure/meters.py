@@ -1,36 +1,55 @@
-"""Energy meters: NVML's cumulative GPU energy counter and Intel RAPL for the CPU package.
+"""Energy meters: NVML for NVIDIA GPUs, Intel RAPL for the CPU package.
 
-Both answer one question, `power_during(run)`: the average power while `run` keeps the device busy.
+Both answer `power_during(run)`: the device's average power while `run` keeps it busy, as a
+`PowerReading` that also says what the meter could not see (no second estimate, too few ticks).
 
-NVML: on Hopper the counter advances in steps every ~100 ms (GUIDE §3). A separate process polls
-it and timestamps each step; power is the energy between the first and the last step strictly
-inside the busy interval divided by the time between them. A thread would be stalled by the GIL
-and by blocking CUDA syncs, which is why the sampler is a process.
+NVML gives two independent estimates, both read by a sampler *process* (a thread would be
+stalled by the GIL and by blocking CUDA syncs, GUIDE §3) that timestamps every value it sees:
+- the cumulative energy counter (mJ), which on Hopper advances in steps every ~100 ms: power is
+  the energy between the first and last step strictly inside the busy interval over their time;
+- the instant power field (NVML_FI_DEV_POWER_INSTANT), integrated over the same interval.
+The sampler also records the SM clock, so a window run at throttled clocks can be flagged.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+Tick = tuple[float, float]          # (time.monotonic() seconds, value)
+
 
 class MeterError(RuntimeError):
-    """The meter cannot give a trustworthy reading (too few counter ticks, unreadable counter)."""
+    """The meter cannot give a reading at all (no counters, unreadable, sampler gone)."""
+
+
+@dataclass
+class Timeline:
+    """What a meter saw during one interval: counter ticks (mJ), power samples (W), SM clocks (MHz)."""
+
+    ticks: list[Tick] = field(default_factory=list)
+    power: list[Tick] = field(default_factory=list)
+    sm_clock: list[Tick] = field(default_factory=list)
 
 
 @dataclass
 class PowerReading:
-    watts: float
-    seconds: float          # length of the span the power was integrated over
-    result: float           # what `run` returned (per-call seconds of the batch)
-    ticks: list[tuple[float, int]] = field(default_factory=list)  # NVML (time, mJ) used
+    watts: float | None             # counter estimate; None when fewer than 2 ticks were inside
+    watts_sampled: float | None     # instant-power integration; None where the meter has none
+    span_s: float                   # time the counter estimate spans (0 if none)
+    busy_s: float                   # length of the busy interval
+    ticks: int                      # counter ticks inside the busy interval
+    min_sm_clock_mhz: float | None
+    result: float                   # what `run` returned (per-call seconds of the batch)
 
 
 class EnergyMeter(Protocol):
     name: str
+    tick_period_s: float            # how often the energy counter advances
 
     def power_during(self, run: Callable[[], float]) -> PowerReading: ...
 
@@ -39,48 +58,83 @@ class EnergyMeter(Protocol):
     def close(self) -> None: ...
 
 
+# ---------------------------------------------------------------- pure helpers (tested on traces)
+def inside(samples: list[Tick], t0: float, t1: float) -> list[Tick]:
+    return [s for s in samples if t0 < s[0] < t1]
+
+
+def power_from_ticks(ticks: list[Tick]) -> tuple[float | None, float]:
+    """Average watts and span between the first and last tick of a mJ counter (None if < 2)."""
+    if len(ticks) < 2:
+        return None, 0.0
+    (t_first, e_first), (t_last, e_last) = ticks[0], ticks[-1]
+    return (e_last - e_first) / 1000.0 / (t_last - t_first), t_last - t_first
+
+
+def integrate_power(samples: list[Tick]) -> float | None:
+    """Time-weighted mean of power samples (trapezoid rule); None if fewer than 2."""
+    if len(samples) < 2:
+        return None
+    area = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(samples, samples[1:]))
+    return area / (samples[-1][0] - samples[0][0])
+
+
+def reading_from_timeline(line: Timeline, t0: float, t1: float, settle_s: float,
+                          result: float) -> PowerReading:
+    """A PowerReading from what the sampler saw, using only samples inside (t0 + settle, t1)."""
+    start = t0 + settle_s
+    ticks = inside(line.ticks, start, t1)
+    watts, span = power_from_ticks(ticks)
+    clocks = [c for _, c in inside(line.sm_clock, start, t1)]
+    return PowerReading(watts=watts, watts_sampled=integrate_power(inside(line.power, start, t1)),
+                        span_s=span, busy_s=t1 - start, ticks=len(ticks),
+                        min_sm_clock_mhz=min(clocks) if clocks else None, result=result)
+
+
+def median_tick_period(ticks: list[Tick]) -> float | None:
+    gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])]
+    return statistics.median(gaps) if gaps else None
+
+
 # ---------------------------------------------------------------- NVML
-def _nvml_sampler(index: int, conn, poll_s: float) -> None:
-    """Child process: record (monotonic time, cumulative mJ) at every counter change; answer queries."""
+def _nvml_sampler(index: int, conn, poll_s: float, keep_s: float) -> None:
+    """Child process: timestamp every counter change, power sample and clock; answer queries."""
     import pynvml
 
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    ticks: list[tuple[float, int]] = []
-    last = -1
+    line, last, loops = Timeline(), -1, 0
     conn.send("ready")
     while True:
         energy = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
         now = time.monotonic()
         if energy != last:
-            ticks.append((now, energy))
+            line.ticks.append((now, energy))
             last = energy
-        if conn.poll():
-            request = conn.recv()
-            if request is None:
-                return
-            t0, t1 = request
-            conn.send([t for t in ticks if t0 <= t[0] <= t1])
-            ticks = ticks[-2:]
+        field_value = pynvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_POWER_INSTANT])[0]
+        if field_value.nvmlReturn == pynvml.NVML_SUCCESS:
+            line.power.append((now, field_value.value.uiVal / 1000.0))
+        if loops % 10 == 0:
+            line.sm_clock.append((now, pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)))
+        loops += 1
+        try:
+            if conn.poll():
+                request = conn.recv()
+                if request is None:
+                    return
+                t0, t1 = request
+                conn.send(Timeline(*[[s for s in samples if t0 <= s[0] <= t1] for samples in
+                                     (line.ticks, line.power, line.sm_clock)]))
+                horizon = now - keep_s
+                line = Timeline(*[[s for s in samples if s[0] >= horizon] for samples in
+                                  (line.ticks, line.power, line.sm_clock)])
+        except (EOFError, OSError):  # the owning process is gone: so are we
+            return
         time.sleep(poll_s)
 
 
-def busy_ticks(ticks: list[tuple[float, int]], t0: float, t1: float,
-               settle_s: float) -> list[tuple[float, int]]:
-    """Ticks strictly inside the busy interval: after the first launch has settled, before sync."""
-    return [t for t in ticks if t0 + settle_s < t[0] < t1]
-
-
-def power_from_ticks(ticks: list[tuple[float, int]]) -> tuple[float, float]:
-    """Average watts and span seconds between the first and last counter tick (mJ counter)."""
-    if len(ticks) < 2:
-        raise MeterError(f"only {len(ticks)} energy-counter tick(s) inside the window; lengthen it")
-    (t_first, e_first), (t_last, e_last) = ticks[0], ticks[-1]
-    return (e_last - e_first) / 1000.0 / (t_last - t_first), t_last - t_first
-
-
 class NvmlMeter:
-    """GPU board energy from `nvmlDeviceGetTotalEnergyConsumption`, sampled in a child process."""
+    """GPU board energy: NVML's cumulative counter and its instant power, sampled in a child process."""
 
     name = "nvml"
 
@@ -89,27 +143,36 @@ class NvmlMeter:
 
         pynvml.nvmlInit()
         self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)  # raises if unsupported
+        try:
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        except pynvml.NVMLError as err:
+            raise MeterError(f"NVML has no energy counter for GPU {index}: {err}") from err
         self._settle_s = settle_s
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_nvml_sampler, args=(index, child, poll_s), daemon=True)
+        self._proc = ctx.Process(target=_nvml_sampler, args=(index, child, poll_s, 30.0),
+                                 daemon=True)
         self._proc.start()
         if not self._conn.poll(60) or self._conn.recv() != "ready":
             raise MeterError("NVML sampler process did not start")
+        self.tick_period_s = self._measure_tick_period()
 
-    def ticks_between(self, t0: float, t1: float) -> list[tuple[float, int]]:
-        """All counter ticks the sampler saw between two time.monotonic() instants."""
+    def _measure_tick_period(self) -> float:
+        start = time.monotonic()
+        time.sleep(0.35)
+        return median_tick_period(self.timeline(start, time.monotonic()).ticks) or 0.1
+
+    def timeline(self, t0: float, t1: float) -> Timeline:
+        """Everything the sampler saw between two time.monotonic() instants."""
         self._conn.send((t0, t1))
-        return [tuple(t) for t in self._conn.recv()]
+        return self._conn.recv()
 
     def power_during(self, run: Callable[[], float]) -> PowerReading:
         t0 = time.monotonic()
         result = run()
         t1 = time.monotonic()
-        ticks = busy_ticks(self.ticks_between(t0, t1), t0, t1, self._settle_s)
-        watts, span = power_from_ticks(ticks)
-        return PowerReading(watts, span, result, ticks)
+        time.sleep(0.002)  # let the sampler catch up with the end of the window
+        return reading_from_timeline(self.timeline(t0, t1), t0, t1, self._settle_s, result)
 
     def device_state(self) -> dict:
         """Temperature, clocks and power limit: recorded next to every energy figure."""
@@ -126,7 +189,10 @@ class NvmlMeter:
 
     def close(self) -> None:
         if self._proc.is_alive():
-            self._conn.send(None)
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
             self._proc.join(5)
 
 
@@ -141,9 +207,13 @@ def rapl_domains(root: str | os.PathLike = DEFAULT_POWERCAP) -> list[Path]:
 
 
 class RaplMeter:
-    """CPU package energy from the RAPL counters under /sys/class/powercap (summed over packages)."""
+    """CPU package energy from the RAPL counters under /sys/class/powercap (summed over packages).
+
+    RAPL has no instant-power field and no clock readings: those parts of a reading are None.
+    """
 
     name = "rapl"
+    tick_period_s = 0.001  # RAPL counters update about every millisecond
 
     def __init__(self, root: str | os.PathLike = DEFAULT_POWERCAP) -> None:
         self._domains = rapl_domains(root)
@@ -151,24 +221,45 @@ class RaplMeter:
             raise MeterError(f"no RAPL energy counters under {root}")
         try:
             self._read()
+            self._ranges = [int((d / "max_energy_range_uj").read_text()) for d in self._domains]
         except OSError as err:
             raise MeterError(f"RAPL counters under {root} are not readable ({err.strerror})") from err
 
     def _read(self) -> list[int]:
         return [int((d / "energy_uj").read_text()) for d in self._domains]
 
-    def _ranges(self) -> list[int]:
-        return [int((d / "max_energy_range_uj").read_text()) for d in self._domains]
-
     def power_during(self, run: Callable[[], float]) -> PowerReading:
         before, t0 = self._read(), time.monotonic()
         result = run()
         after, t1 = self._read(), time.monotonic()
-        joules = sum((a - b) % r for a, b, r in zip(after, before, self._ranges())) / 1e6
-        return PowerReading(joules / (t1 - t0), t1 - t0, result)
+        joules = sum((a - b) % r for a, b, r in zip(after, before, self._ranges)) / 1e6
+        return PowerReading(watts=joules / (t1 - t0), watts_sampled=None, span_s=t1 - t0,
+                            busy_s=t1 - t0, ticks=2, min_sm_clock_mhz=None, result=result)
 
     def device_state(self) -> dict:
         return {}
 
     def close(self) -> None:
         pass
+
+
+def meter_problem(kind: str, index: int = 0, powercap: str = DEFAULT_POWERCAP) -> str | None:
+    """Why no energy meter can be opened for this device kind, or None if one can (cheap check)."""
+    if kind == "cuda":
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(index))
+        except Exception as err:  # any NVML failure means: no counter
+            return f"NVML energy counter unavailable for GPU {index}: {err}"
+        return None
+    try:
+        RaplMeter(powercap)
+    except MeterError as err:
+        return str(err)
+    return None
+
+
+def open_meter(kind: str, index: int = 0, powercap: str = DEFAULT_POWERCAP) -> EnergyMeter:
+    return NvmlMeter(index) if kind == "cuda" else RaplMeter(powercap)

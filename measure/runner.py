@@ -1,28 +1,43 @@
 """Measure one built candidate: correctness against the op's numpy reference, latency, energy.
 
-Inputs are drawn once per tuning run (seeded) and reused for every candidate, so candidates are
-compared on identical data. The output buffer is poisoned with NaN before each correctness run so
-that elements a kernel never writes are caught.
+Inputs are drawn once per tuning run (seeded, uniform in [-1, 1]) and reused for every candidate,
+so candidates are compared on identical data. The output is poisoned with NaN before the
+correctness call so that elements a kernel never writes are caught; a wrong kernel is never timed.
+
+L2 policy (it changes joules per call):
+- `resident` (default): every call reads the same input buffers, which stay in L2 where they fit;
+  timed with TVM's `time_evaluator` (device-side timer). This is how cuBLAS is usually benchmarked.
+- `rotate`: calls cycle through copies of the inputs totalling at least ROTATE_BYTES (several
+  times any current GPU's L2), so inputs come from DRAM as in a model where weights stream by.
+  Launched from a Python loop and timed from the host after a device sync, so kernels shorter than
+  the launch overhead (~10 µs) are measured with gaps.
 """
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
 
 import numpy as np
 import tvm
 
-from measure.energy import measure_energy
-from measure.meters import EnergyMeter, MeterError
+from measure.meters import EnergyMeter
+from measure.protocol import Precision, idle_power, measure_energy
 from schedules import Op
+
+L2_POLICIES = ("resident", "rotate")
+ROTATE_BYTES = 256 << 20
+MAX_ROTATE_SETS = 1024
 
 
 @dataclass
 class MeasureConfig:
     latency_repeats: int = 10
     latency_min_repeat_ms: int = 20
-    energy_window_s: float = 0.5
-    energy_windows: int = 3
+    l2: str = "resident"
+    precision: Precision = field(default_factory=Precision)
 
 
 @dataclass
@@ -37,7 +52,13 @@ class Measurement:
     meta: dict = field(default_factory=dict)
 
 
-def _last_line(err: BaseException) -> str:
+class CandidateRunner(Protocol):
+    """Anything that measures a built kernel: `Runner` in-process, `IsolatedRunner` in a worker."""
+
+    def run(self, artifact: str) -> Measurement: ...
+
+
+def last_line(err: BaseException) -> str:
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     return (lines[-1] if lines else type(err).__name__)[:500]
 
@@ -45,52 +66,82 @@ def _last_line(err: BaseException) -> str:
 class Runner:
     def __init__(self, op: Op, device: tvm.runtime.Device, meter: EnergyMeter | None,
                  config: MeasureConfig, seed: int = 0) -> None:
+        if config.l2 not in L2_POLICIES:
+            raise ValueError(f"unknown L2 policy {config.l2!r} (known: {', '.join(L2_POLICIES)})")
         self.op, self.device, self.meter, self.config = op, device, meter, config
         host_inputs = op.inputs(np.random.default_rng(seed))
         self.expected = op.reference(host_inputs)
-        self.args = [tvm.runtime.tensor(x, device) for x in host_inputs]
+        copies = 1
+        if config.l2 == "rotate":
+            set_bytes = sum(x.nbytes for x in host_inputs)
+            copies = min(MAX_ROTATE_SETS, max(2, math.ceil(ROTATE_BYTES / set_bytes)))
+        self.arg_sets = [[tvm.runtime.tensor(x, device) for x in host_inputs] for _ in range(copies)]
         self.poison = np.full(op.output_shape, np.nan, dtype=op.output_dtype)
         self.out = tvm.runtime.tensor(self.poison, device)
+        self.idle_w = idle_power(meter) if meter is not None else None
+        self.max_clock_mhz = meter.device_state().get("sm_clock_max_mhz") if meter else None
 
     def check(self, func) -> float:
         """Relative Frobenius error of one call's output (inf if any element is not finite)."""
         self.out.copyfrom(self.poison)
-        func(*self.args, self.out)
+        func(*self.arg_sets[0], self.out)
         self.device.sync()
         got = self.out.numpy()
         if not np.all(np.isfinite(got)):
             return float("inf")
         return float(np.linalg.norm(got - self.expected) / max(np.linalg.norm(self.expected), 1e-30))
 
+    def _timers(self, module) -> tuple[Callable[[], list[float]], Callable[[int], float]]:
+        """(latency samples, run_batch(n) -> seconds per call) under the L2 policy."""
+        cfg = self.config
+        if cfg.l2 == "resident":
+            args = [*self.arg_sets[0], self.out]
+
+            def samples() -> list[float]:
+                timer = module.time_evaluator("main", self.device, number=1,
+                                              repeat=cfg.latency_repeats,
+                                              min_repeat_ms=cfg.latency_min_repeat_ms)
+                return [float(s) for s in timer(*args).results]
+
+            def run_batch(calls: int) -> float:
+                return float(module.time_evaluator("main", self.device, number=calls,
+                                                   repeat=1)(*args).mean)
+            return samples, run_batch
+
+        func, sets = module["main"], [[*s, self.out] for s in self.arg_sets]
+
+        def run_batch(calls: int) -> float:
+            start = time.perf_counter()
+            for i in range(calls):
+                func(*sets[i % len(sets)])
+            self.device.sync()
+            return (time.perf_counter() - start) / calls
+
+        def samples() -> list[float]:
+            calls = 1
+            while run_batch(calls) * calls < cfg.latency_min_repeat_ms / 1e3 and calls < 1 << 20:
+                calls *= 2
+            return [run_batch(calls) for _ in range(cfg.latency_repeats)]
+        return samples, run_batch
+
     def run(self, artifact: str) -> Measurement:
         try:
             module = tvm.runtime.load_module(artifact)
             rel_error = self.check(module["main"])
         except Exception as err:  # a candidate that cannot load or run is a result, not a crash
-            return Measurement("run_error", error=_last_line(err))
+            return Measurement("run_error", error=last_line(err))
         if not rel_error <= self.op.tolerance:
             return Measurement("wrong", error=f"relative error {rel_error:.3g} > {self.op.tolerance:g}",
                                rel_error=rel_error)
-        cfg = self.config
-        timer = module.time_evaluator("main", self.device, number=1, repeat=cfg.latency_repeats,
-                                      min_repeat_ms=cfg.latency_min_repeat_ms)
-        samples = [float(s) for s in timer(*self.args, self.out).results]
-        result = Measurement("ok", rel_error=rel_error, latency_s=statistics.median(samples),
-                             latency_samples=samples)
+        samples, run_batch = self._timers(module)
+        latency = samples()
+        result = Measurement("ok", rel_error=rel_error, latency_s=statistics.median(latency),
+                             latency_samples=latency, meta={"l2": self.config.l2})
         if self.meter is not None:
-            def run_batch(calls: int) -> float:
-                batch = module.time_evaluator("main", self.device, number=calls, repeat=1)
-                return float(batch(*self.args, self.out).mean)
-
-            try:
-                energy = measure_energy(self.meter, run_batch, result.latency_s,
-                                        cfg.energy_window_s, cfg.energy_windows)
-            except MeterError as err:
-                result.meta["energy_error"] = str(err)
-            else:
-                result.energy_j, result.power_w = energy.energy_j, energy.power_w
-                result.meta.update(power_cv=energy.power_cv,
-                                   sustained_latency_s=energy.sustained_latency_s,
-                                   windows=energy.windows, meter=self.meter.name,
-                                   **self.meter.device_state())
+            energy = measure_energy(self.meter, run_batch, result.latency_s,
+                                    self.config.precision, self.max_clock_mhz)
+            result.energy_j, result.power_w = energy.energy_j, energy.power_w
+            result.meta.update(meter=self.meter.name, idle_w=self.idle_w,
+                               **{k: v for k, v in asdict(energy).items()
+                                  if k not in ("energy_j", "power_w")})
         return result

@@ -4,7 +4,7 @@
 MetaSchedule space generator for an op on a target.
 """
 from schedules import matmul  # noqa: F401  registers the op
-from schedules.op import Op, OpError, make_op, OPS
+from schedules.op import Op, OpError, make_op, op_from_description, OPS
 from schedules.space import design_space
 
-__all__ = ["Op", "OpError", "make_op", "OPS", "design_space"]
+__all__ = ["Op", "OpError", "make_op", "op_from_description", "OPS", "design_space"]

@@ -96,3 +96,9 @@ def make_op(name: str, shape_text: str, dtype: str) -> Op:
     if dtype not in cls.dtypes:
         raise OpError(f"op {name} does not support dtype {dtype!r} (supported: {', '.join(cls.dtypes)})")
     return cls(parse_shape(shape_text, cls.shape_keys), dtype)
+
+
+def op_from_description(desc: dict) -> Op:
+    """Rebuild an op from `Op.describe()` output (e.g. in a worker process)."""
+    cls = OPS[desc["op"]]
+    return cls({k: int(desc["shape"][k]) for k in cls.shape_keys}, desc["dtype"])

@@ -1,0 +1,143 @@
+"""The energy measurement protocol: precision-driven windows, quality flags and re-measurement.
+
+One measurement of a kernel:
+1. Window length: long enough that the energy counter ticks at least `min_ticks` times inside
+   it (NVML on Hopper ticks every ~100 ms; RAPL every ~1 ms), and at least `min_calls` calls.
+2. Windows: the kernel runs back to back (`run_batch(n)`: n calls, no host sync in between) for
+   at least `min_windows` windows, then more until the relative standard error of the mean power
+   is within `target_rse` or `max_windows` is reached.
+3. Energy per call = mean counter power of the windows x per-call time of those same sustained
+   batches (the kernel's time while running back to back, which is what the power belongs to).
+4. Quality flags (see `quality_flags`); a flagged measurement is repeated once with windows twice
+   as long, and the better of the two (fewer flags, then lower spread) is kept, flags and all.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from measure.meters import EnergyMeter, PowerReading
+
+
+@dataclass
+class Precision:
+    target_rse: float = 0.005        # stop adding windows at this relative std. error of power
+    min_windows: int = 2
+    max_windows: int = 6
+    min_ticks: int = 3               # counter ticks inside each window
+    min_calls: int = 10
+    max_disagreement: float = 0.05   # counter vs. instant-power estimate
+    min_clock_fraction: float = 0.85 # of the SM's maximum clock
+    max_spread: float = 0.03         # coefficient of variation of power across windows
+    remeasure: int = 1               # extra attempts for a flagged measurement
+
+
+@dataclass
+class EnergyResult:
+    energy_j: float | None           # per call; None if no window gave a counter estimate
+    power_w: float | None            # mean counter power over windows
+    power_sampled_w: float | None    # mean instant-power integration (second estimate)
+    power_cv: float | None           # across windows
+    sustained_latency_s: float
+    flags: list[str]
+    attempts: int
+    gpu_seconds: float               # device time spent on this measurement, all attempts
+    windows: list[dict] = field(default_factory=list)
+
+
+def window_seconds(meter: EnergyMeter, latency_s: float, precision: Precision,
+                   scale: float = 1.0) -> float:
+    """Long enough for `min_ticks` counter ticks inside (plus one for alignment) and `min_calls`."""
+    return scale * max((precision.min_ticks + 1) * meter.tick_period_s,
+                       precision.min_calls * latency_s)
+
+
+def relative_spread(values: list[float]) -> float:
+    mean = statistics.fmean(values)
+    return statistics.pstdev(values) / mean if len(values) > 1 and mean > 0 else 0.0
+
+
+def quality_flags(readings: list[PowerReading], precision: Precision,
+                  max_clock_mhz: float | None) -> list[str]:
+    """What makes a measurement doubtful, as short names:
+    few_ticks: a window held fewer than `min_ticks` counter ticks (zero or one means no estimate);
+    disagree: counter and instant-power estimates differ by more than `max_disagreement`;
+    throttled: the SM clock fell below `min_clock_fraction` of its maximum;
+    spread: power varied across windows by more than `max_spread` (coefficient of variation).
+    """
+    flags = []
+    if any(r.ticks < precision.min_ticks for r in readings):
+        flags.append("few_ticks")
+    pairs = [(r.watts, r.watts_sampled) for r in readings
+             if r.watts is not None and r.watts_sampled is not None]
+    if pairs:
+        counter = statistics.fmean(p[0] for p in pairs)
+        sampled = statistics.fmean(p[1] for p in pairs)
+        if abs(counter - sampled) > precision.max_disagreement * counter:
+            flags.append("disagree")
+    clocks = [r.min_sm_clock_mhz for r in readings if r.min_sm_clock_mhz is not None]
+    if max_clock_mhz and clocks and min(clocks) < precision.min_clock_fraction * max_clock_mhz:
+        flags.append("throttled")
+    watts = [r.watts for r in readings if r.watts is not None]
+    if len(watts) > 1 and relative_spread(watts) > precision.max_spread:
+        flags.append("spread")
+    return flags
+
+
+def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
+             precision: Precision) -> tuple[list[PowerReading], list[dict], float]:
+    readings: list[PowerReading] = []
+    states: list[dict] = []
+    start = time.monotonic()
+    while len(readings) < precision.max_windows:
+        readings.append(meter.power_during(lambda: run_batch(calls)))
+        states.append(meter.device_state())
+        watts = [r.watts for r in readings if r.watts is not None]
+        if len(readings) >= precision.min_windows and len(watts) >= 2 and \
+                relative_spread(watts) / math.sqrt(len(watts)) <= precision.target_rse:
+            break
+    return readings, states, time.monotonic() - start
+
+
+def _summarize(readings: list[PowerReading], states: list[dict], flags: list[str],
+               attempts: int, gpu_seconds: float, calls: int) -> EnergyResult:
+    watts = [r.watts for r in readings if r.watts is not None]
+    sampled = [r.watts_sampled for r in readings if r.watts_sampled is not None]
+    per_call = statistics.fmean(r.result for r in readings)
+    power = statistics.fmean(watts) if watts else None
+    return EnergyResult(
+        energy_j=None if power is None else power * per_call,
+        power_w=power,
+        power_sampled_w=statistics.fmean(sampled) if sampled else None,
+        power_cv=relative_spread(watts) if watts else None,
+        sustained_latency_s=per_call, flags=flags, attempts=attempts, gpu_seconds=gpu_seconds,
+        windows=[{"calls": calls, **asdict(r), **state} for r, state in zip(readings, states)])
+
+
+def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latency_s: float,
+                   precision: Precision, max_clock_mhz: float | None = None) -> EnergyResult:
+    """`run_batch(n)` runs n calls back to back, synchronizes, and returns seconds per call."""
+    best: EnergyResult | None = None
+    spent = 0.0
+    for attempt in range(1 + precision.remeasure):
+        seconds = window_seconds(meter, latency_s, precision, scale=2.0 ** attempt)
+        calls = max(1, math.ceil(seconds / latency_s))
+        readings, states, took = _attempt(meter, run_batch, calls, precision)
+        spent += took
+        result = _summarize(readings, states, quality_flags(readings, precision, max_clock_mhz),
+                            attempt + 1, spent, calls)
+        if best is None or (len(result.flags), result.power_cv or 0) < \
+                (len(best.flags), best.power_cv or 0):
+            best = result
+        if not result.flags:
+            break
+    best.attempts, best.gpu_seconds = attempt + 1, spent
+    return best
+
+
+def idle_power(meter: EnergyMeter, seconds: float = 1.0) -> float | None:
+    """Board power with nothing running, measured once per tuning run."""
+    return meter.power_during(lambda: time.sleep(seconds) or 0.0).watts

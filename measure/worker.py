@@ -1,0 +1,121 @@
+"""Candidates run in a long-lived worker process per device, so a bad kernel costs only the worker.
+
+A kernel that crashes the process (segfault, illegal address), hangs past the timeout, or fails on
+a GPU (after which the CUDA context may be unusable) is recorded as a failed measurement with its
+error, the worker is restarted, and the tune goes on. The worker owns the device, the inputs, the
+numpy reference and the energy meter; it measures idle power once when it starts.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import asdict, dataclass
+
+from measure.runner import MeasureConfig, Measurement, Runner
+
+
+class WorkerError(RuntimeError):
+    """The worker could not start (its setup failed)."""
+
+
+@dataclass
+class WorkerSpec:
+    op: dict                      # Op.describe()
+    kind: str                     # "cuda" | "llvm"
+    device_index: int
+    config: MeasureConfig
+    seed: int
+    powercap: str | None          # RAPL root; None: measure no energy
+
+
+def _serve(conn, spec: WorkerSpec) -> None:
+    import tvm
+
+    from measure.meters import open_meter
+    from schedules import op_from_description
+
+    try:
+        device = tvm.cuda(spec.device_index) if spec.kind == "cuda" else tvm.cpu(spec.device_index)
+        meter = (open_meter(spec.kind, spec.device_index, spec.powercap)
+                 if spec.powercap is not None else None)
+        runner = Runner(op_from_description(spec.op), device, meter, spec.config, spec.seed)
+    except Exception as err:
+        conn.send({"error": f"{type(err).__name__}: {err}"})
+        return
+    conn.send({"idle_w": runner.idle_w})
+    try:
+        while (artifact := conn.recv()) is not None:
+            result = runner.run(artifact)
+            conn.send(asdict(result))
+            if result.status == "run_error" and spec.kind == "cuda":
+                return  # the CUDA context may be corrupt: let the parent start a fresh worker
+    finally:
+        if meter is not None:
+            meter.close()
+
+
+class IsolatedRunner:
+    """`run(artifact) -> Measurement`, like `Runner`, with the kernel in a separate process."""
+
+    def __init__(self, spec: WorkerSpec, timeout_s: float = 120.0,
+                 start_timeout_s: float = 900.0) -> None:
+        self.spec, self.timeout_s, self.start_timeout_s = spec, timeout_s, start_timeout_s
+        self.restarts = 0
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self.idle_w = self._start()
+
+    def _start(self) -> float | None:
+        self._conn, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_serve, args=(child, self.spec))
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(self.start_timeout_s):
+            self._kill()
+            raise WorkerError(f"measurement worker did not start in {self.start_timeout_s:.0f} s")
+        try:
+            ready = self._conn.recv()
+        except EOFError:
+            raise WorkerError(f"measurement worker died on start (exit code {self._exit()})")
+        if "error" in ready:
+            self._proc.join(10)
+            raise WorkerError(f"measurement worker failed to start: {ready['error']}")
+        return ready["idle_w"]
+
+    def _exit(self) -> int | None:
+        self._proc.join(10)
+        return self._proc.exitcode
+
+    def _kill(self) -> None:
+        self._proc.kill()
+        self._proc.join(10)
+
+    def _restart(self) -> None:
+        if self._proc.is_alive():
+            self._kill()
+        self.restarts += 1
+        self._start()
+
+    def run(self, artifact: str) -> Measurement:
+        if not self._proc.is_alive():
+            self._restart()
+        self._conn.send(artifact)
+        if not self._conn.poll(self.timeout_s):
+            self._restart()
+            return Measurement("run_error", error=f"timed out after {self.timeout_s:g} s; "
+                                                  "worker restarted")
+        try:
+            return Measurement(**self._conn.recv())
+        except EOFError:
+            code = self._exit()
+            self._restart()
+            return Measurement("run_error", error=f"worker crashed (exit code {code}); restarted")
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._kill()
