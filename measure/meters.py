@@ -3,12 +3,12 @@
 Both answer `power_during(run)`: the device's average power while `run` keeps it busy, as a
 `PowerReading` that also says what the meter could not see (no second estimate, too few ticks).
 
-NVML gives two independent estimates, both read by a sampler *process* (a thread would be
+NVML gives two independent estimates, each read by its own sampler *process* (a thread would be
 stalled by the GIL and by blocking CUDA syncs, GUIDE §3) that timestamps every value it sees:
 - the cumulative energy counter (mJ), which on Hopper advances in steps every ~100 ms: power is
   the energy between the first and last step strictly inside the busy interval over their time;
 - the instant power field (NVML_FI_DEV_POWER_INSTANT), integrated over the same interval.
-The sampler also records the SM clock, so a window run at throttled clocks can be flagged.
+The power sampler also records the SM clock, so a window run at throttled clocks can be flagged.
 """
 from __future__ import annotations
 
@@ -97,8 +97,12 @@ def median_tick_period(ticks: list[Tick]) -> float | None:
 
 
 # ---------------------------------------------------------------- NVML
-def _nvml_sampler(index: int, conn, poll_s: float, keep_s: float) -> None:
-    """Child process: timestamp every counter change, power sample and clock; answer queries."""
+def _nvml_sampler(index: int, conn, what: str, poll_s: float, keep_s: float) -> None:
+    """Child process: timestamp every energy-counter change (what="energy"), or every instant
+    power and SM clock sample (what="power"); answer (t0, t1) queries with a Timeline.
+
+    The two run in separate processes because an instant-power query takes milliseconds, which
+    would blur the timestamps of the counter's ticks."""
     import pynvml
 
     pynvml.nvmlInit()
@@ -106,27 +110,31 @@ def _nvml_sampler(index: int, conn, poll_s: float, keep_s: float) -> None:
     line, last, loops = Timeline(), -1, 0
     conn.send("ready")
     while True:
-        energy = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-        now = time.monotonic()
-        if energy != last:
-            line.ticks.append((now, energy))
-            last = energy
-        field_value = pynvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_POWER_INSTANT])[0]
-        if field_value.nvmlReturn == pynvml.NVML_SUCCESS:
-            line.power.append((now, field_value.value.uiVal / 1000.0))
-        if loops % 10 == 0:
-            line.sm_clock.append((now, pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)))
-        loops += 1
+        if what == "energy":
+            energy = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            now = time.monotonic()
+            if energy != last:
+                line.ticks.append((now, energy))
+                last = energy
+        else:
+            value = pynvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_POWER_INSTANT])[0]
+            now = time.monotonic()
+            if value.nvmlReturn == pynvml.NVML_SUCCESS:
+                line.power.append((now, value.value.uiVal / 1000.0))
+            if loops % 5 == 0:
+                line.sm_clock.append((now, pynvml.nvmlDeviceGetClockInfo(handle,
+                                                                          pynvml.NVML_CLOCK_SM)))
+            loops += 1
         try:
             if conn.poll():
                 request = conn.recv()
                 if request is None:
                     return
                 t0, t1 = request
-                conn.send(Timeline(*[[s for s in samples if t0 <= s[0] <= t1] for samples in
+                conn.send(Timeline(*[[x for x in samples if t0 <= x[0] <= t1] for samples in
                                      (line.ticks, line.power, line.sm_clock)]))
                 horizon = now - keep_s
-                line = Timeline(*[[s for s in samples if s[0] >= horizon] for samples in
+                line = Timeline(*[[x for x in samples if x[0] >= horizon] for samples in
                                   (line.ticks, line.power, line.sm_clock)])
         except (EOFError, OSError):  # the owning process is gone: so are we
             return
@@ -149,12 +157,15 @@ class NvmlMeter:
             raise MeterError(f"NVML has no energy counter for GPU {index}: {err}") from err
         self._settle_s = settle_s
         ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_nvml_sampler, args=(index, child, poll_s, 30.0),
-                                 daemon=True)
-        self._proc.start()
-        if not self._conn.poll(60) or self._conn.recv() != "ready":
-            raise MeterError("NVML sampler process did not start")
+        self._samplers = []
+        for what in ("energy", "power"):
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=_nvml_sampler, args=(index, child, what, poll_s, 30.0),
+                               daemon=True)
+            proc.start()
+            if not conn.poll(60) or conn.recv() != "ready":
+                raise MeterError(f"NVML {what} sampler process did not start")
+            self._samplers.append((conn, proc))
         self.tick_period_s = self._measure_tick_period()
 
     def _measure_tick_period(self) -> float:
@@ -163,9 +174,11 @@ class NvmlMeter:
         return median_tick_period(self.timeline(start, time.monotonic()).ticks) or 0.1
 
     def timeline(self, t0: float, t1: float) -> Timeline:
-        """Everything the sampler saw between two time.monotonic() instants."""
-        self._conn.send((t0, t1))
-        return self._conn.recv()
+        """Everything the samplers saw between two time.monotonic() instants."""
+        for conn, _ in self._samplers:
+            conn.send((t0, t1))
+        energy, power = (conn.recv() for conn, _ in self._samplers)
+        return Timeline(energy.ticks, power.power, power.sm_clock)
 
     def power_during(self, run: Callable[[], float]) -> PowerReading:
         t0 = time.monotonic()
@@ -188,12 +201,13 @@ class NvmlMeter:
         }
 
     def close(self) -> None:
-        if self._proc.is_alive():
-            try:
-                self._conn.send(None)
-            except OSError:
-                pass
-            self._proc.join(5)
+        for conn, proc in self._samplers:
+            if proc.is_alive():
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+                proc.join(5)
 
 
 # ---------------------------------------------------------------- RAPL

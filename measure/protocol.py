@@ -3,13 +3,17 @@
 One measurement of a kernel:
 1. Window length: long enough that the energy counter ticks at least `min_ticks` times inside
    it (NVML on Hopper ticks every ~100 ms; RAPL every ~1 ms), and at least `min_calls` calls.
+   A warm-up batch of `warmup_s` first brings power and clocks to their steady state (on an
+   H200 a window started from idle read ~4% low).
 2. Windows: the kernel runs back to back (`run_batch(n)`: n calls, no host sync in between) for
    at least `min_windows` windows, then more until the relative standard error of the mean power
    is within `target_rse` or `max_windows` is reached.
 3. Energy per call = mean counter power of the windows x per-call time of those same sustained
    batches (the kernel's time while running back to back, which is what the power belongs to).
-4. Quality flags (see `quality_flags`); a flagged measurement is repeated once with windows twice
-   as long, and the better of the two (fewer flags, then lower spread) is kept, flags and all.
+4. Quality flags (see `quality_flags`); a measurement with a flag in REMEASURE_FLAGS is repeated
+   once with windows twice as long, and the better attempt (fewer flags, then lower spread) is
+   kept, with the flags of every attempt. `power_capped` (clocks held down by the power limit) is
+   the kernel's steady state, not a measurement fault, so it is reported but not re-measured.
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ class Precision:
     min_clock_fraction: float = 0.85 # of the SM's maximum clock
     max_spread: float = 0.03         # coefficient of variation of power across windows
     remeasure: int = 1               # extra attempts for a flagged measurement
+    warmup_s: float = 0.2
+    capped_fraction: float = 0.95    # power at this fraction of the limit counts as capped
+
+
+REMEASURE_FLAGS = {"few_ticks", "disagree", "throttled", "spread"}
 
 
 @dataclass
@@ -43,6 +52,7 @@ class EnergyResult:
     power_cv: float | None           # across windows
     sustained_latency_s: float
     flags: list[str]
+    attempt_flags: list[list[str]]   # flags of every attempt, first to last
     attempts: int
     gpu_seconds: float               # device time spent on this measurement, all attempts
     windows: list[dict] = field(default_factory=list)
@@ -61,11 +71,13 @@ def relative_spread(values: list[float]) -> float:
 
 
 def quality_flags(readings: list[PowerReading], precision: Precision,
-                  max_clock_mhz: float | None) -> list[str]:
+                  max_clock_mhz: float | None, power_limit_w: float | None = None) -> list[str]:
     """What makes a measurement doubtful, as short names:
     few_ticks: a window held fewer than `min_ticks` counter ticks (zero or one means no estimate);
     disagree: counter and instant-power estimates differ by more than `max_disagreement`;
-    throttled: the SM clock fell below `min_clock_fraction` of its maximum;
+    throttled: the SM clock fell below `min_clock_fraction` of its maximum while power was under
+      `capped_fraction` of the limit (thermal or other throttling: the reading may not repeat);
+    power_capped: the same low clock, at the power limit (the kernel's steady state);
     spread: power varied across windows by more than `max_spread` (coefficient of variation).
     """
     flags = []
@@ -79,19 +91,23 @@ def quality_flags(readings: list[PowerReading], precision: Precision,
         if abs(counter - sampled) > precision.max_disagreement * counter:
             flags.append("disagree")
     clocks = [r.min_sm_clock_mhz for r in readings if r.min_sm_clock_mhz is not None]
-    if max_clock_mhz and clocks and min(clocks) < precision.min_clock_fraction * max_clock_mhz:
-        flags.append("throttled")
     watts = [r.watts for r in readings if r.watts is not None]
+    if max_clock_mhz and clocks and min(clocks) < precision.min_clock_fraction * max_clock_mhz:
+        capped = power_limit_w and watts and \
+            max(watts) >= precision.capped_fraction * power_limit_w
+        flags.append("power_capped" if capped else "throttled")
     if len(watts) > 1 and relative_spread(watts) > precision.max_spread:
         flags.append("spread")
     return flags
 
 
 def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
-             precision: Precision) -> tuple[list[PowerReading], list[dict], float]:
+             warmup_calls: int, precision: Precision) -> tuple[list[PowerReading], list[dict], float]:
     readings: list[PowerReading] = []
     states: list[dict] = []
     start = time.monotonic()
+    if warmup_calls:
+        run_batch(warmup_calls)
     while len(readings) < precision.max_windows:
         readings.append(meter.power_during(lambda: run_batch(calls)))
         states.append(meter.device_state())
@@ -102,8 +118,8 @@ def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
     return readings, states, time.monotonic() - start
 
 
-def _summarize(readings: list[PowerReading], states: list[dict], flags: list[str],
-               attempts: int, gpu_seconds: float, calls: int) -> EnergyResult:
+def _summarize(readings: list[PowerReading], states: list[dict], flags: list[list[str]],
+               gpu_seconds: float, calls: int) -> EnergyResult:
     watts = [r.watts for r in readings if r.watts is not None]
     sampled = [r.watts_sampled for r in readings if r.watts_sampled is not None]
     per_call = statistics.fmean(r.result for r in readings)
@@ -113,29 +129,38 @@ def _summarize(readings: list[PowerReading], states: list[dict], flags: list[str
         power_w=power,
         power_sampled_w=statistics.fmean(sampled) if sampled else None,
         power_cv=relative_spread(watts) if watts else None,
-        sustained_latency_s=per_call, flags=flags, attempts=attempts, gpu_seconds=gpu_seconds,
+        sustained_latency_s=per_call, flags=flags[-1], attempt_flags=flags, attempts=len(flags),
+        gpu_seconds=gpu_seconds,
         windows=[{"calls": calls, **asdict(r), **state} for r, state in zip(readings, states)])
 
 
 def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latency_s: float,
-                   precision: Precision, max_clock_mhz: float | None = None) -> EnergyResult:
+                   precision: Precision, max_clock_mhz: float | None = None,
+                   power_limit_w: float | None = None) -> EnergyResult:
     """`run_batch(n)` runs n calls back to back, synchronizes, and returns seconds per call."""
-    best: EnergyResult | None = None
+    attempts: list[tuple[list[PowerReading], list[dict], int]] = []
+    all_flags: list[list[str]] = []
     spent = 0.0
+    warmup_calls = math.ceil(precision.warmup_s / latency_s) if precision.warmup_s > 0 else 0
     for attempt in range(1 + precision.remeasure):
         seconds = window_seconds(meter, latency_s, precision, scale=2.0 ** attempt)
         calls = max(1, math.ceil(seconds / latency_s))
-        readings, states, took = _attempt(meter, run_batch, calls, precision)
+        readings, states, took = _attempt(meter, run_batch, calls, warmup_calls, precision)
         spent += took
-        result = _summarize(readings, states, quality_flags(readings, precision, max_clock_mhz),
-                            attempt + 1, spent, calls)
-        if best is None or (len(result.flags), result.power_cv or 0) < \
-                (len(best.flags), best.power_cv or 0):
-            best = result
-        if not result.flags:
+        attempts.append((readings, states, calls))
+        all_flags.append(quality_flags(readings, precision, max_clock_mhz, power_limit_w))
+        if not set(all_flags[-1]) & REMEASURE_FLAGS:
             break
-    best.attempts, best.gpu_seconds = attempt + 1, spent
-    return best
+
+    def badness(i: int) -> tuple[int, float]:
+        watts = [r.watts for r in attempts[i][0] if r.watts is not None]
+        return len(all_flags[i]), relative_spread(watts) if watts else math.inf
+
+    keep = min(range(len(attempts)), key=badness)
+    readings, states, calls = attempts[keep]
+    result = _summarize(readings, states, all_flags, spent, calls)
+    result.flags = all_flags[keep]
+    return result
 
 
 def idle_power(meter: EnergyMeter, seconds: float = 1.0) -> float | None:

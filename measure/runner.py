@@ -79,7 +79,9 @@ class Runner:
         self.poison = np.full(op.output_shape, np.nan, dtype=op.output_dtype)
         self.out = tvm.runtime.tensor(self.poison, device)
         self.idle_w = idle_power(meter) if meter is not None else None
-        self.max_clock_mhz = meter.device_state().get("sm_clock_max_mhz") if meter else None
+        state = meter.device_state() if meter is not None else {}
+        self.max_clock_mhz = state.get("sm_clock_max_mhz")
+        self.power_limit_w = state.get("power_limit_w")
 
     def check(self, func) -> float:
         """Relative Frobenius error of one call's output (inf if any element is not finite)."""
@@ -139,7 +141,7 @@ class Runner:
                              latency_samples=latency, meta={"l2": self.config.l2})
         if self.meter is not None:
             energy = measure_energy(self.meter, run_batch, result.latency_s,
-                                    self.config.precision, self.max_clock_mhz)
+                                    self.config.precision, self.max_clock_mhz, self.power_limit_w)
             result.energy_j, result.power_w = energy.energy_j, energy.power_w
             result.meta.update(meter=self.meter.name, idle_w=self.idle_w,
                                **{k: v for k, v in asdict(energy).items()

@@ -59,9 +59,9 @@ def test_measure_energy_protocol_with_rapl(tmp_path):
         advance(root, 0, state["energy_uj"])
         return 0.001
 
-    precision = Precision(min_calls=20, min_windows=3, max_spread=0.2)
+    precision = Precision(min_calls=20, min_windows=3, max_spread=0.2, warmup_s=0.05)
     result = measure_energy(meter, run_batch, latency_s=0.001, precision=precision)
-    assert state["calls"][:3] == [20, 20, 20]
+    assert state["calls"][:4] == [50, 20, 20, 20]        # warm-up, then the windows
     assert 3 <= len(result.windows) <= precision.max_windows
     assert result.energy_j == pytest.approx(result.power_w * 0.001)
     assert result.energy_j == pytest.approx(0.050, rel=0.15)   # host sleep overshoots a little
