@@ -1,0 +1,94 @@
+"""Cost-model quality on candidates measured on a GPU: Spearman and MAPE on held-out candidates.
+
+    python -m experiments.model_quality experiments/results/*/*.sqlite.gz
+
+Runs on a CPU: the schedules are rebuilt from the stored traces and featurized; no kernel runs.
+4-fold cross-validation over all correct candidates of one workload, for the model with and
+without the weighted loss and with and without the kernel-level features. Besides Spearman and
+MAPE over all held-out candidates it reports them on the best quarter (what the search cares
+about) and the regret: how much worse the truly best held-out candidate is than the one the
+model ranks first.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from costmodel.features import candidate_features
+from costmodel.model import LatencyEnergyModel
+from experiments.summarize_baseline import load_records
+from schedules import op_from_description
+
+FOLDS = 4
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def featurize(records):
+    import tvm.s_tir.tensor_intrin  # noqa: F401  traces may tensorize with WMMA
+
+    op = op_from_description(records[0].workload)
+    mod = tvm.IRModule({"main": op.prim_func()})
+    ctx = ms.TuneContext(mod=mod, target=tvm.target.Target("nvidia/nvidia-h100"), num_threads=2)
+    args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    cands = []
+    for r in records:
+        sch = tvm.s_tir.Schedule(mod)
+        tvm.s_tir.schedule.Trace.apply_json_to_schedule(r.trace, sch)
+        cands.append(ms.MeasureCandidate(sch, args))
+    return op, candidate_features(ctx, cands, op)
+
+
+def evaluate(x, lat, energy, weighted, kernel_features):
+    if not kernel_features:
+        x = x[:, :-6]
+    pred = {"latency": np.zeros(len(lat)), "energy": np.zeros(len(lat))}
+    folds = np.array_split(np.random.default_rng(0).permutation(len(lat)), FOLDS)
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(lat)), test)
+        model = LatencyEnergyModel(seed=0, weighted=weighted)
+        model.fit(x[train], lat[train], energy[train])
+        pl, pe = model.predict_log(x[test])
+        pred["latency"][test], pred["energy"][test] = np.exp(pl), np.exp(pe)
+    out = {}
+    for name, truth in (("latency", lat), ("energy", energy)):
+        p = pred[name]
+        top = truth <= np.quantile(truth, 0.25)
+        regrets = [truth[t][np.argmin(p[t])] / truth[t].min() - 1 for t in folds]
+        out[name] = (spearman(p, truth), float(np.mean(np.abs(p - truth) / truth)),
+                     spearman(p[top], truth[top]), float(np.mean(np.abs(p[top] - truth[top]) /
+                                                                  truth[top])),
+                     float(np.mean(regrets)))
+    return out
+
+
+def main(paths: list[str]) -> None:
+    records = [r for p in paths for r in load_records(Path(p))
+               if r.status == "ok" and r.energy_j is not None]
+    op, x = featurize(records)
+    lat = np.array([r.latency_s for r in records])
+    energy = np.array([r.energy_j for r in records])
+    print(f"{op.name} {op.shape_text()} {op.dtype} on {records[0].device}: {len(records)} "
+          f"correct candidates with measured energy, {FOLDS}-fold cross-validation\n")
+    print("| model | quantity | Spearman | MAPE | Spearman, best 25% | MAPE, best 25% | "
+          "regret of predicted best |")
+    print("|---|---|---|---|---|---|---|")
+    for weighted in (False, True):
+        for kernel in (False, True):
+            label = (f"{'weighted' if weighted else 'unweighted'}, "
+                     f"{'PerStore + kernel' if kernel else 'PerStore only'}")
+            for name, (rho, mape, rho_top, mape_top, regret) in \
+                    evaluate(x, lat, energy, weighted, kernel).items():
+                print(f"| {label} | {name} | {rho:.3f} | {mape:.1%} | {rho_top:.3f} | "
+                      f"{mape_top:.1%} | {regret:.1%} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
