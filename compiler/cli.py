@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from compiler.objective import OBJECTIVES, needs_energy
+from compiler.objective import KINDS, Objective
+from compiler.policy import POLICIES
 
 DTYPES_FOR_TARGET = {"cuda": ("float16", "float32"), "llvm": ("float32",)}
 DEFAULT_SHAPE = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
@@ -45,9 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "cuda, float32 on llvm; llvm supports float32 only)")
     p.add_argument("--target", choices=("auto", "cuda", "llvm"), default="auto",
                    help="auto: the first NVIDIA GPU that NVML and TVM see, else the CPU (llvm)")
-    p.add_argument("--objective", choices=OBJECTIVES, default="latency",
-                   help="minimize latency (s), energy per call (J) or energy x delay (J*s); "
+    p.add_argument("--objective", choices=KINDS,
+                   help="minimize latency (s, the default), energy per call (J) or energy x "
+                        "delay (J*s), or report the latency-energy Pareto front (pareto); "
                         "energy needs NVML on a GPU or readable RAPL counters on the CPU")
+    p.add_argument("--max-slowdown", type=float, metavar="X",
+                   help="least energy among kernels within X times the best latency found "
+                        "(X >= 1; implies --objective energy)")
+    p.add_argument("--energy-policy", choices=POLICIES, default="dynamic",
+                   help="dynamic: measure energy only for candidates the model places near the "
+                        "objective's front (skips are counted and reported); all: every one")
     p.add_argument("--trials", type=int, default=64,
                    help="candidates to measure for this workload and objective, counting those "
                         "already in --db (re-running continues an interrupted tune)")
@@ -73,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.trials < 1:
             raise UsageError(f"--trials must be at least 1, got {args.trials}")
+        if args.max_slowdown is not None:
+            if not args.max_slowdown >= 1:
+                raise UsageError(f"--max-slowdown must be at least 1, got {args.max_slowdown:g}")
+            if args.objective not in (None, "energy"):
+                raise UsageError(f"--max-slowdown bounds the energy objective, not "
+                                 f"--objective {args.objective}")
+        objective = Objective(args.objective or ("energy" if args.max_slowdown else "latency"),
+                              args.max_slowdown)
     except UsageError as err:
         fail(str(err))
     # TVM is imported only after the arguments are known to be sane: it takes seconds.
@@ -89,15 +105,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"(supported: {', '.join(DTYPES_FOR_TARGET[plat.kind])})")
         op = make_op(args.op, args.shape or DEFAULT_SHAPE[plat.kind], dtype)
         no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
-        if no_meter and needs_energy(args.objective):
-            raise UsageError(f"--objective {args.objective} needs an energy meter, but {no_meter}; "
-                             "use --objective latency")
+        if no_meter and objective.needs_energy:
+            raise UsageError(f"--objective {objective.kind} needs an energy meter, but "
+                             f"{no_meter}; use --objective latency")
         db = TuningDatabase(args.db)
     except (UsageError, OpError, TargetError, DatabaseError) as err:
         fail(str(err))
     from compiler.session import run_session
 
-    return run_session(args, plat, op, no_meter, db)
+    return run_session(args, objective, plat, op, no_meter, db)
 
 
 if __name__ == "__main__":

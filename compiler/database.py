@@ -33,6 +33,15 @@ CREATE TABLE IF NOT EXISTS candidates (
     created_at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS candidates_workload ON candidates (workload_key);
+CREATE TABLE IF NOT EXISTS models (
+    workload_key TEXT NOT NULL,
+    family       TEXT NOT NULL,      -- op, dtype and device: which workloads can share a model
+    quantity     TEXT NOT NULL,      -- latency | power
+    booster      BLOB NOT NULL,      -- XGBoost model (save_raw)
+    samples      INTEGER NOT NULL,
+    created_at   REAL NOT NULL,
+    PRIMARY KEY (workload_key, quantity)
+);
 """
 
 
@@ -99,6 +108,24 @@ class TuningDatabase:
                 row[key] = json.loads(row[key]) if row[key] is not None else None
             out.append(Record(**row))
         return out
+
+    def save_model(self, workload_key: str, family: str, blobs: dict[str, bytes],
+                   samples: int) -> None:
+        with self.conn:
+            for quantity, blob in blobs.items():
+                self.conn.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                                  (workload_key, family, quantity, blob, samples, time.time()))
+
+    def load_model(self, family: str, exclude_key: str) -> tuple[str, dict[str, bytes]] | None:
+        """The newest model of another workload of the same family: (its workload key, blobs)."""
+        row = self.conn.execute(
+            "SELECT workload_key FROM models WHERE family = ? AND workload_key != ? "
+            "ORDER BY created_at DESC LIMIT 1", (family, exclude_key)).fetchone()
+        if row is None:
+            return None
+        blobs = dict(self.conn.execute("SELECT quantity, booster FROM models WHERE workload_key = ?",
+                                       (row[0],)).fetchall())
+        return row[0], blobs
 
     def close(self) -> None:
         self.conn.close()

@@ -1,29 +1,104 @@
-"""What the search minimizes: latency (s), energy per call (J), or EDP (J x s)."""
+"""What the search optimizes, and which measured kernel that objective picks.
+
+- latency: seconds per call; energy: joules per call; edp: energy x delay (J*s);
+- energy with a slowdown bound (`--max-slowdown X`): least energy among kernels within X times
+  the best latency measured for the workload;
+- pareto: the latency-energy Pareto front is reported; the search itself ranks by EDP, a
+  scalarization that rewards moving along the front in both directions.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-OBJECTIVES = ("latency", "energy", "edp")
+from compiler.database import Record
+
+KINDS = ("latency", "energy", "edp", "pareto")
+SLOWDOWN_PENALTY = 10.0  # log-score penalty per unit of log latency beyond the bound
 
 
-def needs_energy(objective: str) -> bool:
-    return objective in ("energy", "edp")
+@dataclass(frozen=True)
+class Objective:
+    kind: str
+    max_slowdown: float | None = None
+
+    @property
+    def key(self) -> str:
+        """How the database names it (trial budgets are counted per key)."""
+        return f"energy@{self.max_slowdown:g}x" if self.max_slowdown else self.kind
+
+    @property
+    def label(self) -> str:
+        return (f"energy within {self.max_slowdown:g}x of fastest" if self.max_slowdown
+                else self.kind)
+
+    @property
+    def needs_energy(self) -> bool:
+        return self.kind != "latency"
+
+    def value(self, latency_s: float | None, energy_j: float | None) -> float | None:
+        """The scalar this objective minimizes; None when a quantity it needs was not measured."""
+        if latency_s is None or (self.needs_energy and energy_j is None):
+            return None
+        if self.kind == "latency":
+            return latency_s
+        return energy_j if self.kind == "energy" else energy_j * latency_s
+
+    def log_score(self, log_latency: np.ndarray | None, log_energy: np.ndarray | None,
+                  best_latency_s: float | None) -> np.ndarray | None:
+        """Predicted log objective (lower is better); None if a needed prediction is missing."""
+        if log_latency is None or (self.needs_energy and log_energy is None):
+            return None
+        if self.kind == "latency":
+            return log_latency
+        if self.kind == "energy":
+            score = np.array(log_energy, dtype="float64")
+            if self.max_slowdown and best_latency_s:
+                bound = math.log(self.max_slowdown * best_latency_s)
+                score += SLOWDOWN_PENALTY * np.maximum(0.0, log_latency - bound)
+            return score
+        return log_latency + log_energy
+
+    def choose(self, records: list[Record]) -> Record | None:
+        """The correct, fully measured record this objective prefers (None if there is none)."""
+        ok = [r for r in records if r.status == "ok" and r.latency_s is not None]
+        if self.max_slowdown and ok:
+            fastest = min(r.latency_s for r in ok)
+            ok = [r for r in ok if r.latency_s <= self.max_slowdown * fastest]
+        scored = [(self.value(r.latency_s, r.energy_j), r.id or 0, r) for r in ok]
+        scored = [s for s in scored if s[0] is not None]
+        return min(scored, key=lambda s: (s[0], s[1]))[2] if scored else None
+
+    def near_front(self, latency_s: float, energy_j: float, records: list[Record],
+                   margin: float) -> bool:
+        """Could a kernel with this (measured) latency and (predicted) energy be chosen, give or
+        take `margin`? The dynamic energy policy measures energy only where it could."""
+        done = [r for r in records if r.status == "ok" and r.latency_s is not None]
+        measured = [r for r in done if r.energy_j is not None]
+        grow = 1.0 + margin
+        if self.kind == "latency":
+            return not done or latency_s <= grow * min(r.latency_s for r in done)
+        if self.kind == "pareto":
+            return not any(r.latency_s * grow <= latency_s and r.energy_j * grow <= energy_j
+                           for r in measured)
+        if self.max_slowdown and done:
+            bound = self.max_slowdown * min(r.latency_s for r in done)
+            if latency_s > grow * bound:
+                return False
+            measured = [r for r in measured if r.latency_s <= bound]
+        values = [self.value(r.latency_s, r.energy_j) for r in measured]
+        return not values or self.value(latency_s, energy_j) <= grow * min(values)
 
 
-def objective_value(objective: str, latency_s: float | None, energy_j: float | None) -> float | None:
-    """The objective of one measured kernel; None when a quantity it needs was not measured."""
-    if latency_s is None or (needs_energy(objective) and energy_j is None):
-        return None
-    return {"latency": latency_s, "energy": energy_j,
-            "edp": (energy_j or math.nan) * latency_s}[objective]
-
-
-def predicted_log_objective(objective: str, log_latency: np.ndarray | None,
-                            log_energy: np.ndarray | None) -> np.ndarray | None:
-    """log of the objective from the models' log predictions; None if a needed model is missing."""
-    if log_latency is None or (needs_energy(objective) and log_energy is None):
-        return None
-    return {"latency": lambda: log_latency, "energy": lambda: log_energy,
-            "edp": lambda: log_latency + log_energy}[objective]()
+def pareto_front(records: list[Record]) -> list[Record]:
+    """Correct records with measured energy that no other record beats in both latency and
+    energy, fastest first."""
+    pts = sorted((r for r in records if r.status == "ok" and r.energy_j is not None
+                  and r.latency_s is not None), key=lambda r: (r.latency_s, r.energy_j))
+    front: list[Record] = []
+    for r in pts:
+        if not front or r.energy_j < front[-1].energy_j:
+            front.append(r)
+    return front

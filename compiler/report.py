@@ -6,25 +6,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from compiler.database import Record
-from compiler.objective import objective_value
+from compiler.objective import Objective
 from schedules import Op
 
-UNITS = {"latency": ("ms", 1e3), "energy": ("mJ", 1e3), "edp": ("mJ·ms", 1e6)}
+UNITS = {"latency": ("ms", 1e3), "energy": ("mJ", 1e3), "edp": ("mJ·ms", 1e6),
+         "pareto": ("mJ·ms (EDP)", 1e6)}
 
 
 def fmt(value: float | None, scale: float = 1.0, digits: int = 4) -> str:
     return "-" if value is None else f"{value * scale:.{digits}g}"
 
 
-def fmt_objective(objective: str, value: float | None) -> str:
-    unit, scale = UNITS[objective]
+def fmt_objective(objective: Objective, value: float | None) -> str:
+    unit, scale = UNITS[objective.kind]
     return f"{fmt(value, scale)} {unit}" if value is not None else "none yet"
 
 
 class LiveProgress:
     """Trials done, best so far in the objective, and the last candidate's latency and energy."""
 
-    def __init__(self, objective: str, total: int, done: int, console: Console,
+    def __init__(self, objective: Objective, total: int, done: int, console: Console,
                  best: float | None = None) -> None:
         self.objective, self.best, self.console, self.done = objective, best, console, done
         self.progress = Progress(TextColumn("[bold]tuning"), BarColumn(), MofNCompleteColumn(),
@@ -40,15 +41,18 @@ class LiveProgress:
         self.progress.stop()
 
     def update(self, record: Record) -> None:
-        value = objective_value(self.objective, record.latency_s, record.energy_j) \
-            if record.status == "ok" else None
+        value = self.objective.value(record.latency_s, record.energy_j) \
+            if record.status == "ok" and not self.objective.max_slowdown else None
         if value is not None and (self.best is None or value < self.best):
             self.best = value
         last = f"last {record.status}"
         if record.status == "ok":
             last = f"last {fmt(record.latency_s, 1e3)} ms" + (
-                f", {fmt(record.energy_j, 1e3)} mJ" if record.energy_j is not None else "")
-        status = f"best {self.objective} {fmt_objective(self.objective, self.best)} | {last}"
+                f", {fmt(record.energy_j, 1e3)} mJ" if record.energy_j is not None else
+                ", energy left to the model" if (record.meta or {}).get("energy_skipped") else "")
+        best = "" if self.objective.max_slowdown else \
+            f"best {self.objective.kind} {fmt_objective(self.objective, self.best)} | "
+        status = best + last
         self.progress.update(self.task, advance=1, status=status)
         self.done += 1
         if not self.console.is_terminal:  # logs get one line per trial instead of a live bar

@@ -9,7 +9,8 @@ notify_runner_results) instead of writing our own genetic loop or calling `ms.tu
 - `tune_tir`'s task scheduler owns the build/run/database loop, which would hide energy: TVM's
   records carry run times only. Driving the strategy ourselves lets measure/ record energy,
   correctness and metadata for every candidate, lets the SQLite store resume a run, and lets the
-  model be retrained on energy as results arrive.
+  model be retrained on energy as results arrive, and lets the dynamic energy policy
+  (compiler/policy.py) skip energy measurements of candidates that cannot matter.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import hashlib
 import json
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,9 +32,10 @@ from tvm.ir.utils import derived_object
 
 from compiler.builder import Builder
 from compiler.database import Record, TuningDatabase
-from compiler.objective import objective_value, predicted_log_objective
+from compiler.objective import Objective
+from compiler.policy import EnergyPolicy
 from compiler.target import Platform
-from costmodel import LatencyEnergyModel, candidate_features
+from costmodel import KernelModel, candidate_features
 from measure.runner import CandidateRunner
 from schedules import Op, design_space
 
@@ -67,10 +70,10 @@ class ObjectiveCostModel(PyCostModel):
     Training happens in the tuning loop, which sees energy; `update` is therefore a no-op.
     """
 
-    def __init__(self, model: LatencyEnergyModel, objective: str, seed: int) -> None:
+    def __init__(self, tuner: "Tuner") -> None:
         super().__init__()
-        self.model, self.objective = model, objective
-        self.rng = np.random.default_rng(seed)
+        self.tuner = tuner
+        self.rng = np.random.default_rng(tuner.seed)
 
     def load(self, path: str) -> None:
         pass
@@ -82,11 +85,12 @@ class ObjectiveCostModel(PyCostModel):
         pass
 
     def predict(self, context: ms.TuneContext, candidates: list[ms.MeasureCandidate]) -> np.ndarray:
-        log_lat, log_energy = self.model.predict_log(candidate_features(context, candidates))
-        log_obj = predicted_log_objective(self.objective, log_lat, log_energy)
-        if log_obj is None:
+        pred = self.tuner.model.predict_log(candidate_features(context, candidates, self.tuner.op))
+        score = self.tuner.objective.log_score(pred["latency"], pred["energy"],
+                                               self.tuner.best_latency())
+        if score is None:
             return self.rng.random(len(candidates))
-        return -np.asarray(log_obj, dtype="float64")
+        return -np.asarray(score, dtype="float64")
 
 
 @dataclass
@@ -96,6 +100,10 @@ class TuneStats:
     build_errors: int = 0
     run_errors: int = 0
     wrong: int = 0
+    energy_measured: int = 0    # correct candidates whose energy was measured in this run
+    energy_skipped: int = 0     # ... and whose energy the dynamic policy left to the model
+    proposal_s: list[float] = field(default_factory=list)  # per generation, search + scoring
+    warm_start: str | None = None  # workload key whose saved model started this tune
     exhausted: bool = False     # the strategy found no new candidates before the budget was spent
 
 
@@ -106,19 +114,27 @@ class TuneResult:
 
 
 class Tuner:
-    def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase, objective: str,
-                 seed: int = 0, batch: int = 16, population: int = 512) -> None:
+    def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase,
+                 objective: Objective, seed: int = 0, batch: int = 16, population: int = 512,
+                 energy_policy: str = "dynamic") -> None:
         self.op, self.plat, self.runner, self.db = op, plat, runner, db
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population
         self.mod = tvm.IRModule({"main": op.prim_func()})
         self.key = workload_key(op, plat)
+        self.family = f"{op.name}/{op.dtype}/{plat.device_name}"
         self.args_info = ms.arg_info.ArgInfo.from_prim_func(self.mod["main"])
-        self.model = LatencyEnergyModel(seed)
+        self.model = KernelModel(seed)
+        self.policy = EnergyPolicy(objective, energy_policy)
+        self.records: list[Record] = []
+
+    def best_latency(self) -> float | None:
+        done = [r.latency_s for r in self.records if r.status == "ok" and r.latency_s]
+        return min(done) if done else None
 
     def _record(self, sch: tvm.s_tir.Schedule, status: str, **fields) -> Record:
         return Record(id=None, workload_key=self.key, workload=self.op.describe(),
                       target=str(self.plat.target.export()), device=self.plat.device_name,
-                      objective=self.objective, mod_hash=module_hash(sch.mod),
+                      objective=self.objective.key, mod_hash=module_hash(sch.mod),
                       trace=plain_json(sch.trace.as_json()), status=status, **fields)
 
     def schedule(self, record: Record) -> tvm.s_tir.Schedule:
@@ -127,13 +143,13 @@ class Tuner:
         return sch
 
     def _run_secs(self, record: Record) -> float:
-        value = objective_value(self.objective, record.latency_s, record.energy_j)
+        value = self.objective.value(record.latency_s, record.energy_j)
         return FAILED_RUN_SECS if record.status != "ok" or value is None else value
 
     def tune(self, trials: int, on_record: Callable[[Record], None] = lambda r: None) -> TuneResult:
         """Measure until this objective has `trials` candidates for the workload in the database."""
-        records = self.db.records(self.key)
-        stats = TuneStats(previous=sum(r.objective == self.objective for r in records))
+        self.records = records = self.db.records(self.key)
+        stats = TuneStats(previous=sum(r.objective == self.objective.key for r in records))
         remaining = trials - stats.previous
         if remaining <= 0:
             return TuneResult(records, stats)
@@ -147,34 +163,39 @@ class Tuner:
         strategy_db = ms.database.MemoryDatabase()
         workload = strategy_db.commit_workload(self.mod)
         known: dict[str, Record] = {}
-        train_cands, train_lat, train_energy = [], [], []
+        train: list[tuple[ms.MeasureCandidate, float, float]] = []
 
         def learn(record: Record, sch: tvm.s_tir.Schedule) -> None:
             known[record.mod_hash] = record
             strategy_db.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, workload, [self._run_secs(record)], self.plat.target, self.args_info))
             if record.status == "ok":
-                train_cands.append(ms.MeasureCandidate(sch, self.args_info))
-                train_lat.append(record.latency_s)
-                train_energy.append(math.nan if record.energy_j is None else record.energy_j)
+                energy = math.nan if record.energy_j is None else record.energy_j
+                train.append((ms.MeasureCandidate(sch, self.args_info), record.latency_s, energy))
 
         def retrain() -> None:
-            if train_cands:
-                self.model.fit(candidate_features(ctx, train_cands), np.array(train_lat),
-                               np.array(train_energy, dtype="float64"))
+            if train:
+                cands, lat, energy = zip(*train)
+                self.model.fit(candidate_features(ctx, list(cands), self.op), np.array(lat),
+                               np.array(energy, dtype="float64"))
+                self.db.save_model(self.key, self.family, self.model.to_bytes(), len(train))
 
         for record in records:
             learn(record, self.schedule(record))
         retrain()
+        if not train and (saved := self.db.load_model(self.family, self.key)) is not None:
+            stats.warm_start, blobs = saved
+            self.model.load_bytes(blobs)
 
-        cost_model = ObjectiveCostModel(self.model, self.objective, self.seed)
         ctx.pre_tuning(max_trials=trials + len(records), num_trials_per_iter=self.batch,
-                       database=strategy_db, cost_model=cost_model)
+                       database=strategy_db, cost_model=ObjectiveCostModel(self))
         with tempfile.TemporaryDirectory(prefix="tune-artifacts-") as out_dir:
             builder = Builder(self.plat.target, out_dir, workers=threads)
             try:
                 while stats.measured < remaining:
+                    started = time.perf_counter()
                     candidates = ctx.generate_measure_candidates()
+                    stats.proposal_s.append(time.perf_counter() - started)
                     if not candidates:
                         stats.exhausted = True
                         break
@@ -182,8 +203,9 @@ class Tuner:
                     fresh = [c for c, h in zip(candidates, hashes) if h not in known]
                     fresh = fresh[: remaining - stats.measured]
                     builds = builder.build([c.sch.mod for c in fresh])
-                    for cand, built in zip(fresh, builds):
-                        record = self._measure(cand.sch, built.artifact, built.error, stats)
+                    power = self._predicted_power(ctx, fresh)
+                    for cand, built, watts in zip(fresh, builds, power):
+                        record = self._measure(cand.sch, built.artifact, built.error, watts, stats)
                         record.id = self.db.add(record)
                         records.append(record)
                         learn(record, cand.sch)
@@ -199,23 +221,30 @@ class Tuner:
                 ctx.post_tuning()
         return TuneResult(records, stats)
 
+    def _predicted_power(self, ctx: ms.TuneContext,
+                         candidates: list[ms.MeasureCandidate]) -> list[float | None]:
+        """Predicted energy per second of (burst) latency, per candidate; None untrained."""
+        if not candidates or self.model.power is None:
+            return [None] * len(candidates)
+        log_power = self.model.predict_log(candidate_features(ctx, candidates, self.op))["power"]
+        return [float(math.exp(p)) for p in log_power]
+
     def _measure(self, sch: tvm.s_tir.Schedule, artifact: str | None, build_error: str | None,
-                 stats: TuneStats) -> Record:
+                 predicted_power_w: float | None, stats: TuneStats) -> Record:
         stats.measured += 1
         if artifact is None:
             stats.build_errors += 1
             return self._record(sch, "build_error", error=build_error)
-        m = self.runner.run(artifact)
+        m = self.runner.run(artifact, lambda partial: self.policy.decide(
+            partial.latency_s, predicted_power_w, self.records))
         stats.run_errors += m.status == "run_error"
         stats.wrong += m.status == "wrong"
+        if m.status == "ok" and predicted_power_w is not None:
+            m.meta["energy_predicted_j"] = predicted_power_w * m.latency_s
+        if m.energy_j is not None:
+            stats.energy_measured += 1
+            self.policy.observe(predicted_power_w, m.latency_s, m.energy_j)
+        stats.energy_skipped += bool(m.meta.get("energy_skipped"))
         return self._record(sch, m.status, error=m.error, rel_error=m.rel_error,
                             latency_s=m.latency_s, latency_samples=m.latency_samples,
                             energy_j=m.energy_j, power_w=m.power_w, meta=m.meta)
-
-
-def best(records: list[Record], objective: str) -> Record | None:
-    """The correct record with the smallest objective value (None if there is none)."""
-    scored = [(objective_value(objective, r.latency_s, r.energy_j), r.id or 0, r)
-              for r in records if r.status == "ok"]
-    scored = [s for s in scored if s[0] is not None]
-    return min(scored, key=lambda s: (s[0], s[1]))[2] if scored else None

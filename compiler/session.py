@@ -8,9 +8,9 @@ from rich.console import Console
 from compiler.cli import powercap_root
 from compiler.database import TuningDatabase
 from compiler.export import export_kernel
-from compiler.objective import objective_value
+from compiler.objective import Objective, pareto_front
 from compiler.report import LiveProgress, summary_table
-from compiler.search import Tuner, best
+from compiler.search import Tuner
 from compiler.target import Platform
 from measure.runner import MeasureConfig
 from measure.worker import IsolatedRunner, WorkerError, WorkerSpec
@@ -20,11 +20,12 @@ LATENCY_TIMING = {"cuda": {"latency_repeats": 10, "latency_min_repeat_ms": 20},
                   "llvm": {"latency_repeats": 5, "latency_min_repeat_ms": 5}}
 
 
-def run_session(args: argparse.Namespace, plat: Platform, op: Op, no_meter: str | None,
-                db: TuningDatabase) -> int:
+def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op,
+                no_meter: str | None, db: TuningDatabase) -> int:
     out, err = Console(), Console(stderr=True)
     err.print(f"{op.name} {op.shape_text()} {op.dtype} on {plat.device_name} ({plat.kind}), "
-              f"objective {args.objective}, {args.trials} trials, L2 {args.l2}, db {db.path}")
+              f"objective {objective.label}, {args.trials} trials, L2 {args.l2}, "
+              f"energy policy {args.energy_policy}, db {db.path}")
     if no_meter:
         err.print(f"energy: not measured ({no_meter})")
     config = MeasureConfig(l2=args.l2, **LATENCY_TIMING[plat.kind])
@@ -38,16 +39,16 @@ def run_session(args: argparse.Namespace, plat: Platform, op: Op, no_meter: str 
         return 1
     if runner.idle_w is not None:
         err.print(f"idle power {runner.idle_w:.1f} W")
-    tuner = Tuner(op, plat, runner, db, args.objective, seed=args.seed)
+    tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
+                  energy_policy=args.energy_policy)
     previous = db.records(tuner.key)
-    done = min(args.trials, sum(r.objective == args.objective for r in previous))
+    done = min(args.trials, sum(r.objective == objective.key for r in previous))
     if done:
         err.print(f"resuming: {done} of {args.trials} trials already in the db")
-    prior_best = best(previous, args.objective)
-    prior_value = objective_value(args.objective, prior_best.latency_s, prior_best.energy_j) \
-        if prior_best else None
+    prior_best = objective.choose(previous)
+    prior_value = objective.value(prior_best.latency_s, prior_best.energy_j) if prior_best else None
     try:
-        with LiveProgress(args.objective, args.trials, done, err, prior_value) as live:
+        with LiveProgress(objective, args.trials, done, err, prior_value) as live:
             result = tuner.tune(args.trials, on_record=live.update)
     except KeyboardInterrupt:
         err.print("interrupted: every measured candidate is in the db; "
@@ -65,14 +66,27 @@ def run_session(args: argparse.Namespace, plat: Platform, op: Op, no_meter: str 
               f"errors, {s.run_errors} run errors, {s.wrong} wrong results, "
               f"{runner.restarts} worker restarts"
               + ("; the search found no further new candidates" if s.exhausted else ""))
-    chosen = best(result.records, args.objective)
+    if no_meter is None and s.energy_measured + s.energy_skipped:
+        err.print(f"energy measured for {s.energy_measured} of "
+                  f"{s.energy_measured + s.energy_skipped} correct candidates "
+                  f"({s.energy_skipped} left to the model by the {args.energy_policy} policy)")
+    if s.proposal_s:
+        mean_s = sum(s.proposal_s) / len(s.proposal_s)
+        err.print(f"search: {len(s.proposal_s)} generations, {mean_s:.1f} s each on average to "
+                  "propose and score a batch"
+                  + (f"; model warm-started from workload {s.warm_start}" if s.warm_start else ""))
+    fastest = Objective("latency").choose(result.records)
+    chosen = objective.choose(result.records)
     if chosen is None:
-        err.print("tune: no correct kernel was found; see the errors in the db")
+        err.print("tune: no correct kernel with the measurements this objective needs was found; "
+                  "see the errors in the db")
         return 1
-    rows = [(f"best {args.objective}", chosen)]
-    fastest = best(result.records, "latency")
-    if args.objective != "latency":
-        rows.append(("best latency", fastest))
+    if objective.kind == "pareto":
+        rows = [(f"front {i + 1}", r) for i, r in enumerate(pareto_front(result.records))]
+    else:
+        rows = [(f"best {objective.label}", chosen)]
+        if objective.kind != "latency":
+            rows.append(("best latency", fastest))
     out.print(summary_table(op, rows))
     if chosen is not fastest:
         out.print(f"trade-off: {chosen.latency_s / fastest.latency_s - 1:+.1%} latency, "
@@ -80,6 +94,6 @@ def run_session(args: argparse.Namespace, plat: Platform, op: Op, no_meter: str 
                      if chosen.energy_j and fastest.energy_j else "energy not measured"))
     if args.export:
         manifest = export_kernel(op, plat.target, tuner.schedule(chosen), chosen,
-                                 args.objective, args.export)
+                                 objective.label, args.export)
         out.print(f"exported {manifest.with_suffix('.so')} and {manifest}")
     return 0

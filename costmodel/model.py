@@ -1,7 +1,11 @@
-"""XGBoost models of log latency and log energy per call, retrained as measurements arrive.
+"""XGBoost models of log latency, log energy per call and log power, retrained as results arrive.
 
-Logs make the regression scale-free (candidates span orders of magnitude) and turn EDP into a sum
-of the two predictions. The energy model exists only where energy was measured.
+- latency and energy rank candidates before anything about them is measured (the search);
+- power (energy per second of latency) predicts a candidate's energy once its latency has been
+  measured, which is cheap: predicted power x measured latency. Its error is the power model's
+  alone, and power varies far less across candidates than energy does (the dynamic energy
+  policy uses this). experiments/model_quality.py compares the two ways of predicting energy.
+Logs make the regressions scale-free. Energy and power models exist only where energy was measured.
 
 Weighted loss: the search only needs to tell good candidates apart, so a sample's weight grows
 with its closeness to the best measured value: w = 1 + BOOST * exp(-(y - min y) / SCALE) on the
@@ -25,11 +29,12 @@ def best_weights(y: np.ndarray) -> np.ndarray:
     return 1.0 + BOOST * np.exp(-(y - y.min()) / SCALE)
 
 
-class LatencyEnergyModel:
+class KernelModel:
     def __init__(self, seed: int = 0, weighted: bool = True) -> None:
         self.seed, self.weighted = seed, weighted
         self.latency: xgb.Booster | None = None
         self.energy: xgb.Booster | None = None
+        self.power: xgb.Booster | None = None
 
     def _train(self, features: np.ndarray, values: np.ndarray) -> xgb.Booster | None:
         keep = np.isfinite(values) & (values > 0)
@@ -41,21 +46,23 @@ class LatencyEnergyModel:
         return xgb.train({**PARAMS, "seed": self.seed}, data, num_boost_round=ROUNDS)
 
     def fit(self, features: np.ndarray, latency_s: np.ndarray, energy_j: np.ndarray) -> None:
-        """Retrain both models from scratch on all measured candidates (NaN = not measured)."""
+        """Retrain the models from scratch on all measured candidates (NaN = not measured)."""
         self.latency = self._train(features, latency_s)
         self.energy = self._train(features, energy_j)
+        self.power = self._train(features, energy_j / latency_s)
 
-    def predict_log(self, features: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Predicted log latency and log energy; None for a model that is not trained yet."""
+    def predict_log(self, features: np.ndarray) -> dict[str, np.ndarray | None]:
+        """Predicted log latency, energy and power; None for a model not trained yet."""
         data = xgb.DMatrix(features)
-        lat = self.latency.predict(data) if self.latency is not None else None
-        energy = self.energy.predict(data) if self.energy is not None else None
-        return lat, energy
+        return {name: None if booster is None else booster.predict(data)
+                for name, booster in (("latency", self.latency), ("energy", self.energy),
+                                      ("power", self.power))}
 
     def to_bytes(self) -> dict[str, bytes]:
         """The trained boosters, for the tuning database."""
         return {name: bytes(booster.save_raw()) for name, booster in
-                (("latency", self.latency), ("energy", self.energy)) if booster is not None}
+                (("latency", self.latency), ("energy", self.energy), ("power", self.power))
+                if booster is not None}
 
     def load_bytes(self, blobs: dict[str, bytes]) -> None:
         for name, blob in blobs.items():

@@ -82,10 +82,10 @@ def tvm_kernels(meter):
     from measure.runner import MeasureConfig, Runner
     from schedules import make_op
     from experiments.summarize_baseline import load_records
-    from compiler.search import best
+    from compiler.objective import Objective
 
     records = load_records(BASELINE / "latency.sqlite.gz")
-    chosen = best(records, "latency")
+    chosen = Objective("latency").choose(records)
     op = make_op("matmul", "4096,4096,4096", "float16")
     mod = tvm.IRModule({"main": op.prim_func()})
     import tvm.s_tir.tensor_intrin  # noqa: F401

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from compiler.database import TuningDatabase
 from compiler.report import kernel_figures
-from compiler.search import best
+from compiler.objective import Objective
 from schedules import make_op
 
 
@@ -45,7 +45,7 @@ def main(results: Path) -> None:
         records = load_records(db_file)
         wl = records[0].workload
         op = make_op(wl["op"], ",".join(str(v) for v in wl["shape"].values()), wl["dtype"])
-        chosen = best(records, objective)
+        chosen = Objective(objective).choose(records)
         ok = sum(r.status == "ok" for r in records)
         lines.append(row(f"TVM, `--objective {objective}` (best of {ok} correct of "
                          f"{len(records)}, db id {chosen.id})", kernel_figures(op, chosen)))

@@ -55,7 +55,9 @@ class Measurement:
 class CandidateRunner(Protocol):
     """Anything that measures a built kernel: `Runner` in-process, `IsolatedRunner` in a worker."""
 
-    def run(self, artifact: str) -> Measurement: ...
+    def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...) -> Measurement:
+        """Check and time the kernel; measure its energy if there is a meter and
+        `decide(measurement so far)` says so."""
 
 
 def last_line(err: BaseException) -> str:
@@ -126,7 +128,8 @@ class Runner:
             return [run_batch(calls) for _ in range(cfg.latency_repeats)]
         return samples, run_batch
 
-    def run(self, artifact: str) -> Measurement:
+    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True
+            ) -> Measurement:
         try:
             module = tvm.runtime.load_module(artifact)
             rel_error = self.check(module["main"])
@@ -139,7 +142,9 @@ class Runner:
         latency = samples()
         result = Measurement("ok", rel_error=rel_error, latency_s=statistics.median(latency),
                              latency_samples=latency, meta={"l2": self.config.l2})
-        if self.meter is not None:
+        if self.meter is not None and not decide(result):
+            result.meta["energy_skipped"] = True
+        elif self.meter is not None:
             energy = measure_energy(self.meter, run_batch, result.latency_s,
                                     self.config.precision, self.max_clock_mhz, self.power_limit_w)
             result.energy_j, result.power_w = energy.energy_j, energy.power_w

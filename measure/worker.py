@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from measure.runner import MeasureConfig, Measurement, Runner
 
@@ -42,10 +43,14 @@ def _serve(conn, spec: WorkerSpec) -> None:
         conn.send({"error": f"{type(err).__name__}: {err}"})
         return
     conn.send({"idle_w": runner.idle_w})
+    def ask_parent(measurement: Measurement) -> bool:
+        conn.send({"ask": asdict(measurement)})
+        return bool(conn.recv())
+
     try:
         while (artifact := conn.recv()) is not None:
-            result = runner.run(artifact)
-            conn.send(asdict(result))
+            result = runner.run(artifact, ask_parent)
+            conn.send({"result": asdict(result)})
             if result.status == "run_error" and spec.kind == "cuda":
                 return  # the CUDA context may be corrupt: let the parent start a fresh worker
     finally:
@@ -95,20 +100,27 @@ class IsolatedRunner:
         self.restarts += 1
         self._start()
 
-    def run(self, artifact: str) -> Measurement:
+    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True
+            ) -> Measurement:
+        """Measure in the worker; `decide` answers the worker's "measure energy?" question."""
         if not self._proc.is_alive():
             self._restart()
         self._conn.send(artifact)
-        if not self._conn.poll(self.timeout_s):
-            self._restart()
-            return Measurement("run_error", error=f"timed out after {self.timeout_s:g} s; "
-                                                  "worker restarted")
-        try:
-            return Measurement(**self._conn.recv())
-        except EOFError:
-            code = self._exit()
-            self._restart()
-            return Measurement("run_error", error=f"worker crashed (exit code {code}); restarted")
+        while True:
+            if not self._conn.poll(self.timeout_s):
+                self._restart()
+                return Measurement("run_error", error=f"timed out after {self.timeout_s:g} s; "
+                                                      "worker restarted")
+            try:
+                message = self._conn.recv()
+            except EOFError:
+                code = self._exit()
+                self._restart()
+                return Measurement("run_error",
+                                   error=f"worker crashed (exit code {code}); restarted")
+            if "result" in message:
+                return Measurement(**message["result"])
+            self._conn.send(decide(Measurement(**message["ask"])))
 
     def close(self) -> None:
         if self._proc is not None and self._proc.is_alive():

@@ -32,6 +32,9 @@ def assert_one_line_error(proc, fragment):
     (["--op", "matmul", "--trials", "0"], "--trials must be at least 1"),
     (["--op", "matmul", "--objective", "speed"], "invalid choice"),
     (["--shape", "1,1,1"], "--op"),
+    (["--op", "matmul", "--max-slowdown", "0.5"], "--max-slowdown must be at least 1"),
+    (["--op", "matmul", "--max-slowdown", "1.1", "--objective", "edp"], "bounds the energy"),
+    (["--op", "matmul", "--energy-policy", "never"], "invalid choice"),
 ])
 def test_bad_input(args, fragment, tmp_path):
     assert_one_line_error(run_tune(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")]),
@@ -50,8 +53,10 @@ def test_db_that_is_a_directory(tmp_path):
     assert_one_line_error(proc, "cannot write tuning database")
 
 
-def test_energy_objective_without_meter(tmp_path):
-    proc = run_tune(["--op", "matmul", "--target", "llvm", "--objective", "energy",
+@pytest.mark.parametrize("objective", [["--objective", "energy"], ["--objective", "pareto"],
+                                       ["--max-slowdown", "1.05"]])
+def test_energy_objective_without_meter(tmp_path, objective):
+    proc = run_tune(["--op", "matmul", "--target", "llvm", *objective,
                      "--db", str(tmp_path / "d.sqlite")],
                     env={"ENERGY_TUNER_POWERCAP": str(tmp_path / "no-powercap")})
     assert_one_line_error(proc, "use --objective latency")

@@ -8,7 +8,8 @@ import numpy as np
 import tvm
 
 from compiler.cli import main
-from compiler.search import Tuner, best
+from compiler.objective import Objective
+from compiler.search import Tuner
 from compiler.target import resolve
 from measure.runner import MeasureConfig, Runner
 from compiler.database import TuningDatabase
@@ -95,9 +96,10 @@ def test_tuner_reports_the_same_best_as_the_database(tiny_tune):
     op = make_op("matmul", "64,64,64", "float32")
     plat = resolve("llvm")
     database = TuningDatabase(db)
-    tuner = Tuner(op, plat, Runner(op, plat.device, None, MeasureConfig()), database, "latency")
+    tuner = Tuner(op, plat, Runner(op, plat.device, None, MeasureConfig()), database,
+                  Objective("latency"))
     records = database.records(tuner.key)
-    chosen = best(records, "latency")
+    chosen = Objective("latency").choose(records)
     assert chosen.latency_s == min(r.latency_s for r in records if r.status == "ok")
     # the stored trace rebuilds the same kernel
     ex = tvm.compile(tuner.schedule(chosen).mod, target=plat.target)
@@ -117,14 +119,34 @@ def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path):
         if len(seen) == 3:
             raise KeyboardInterrupt
 
-    tuner = Tuner(op, plat, Runner(op, plat.device, None, config), db, "latency", batch=6)
+    tuner = Tuner(op, plat, Runner(op, plat.device, None, config), db, Objective("latency"),
+                   batch=6)
     try:
         tuner.tune(6, on_record=interrupt_after_three)
     except KeyboardInterrupt:
         pass
     assert [r["id"] for r in rows(tmp_path / "t.sqlite")] == [r.id for r in seen]
-    resumed = Tuner(op, plat, Runner(op, plat.device, None, config), db, "latency", batch=6)
+    resumed = Tuner(op, plat, Runner(op, plat.device, None, config), db, Objective("latency"),
+                   batch=6)
     result = resumed.tune(6)
     assert result.stats.previous == 3 and result.stats.measured == 3
     assert len({r["mod_hash"] for r in rows(tmp_path / "t.sqlite")}) == 6
+    db.close()
+
+
+def test_model_is_saved_and_warm_starts_a_similar_workload(tmp_path):
+    plat = resolve("llvm")
+    config = MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1)
+    db = TuningDatabase(tmp_path / "t.sqlite")
+    first_op = make_op("matmul", "32,32,32", "float32")
+    first = Tuner(first_op, plat, Runner(first_op, plat.device, None, config), db,
+                  Objective("latency"), batch=6)
+    assert first.tune(6).stats.warm_start is None
+    saved = db.conn.execute("SELECT quantity, samples FROM models").fetchall()
+    assert dict(saved).get("latency", 0) >= 4      # trained on the correct candidates
+    other_op = make_op("matmul", "48,48,48", "float32")
+    second = Tuner(other_op, plat, Runner(other_op, plat.device, None, config), db,
+                   Objective("latency"), batch=4)
+    stats = second.tune(4).stats
+    assert stats.warm_start == first.key
     db.close()
