@@ -143,7 +143,12 @@ class Tuner:
         return sch
 
     def _run_secs(self, record: Record) -> float:
-        value = self.objective.value(record.latency_s, record.energy_j)
+        """What the strategy's database ranks by: the objective, with the model's energy for a
+        candidate whose energy the policy did not measure (so it can still seed the search)."""
+        energy = record.energy_j
+        if energy is None and record.meta:
+            energy = record.meta.get("energy_predicted_j")
+        value = self.objective.value(record.latency_s, energy)
         return FAILED_RUN_SECS if record.status != "ok" or value is None else value
 
     def tune(self, trials: int, on_record: Callable[[Record], None] = lambda r: None) -> TuneResult:

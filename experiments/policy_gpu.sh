@@ -8,8 +8,8 @@ trials=${3:-48}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu --format=csv \
   | tee "$out/gpu_$policy.txt"
-start=$(date +%s.%N)
+SECONDS=0
 python3 -m compiler.cli --op matmul --shape 4096,4096,4096 --dtype float16 --target cuda \
   --objective energy --energy-policy "$policy" --trials "$trials" --seed 0 \
   --db "$out/$policy.sqlite" 2>&1 | tee "$out/tune_$policy.log"
-echo "wall seconds: $(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$out/tune_$policy.log"
+echo "wall seconds: $SECONDS" | tee -a "$out/tune_$policy.log"
