@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slowdown", type=float, metavar="X",
                    help="least energy among kernels within X times the best latency found "
                         "(X >= 1; implies --objective energy)")
-    p.add_argument("--energy-policy", choices=POLICIES, default="dynamic",
-                   help="dynamic: measure energy only for candidates the model places near the "
-                        "objective's front (skips are counted and reported); all: every one")
+    p.add_argument("--energy-policy", choices=POLICIES, default="all",
+                   help="all (default): measure every correct candidate's energy; dynamic: only "
+                        "those the model places near the objective's front (skips are counted "
+                        "and reported; on an H200 it missed a low-power kernel, see "
+                        "experiments/results/energy_policy_h200_2026-11-21)")
     p.add_argument("--trials", type=int, default=64,
                    help="candidates to measure for this workload and objective, counting those "
                         "already in --db (re-running continues an interrupted tune)")

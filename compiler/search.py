@@ -116,7 +116,7 @@ class TuneResult:
 class Tuner:
     def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase,
                  objective: Objective, seed: int = 0, batch: int = 16, population: int = 512,
-                 energy_policy: str = "dynamic") -> None:
+                 energy_policy: str = "all") -> None:
         self.op, self.plat, self.runner, self.db = op, plat, runner, db
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population
         self.mod = tvm.IRModule({"main": op.prim_func()})

@@ -150,3 +150,21 @@ def test_model_is_saved_and_warm_starts_a_similar_workload(tmp_path):
     stats = second.tune(4).stats
     assert stats.warm_start == first.key
     db.close()
+
+
+def test_strategy_ranks_skipped_candidates_by_predicted_energy(tmp_path):
+    from compiler.database import Record
+
+    op = make_op("matmul", "16,16,16", "float32")
+    plat = resolve("llvm")
+    tuner = Tuner(op, plat, Runner(op, plat.device, None, MeasureConfig()),
+                  TuningDatabase(tmp_path / "t.sqlite"), Objective("energy"))
+    base = dict(id=1, workload_key="k", workload={}, target="", device="", objective="energy",
+                mod_hash="", trace=[], latency_s=1e-3)
+    skipped = Record(status="ok", meta={"energy_skipped": True, "energy_predicted_j": 0.2}, **base)
+    measured = Record(status="ok", energy_j=0.3, meta={"energy_predicted_j": 0.2}, **base)
+    unknown = Record(status="ok", meta={}, **base)
+    failed = Record(status="wrong", energy_j=0.1, **base)
+    assert tuner._run_secs(skipped) == 0.2
+    assert tuner._run_secs(measured) == 0.3          # a measurement beats a prediction
+    assert tuner._run_secs(unknown) == tuner._run_secs(failed) == 1e10
