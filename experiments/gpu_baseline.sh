@@ -11,5 +11,5 @@ nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm
 python3 -m compiler.cli --op matmul --shape 4096,4096,4096 --dtype float16 --target cuda \
   --objective "$objective" --trials 64 --seed 0 --db "$out/$objective.sqlite" \
   --export "$out/export_$objective" 2>&1 | tee "$out/tune_$objective.log"
-python3 experiments/cublas_energy.py --shape 4096,4096,4096 --out "$out/cublas_$objective.json" \
-  --ticks "$out/nvml_ticks_$objective.json" 2>&1 | tee -a "$out/tune_$objective.log"
+python3 -m experiments.cublas_energy --shape 4096,4096,4096 --out "$out/cublas_$objective.json" \
+  2>&1 | tee -a "$out/tune_$objective.log"

@@ -1,6 +1,6 @@
 """How good are our energy numbers? Repeatability, cost, estimator agreement and order bias.
 
-    python experiments/measure_fidelity.py --out DIR [--trace FILE]
+    python -m experiments.measure_fidelity --out DIR [--trace FILE]
 
 Kernels: cuBLAS GEMMs through torch from ~5 µs to ~3 ms (CUDA-graph launched below 50 µs so the
 GPU stays busy), and the best TVM kernel of the H200 baseline tune, rebuilt from its stored trace

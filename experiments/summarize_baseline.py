@@ -1,6 +1,6 @@
 """Markdown table of a gpu_baseline.sh run: each tune's chosen kernel beside cuBLAS.
 
-    python experiments/summarize_baseline.py experiments/results/matmul4096_fp16_h200_2026-11-21
+    python -m experiments.summarize_baseline experiments/results/matmul4096_fp16_h200_2026-11-21
 """
 from __future__ import annotations
 
