@@ -118,8 +118,8 @@ def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
     return readings, states, time.monotonic() - start
 
 
-def _summarize(readings: list[PowerReading], states: list[dict], flags: list[list[str]],
-               gpu_seconds: float, calls: int) -> EnergyResult:
+def _summarize(readings: list[PowerReading], states: list[dict], flags: list[str],
+               all_flags: list[list[str]], gpu_seconds: float, calls: int) -> EnergyResult:
     watts = [r.watts for r in readings if r.watts is not None]
     sampled = [r.watts_sampled for r in readings if r.watts_sampled is not None]
     per_call = statistics.fmean(r.result for r in readings)
@@ -129,7 +129,8 @@ def _summarize(readings: list[PowerReading], states: list[dict], flags: list[lis
         power_w=power,
         power_sampled_w=statistics.fmean(sampled) if sampled else None,
         power_cv=relative_spread(watts) if watts else None,
-        sustained_latency_s=per_call, flags=flags[-1], attempt_flags=flags, attempts=len(flags),
+        sustained_latency_s=per_call, flags=flags, attempt_flags=all_flags,
+        attempts=len(all_flags),
         gpu_seconds=gpu_seconds,
         windows=[{"calls": calls, **asdict(r), **state} for r, state in zip(readings, states)])
 
@@ -158,9 +159,7 @@ def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latenc
 
     keep = min(range(len(attempts)), key=badness)
     readings, states, calls = attempts[keep]
-    result = _summarize(readings, states, all_flags, spent, calls)
-    result.flags = all_flags[keep]
-    return result
+    return _summarize(readings, states, all_flags[keep], all_flags, spent, calls)
 
 
 def idle_power(meter: EnergyMeter, seconds: float = 1.0) -> float | None:
