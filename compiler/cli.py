@@ -11,7 +11,6 @@ from compiler.objective import KINDS, Objective
 from compiler.policy import POLICIES
 
 DTYPES_FOR_TARGET = {"cuda": ("float16", "float32"), "llvm": ("float32",)}
-DEFAULT_SHAPE = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
 DEFAULT_DTYPE = {"cuda": "float16", "llvm": "float32"}
 
 
@@ -38,9 +37,13 @@ def powercap_root() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tune", description=__doc__)
-    p.add_argument("--op", required=True, help="operator to tune (known: matmul)")
-    p.add_argument("--shape", help="M,N,K for matmul (default: 4096,4096,4096 on cuda, "
-                                   "256,256,256 on llvm)")
+    p.add_argument("--op", required=True,
+                   help="operator to tune: matmul, batch_matmul, gemv or conv2d")
+    p.add_argument("--shape", help="lowercase key=value pairs: matmul m,n,k; batch_matmul "
+                                   "b,m,n,k; gemv n,k; conv2d n,h,w,c,k,r,s[,stride=1][,pad=0] "
+                                   "(NHWC). matmul and gemv also take plain values in that "
+                                   "order, e.g. 4096,4096,4096. Default: a per-op, per-target "
+                                   "shape")
     p.add_argument("--dtype", choices=("float16", "float32"),
                    help="input dtype; accumulation and output are float32 (default: float16 on "
                         "cuda, float32 on llvm; llvm supports float32 only)")
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from compiler.database import DatabaseError, TuningDatabase
     from compiler.target import TargetError, resolve
     from measure.meters import meter_problem
-    from schedules import OpError, make_op
+    from schedules import OPS, OpError, make_op
 
     try:
         plat = resolve(args.target)
@@ -105,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if dtype not in DTYPES_FOR_TARGET[plat.kind]:
             raise UsageError(f"dtype {dtype} is not supported on target {plat.kind} "
                              f"(supported: {', '.join(DTYPES_FOR_TARGET[plat.kind])})")
-        op = make_op(args.op, args.shape or DEFAULT_SHAPE[plat.kind], dtype)
+        if args.op not in OPS:
+            raise UsageError(f"unknown op {args.op!r} (known: {', '.join(sorted(OPS))})")
+        op = make_op(args.op, args.shape or OPS[args.op].default_shape[plat.kind], dtype)
         no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
         if no_meter and objective.needs_energy:
             raise UsageError(f"--objective {objective.kind} needs an energy meter, but "

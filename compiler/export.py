@@ -24,7 +24,7 @@ def export_kernel(op: Op, target: tvm.target.Target, sch: tvm.s_tir.Schedule, re
     """Write `<name>.so` and `<name>.json` into out_dir; returns the manifest's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{op.name}_{op.shape_text().replace(',', 'x')}_{op.dtype}"
+    name = f"{op.name}_{'x'.join(str(v) for v in op.shape.values())}_{op.dtype}"
     library = out / f"{name}.so"
     build_to_file(sch.mod, target, str(library))
     args = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])

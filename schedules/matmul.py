@@ -1,4 +1,4 @@
-"""Dense matmul C[m, n] = A[m, k] @ B[k, n], accumulated and stored in float32.
+"""Dense products: matmul C[m, n] = A[m, k] @ B[k, n], batch_matmul, and gemv y[n] = W[n, k] @ x[k].
 
 float16 means float16 inputs with float32 accumulation and output (what tensor cores do natively
 and what MetaSchedule's WMMA rules match); float32 means float32 throughout.
@@ -6,58 +6,99 @@ and what MetaSchedule's WMMA rules match); float32 means float32 throughout.
 from __future__ import annotations
 
 import numpy as np
-from tvm import te, tirx
+from tvm import te
 
 from schedules.op import Op, register
+
+
+def _f32(x: te.Tensor, *idx) -> te.Expr:
+    return x[idx].astype("float32")
 
 
 @register
 class Matmul(Op):
     name = "matmul"
-    dtypes = ("float16", "float32")
     shape_keys = ("m", "n", "k")
-
-    def prim_func(self) -> tirx.PrimFunc:
-        m, n, k = (self.shape[key] for key in self.shape_keys)
-        a = te.placeholder((m, k), self.dtype, name="A")
-        b = te.placeholder((k, n), self.dtype, name="B")
-        r = te.reduce_axis((0, k), name="k")
-        c = te.compute(
-            (m, n),
-            lambda i, j: te.sum(a[i, r].astype("float32") * b[r, j].astype("float32"), axis=r),
-            name="C",
-        )
-        return te.create_prim_func([a, b, c]).with_attr("global_symbol", "main")
-
-    def inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
-        m, n, k = (self.shape[key] for key in self.shape_keys)
-        a = rng.uniform(-1.0, 1.0, (m, k)).astype(self.dtype)
-        b = rng.uniform(-1.0, 1.0, (k, n)).astype(self.dtype)
-        return [a, b]
-
-    def reference(self, inputs: list[np.ndarray]) -> np.ndarray:
-        a, b = inputs
-        return a.astype("float32") @ b.astype("float32")
+    positional = True
+    default_shape = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
 
     @property
-    def output_shape(self) -> tuple[int, ...]:
+    def input_shapes(self):
+        m, n, k = (self.shape[key] for key in self.shape_keys)
+        return [(m, k), (k, n)]
+
+    @property
+    def output_shape(self):
         return (self.shape["m"], self.shape["n"])
-
-    @property
-    def output_dtype(self) -> str:
-        return "float32"
 
     @property
     def flops(self) -> int:
         return 2 * self.shape["m"] * self.shape["n"] * self.shape["k"]
 
-    @property
-    def bytes_moved(self) -> int:
-        m, n, k = (self.shape[key] for key in self.shape_keys)
-        in_size = np.dtype(self.dtype).itemsize
-        return (m * k + k * n) * in_size + m * n * 4
+    def compute(self, a, b):
+        r = te.reduce_axis((0, self.shape["k"]), name="k")
+        return te.compute(self.output_shape,
+                          lambda i, j: te.sum(_f32(a, i, r) * _f32(b, r, j), axis=r), name="C")
+
+    def reference(self, inputs):
+        a, b = inputs
+        return a.astype("float32") @ b.astype("float32")
+
+
+@register
+class BatchMatmul(Op):
+    name = "batch_matmul"
+    shape_keys = ("b", "m", "n", "k")
+    default_shape = {"cuda": "b=8,m=1024,n=1024,k=1024", "llvm": "b=4,m=64,n=64,k=64"}
 
     @property
-    def tolerance(self) -> float:
-        # float32 accumulation in another order than numpy's: error grows like sqrt(k) * eps32.
-        return 1e-4
+    def input_shapes(self):
+        b, m, n, k = (self.shape[key] for key in self.shape_keys)
+        return [(b, m, k), (b, k, n)]
+
+    @property
+    def output_shape(self):
+        return (self.shape["b"], self.shape["m"], self.shape["n"])
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.shape["b"] * self.shape["m"] * self.shape["n"] * self.shape["k"]
+
+    def compute(self, a, b):
+        r = te.reduce_axis((0, self.shape["k"]), name="k")
+        return te.compute(self.output_shape,
+                          lambda p, i, j: te.sum(_f32(a, p, i, r) * _f32(b, p, r, j), axis=r),
+                          name="C")
+
+    def reference(self, inputs):
+        a, b = inputs
+        return np.matmul(a.astype("float32"), b.astype("float32"))
+
+
+@register
+class Gemv(Op):
+    name = "gemv"
+    shape_keys = ("n", "k")
+    positional = True
+    default_shape = {"cuda": "16384,4096", "llvm": "1024,1024"}
+
+    @property
+    def input_shapes(self):
+        return [(self.shape["n"], self.shape["k"]), (self.shape["k"],)]
+
+    @property
+    def output_shape(self):
+        return (self.shape["n"],)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.shape["n"] * self.shape["k"]
+
+    def compute(self, w, x):
+        r = te.reduce_axis((0, self.shape["k"]), name="k")
+        return te.compute(self.output_shape, lambda i: te.sum(_f32(w, i, r) * _f32(x, r), axis=r),
+                          name="y")
+
+    def reference(self, inputs):
+        w, x = inputs
+        return w.astype("float32") @ x.astype("float32")

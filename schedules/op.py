@@ -1,11 +1,17 @@
-"""The operator interface and the registry that parses user input into an operator."""
+"""The operator interface and the registry that parses user input into an operator.
+
+An op declares its shape keys, its input shapes and its TE compute; the base class derives the
+PrimFunc, random inputs, bytes moved and the output description from those. All ops accumulate
+and store in float32.
+"""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
-from tvm import tirx
+from tvm import te, tirx
 
 
 class OpError(ValueError):
@@ -16,24 +22,21 @@ class Op(ABC):
     """One operator instance: a fixed shape and dtype, its TE definition and its numpy reference."""
 
     name: ClassVar[str]
-    dtypes: ClassVar[tuple[str, ...]]
+    dtypes: ClassVar[tuple[str, ...]] = ("float16", "float32")
     shape_keys: ClassVar[tuple[str, ...]]
+    shape_defaults: ClassVar[dict[str, int]] = {}
+    positional: ClassVar[bool] = False          # "--shape 64,64,64" allowed besides key=value
+    default_shape: ClassVar[dict[str, str]]     # per target kind ("cuda", "llvm")
+    output_dtype: ClassVar[str] = "float32"
+    tolerance: ClassVar[float] = 1e-4           # relative Frobenius error ||out - ref|| / ||ref||
 
     def __init__(self, shape: dict[str, int], dtype: str) -> None:
         self.shape = shape
         self.dtype = dtype
 
+    @property
     @abstractmethod
-    def prim_func(self) -> tirx.PrimFunc:
-        """The TE compute lowered to a schedulable PrimFunc named `main` (inputs..., output)."""
-
-    @abstractmethod
-    def inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
-        """Random inputs (never all ones or zeros) in the op's input dtypes."""
-
-    @abstractmethod
-    def reference(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """The expected output, computed by numpy in at least float32."""
+    def input_shapes(self) -> list[tuple[int, ...]]: ...
 
     @property
     @abstractmethod
@@ -41,21 +44,37 @@ class Op(ABC):
 
     @property
     @abstractmethod
-    def output_dtype(self) -> str: ...
-
-    @property
-    @abstractmethod
     def flops(self) -> int: ...
 
-    @property
     @abstractmethod
-    def bytes_moved(self) -> int:
-        """Fewest bytes through device memory: each input read once, the output written once."""
+    def compute(self, *inputs: te.Tensor) -> te.Tensor:
+        """The TE definition of the output from placeholders of `input_shapes`."""
+
+    @abstractmethod
+    def reference(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """The expected output, computed by numpy in at least float32."""
+
+    def validate(self) -> None:
+        """Raise OpError for a shape the op cannot compute (beyond every value being positive)."""
+
+    def prim_func(self) -> tirx.PrimFunc:
+        """The TE compute as a schedulable PrimFunc named `main` (inputs..., output)."""
+        names = "ABCDEFGH"
+        placeholders = [te.placeholder(s, self.dtype, name=names[i])
+                        for i, s in enumerate(self.input_shapes)]
+        out = self.compute(*placeholders)
+        return te.create_prim_func([*placeholders, out]).with_attr("global_symbol", "main")
+
+    def inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Uniform random inputs in [-1, 1] (never all ones or zeros) in the op's dtype."""
+        return [rng.uniform(-1.0, 1.0, s).astype(self.dtype) for s in self.input_shapes]
 
     @property
-    @abstractmethod
-    def tolerance(self) -> float:
-        """Largest accepted relative Frobenius error ||out - ref|| / ||ref||."""
+    def bytes_moved(self) -> int:
+        """Fewest bytes through device memory: each input read once, the output written once."""
+        size = np.dtype(self.dtype).itemsize
+        return (sum(math.prod(s) for s in self.input_shapes) * size
+                + math.prod(self.output_shape) * np.dtype(self.output_dtype).itemsize)
 
     def describe(self) -> dict:
         """JSON-able identity of this op instance."""
@@ -63,7 +82,8 @@ class Op(ABC):
                 "output_dtype": self.output_dtype}
 
     def shape_text(self) -> str:
-        return ",".join(str(self.shape[k]) for k in self.shape_keys)
+        return ",".join(f"{k}={self.shape[k]}" for k in self.shape_keys) if not self.positional \
+            else ",".join(str(self.shape[k]) for k in self.shape_keys)
 
 
 OPS: dict[str, type[Op]] = {}
@@ -74,18 +94,32 @@ def register(cls: type[Op]) -> type[Op]:
     return cls
 
 
-def parse_shape(text: str, keys: tuple[str, ...]) -> dict[str, int]:
-    """Parse `"64,64,64"` (positional, in `keys` order) into `{key: int}`; every value positive."""
+def _positive(key: str, text: str, whole: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise OpError(f"shape {whole!r}: {key} must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def parse_shape(text: str, cls: type[Op]) -> dict[str, int]:
+    """`key=value` pairs (lowercase keys of the op), or positional values where the op allows."""
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) != len(keys):
-        raise OpError(f"shape {text!r} must have {len(keys)} comma-separated values "
-                      f"({','.join(k.upper() for k in keys)})")
-    values = {}
-    for key, part in zip(keys, parts):
-        if not part.isdigit() or int(part) < 1:
-            raise OpError(f"shape {text!r}: {key.upper()} must be a positive integer, got {part!r}")
-        values[key] = int(part)
-    return values
+    keys = cls.shape_keys
+    if all("=" not in p for p in parts) and cls.positional:
+        if len(parts) != len(keys):
+            raise OpError(f"shape {text!r} must have {len(keys)} comma-separated values "
+                          f"({','.join(k.upper() for k in keys)})")
+        return {k: _positive(k.upper(), p, text) for k, p in zip(keys, parts)}
+    values = dict(cls.shape_defaults)
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or key not in keys:
+            raise OpError(f"shape {text!r}: expected key=value pairs with keys "
+                          f"{', '.join(keys)}, got {part!r}")
+        values[key] = _positive(key, value, text)
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise OpError(f"shape {text!r} lacks {', '.join(missing)} (keys: {', '.join(keys)})")
+    return {k: values[k] for k in keys}
 
 
 def make_op(name: str, shape_text: str, dtype: str) -> Op:
@@ -95,7 +129,9 @@ def make_op(name: str, shape_text: str, dtype: str) -> Op:
     cls = OPS[name]
     if dtype not in cls.dtypes:
         raise OpError(f"op {name} does not support dtype {dtype!r} (supported: {', '.join(cls.dtypes)})")
-    return cls(parse_shape(shape_text, cls.shape_keys), dtype)
+    op = cls(parse_shape(shape_text, cls), dtype)
+    op.validate()
+    return op
 
 
 def op_from_description(desc: dict) -> Op:

@@ -37,3 +37,53 @@ def test_unknown_op_and_dtype():
         make_op("conv9", "1,1,1", "float32")
     with pytest.raises(OpError, match="dtype"):
         make_op("matmul", "1,1,1", "int8")
+
+
+CASES = [("matmul", "16,24,8"), ("batch_matmul", "b=2,m=8,n=12,k=5"), ("gemv", "24,40"),
+         ("gemv", "n=24,k=40"), ("conv2d", "n=2,h=9,w=7,c=3,k=5,r=3,s=2,stride=2,pad=1"),
+         ("conv2d", "n=1,h=6,w=6,c=4,k=3,r=1,s=1")]
+
+
+@pytest.mark.parametrize("name,shape", CASES)
+def test_every_op_matches_its_numpy_reference_on_llvm(name, shape):
+    op = make_op(name, shape, "float32")
+    ex = tvm.compile(tvm.IRModule({"main": op.prim_func()}), target="llvm")
+    inputs = op.inputs(np.random.default_rng(0))
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, op.output_dtype))
+    ex["main"](*[tvm.runtime.tensor(x) for x in inputs], out)
+    ref = op.reference(inputs)
+    assert np.linalg.norm(out.numpy() - ref) / np.linalg.norm(ref) < op.tolerance
+
+
+def test_conv2d_reference_against_a_direct_loop():
+    op = make_op("conv2d", "n=1,h=5,w=4,c=2,k=3,r=3,s=2,stride=2,pad=1", "float32")
+    data, weight = op.inputs(np.random.default_rng(3))
+    padded = np.pad(data, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    _, oh, ow, k = op.output_shape
+    direct = np.zeros(op.output_shape, "float32")
+    for y in range(oh):
+        for x in range(ow):
+            patch = padded[0, 2 * y:2 * y + 3, 2 * x:2 * x + 2, :]
+            direct[0, y, x] = np.einsum("rsc,rsck->k", patch, weight)
+    np.testing.assert_allclose(op.reference([data, weight]), direct, rtol=1e-5, atol=1e-5)
+    assert op.flops == 2 * oh * ow * k * 3 * 2 * 2
+
+
+@pytest.mark.parametrize("name,shape,fragment", [
+    ("batch_matmul", "2,8,12,5", "key=value"),
+    ("batch_matmul", "b=2,m=8,n=12", "lacks k"),
+    ("batch_matmul", "b=2,m=8,n=12,k=5,z=1", "key=value"),
+    ("conv2d", "n=1,h=2,w=2,c=1,k=1,r=3,s=3", "does not fit"),
+    ("conv2d", "n=1,h=8,w=8,c=1,k=1,r=3,s=3,stride=0", "positive"),
+    ("gemv", "n=0,k=4", "positive"),
+])
+def test_bad_key_value_shapes(name, shape, fragment):
+    with pytest.raises(OpError, match=fragment):
+        make_op(name, shape, "float32")
+
+
+def test_key_value_and_positional_shapes_agree():
+    assert make_op("matmul", "m=4,n=5,k=6", "float32").shape == \
+        make_op("matmul", "4,5,6", "float32").shape == {"m": 4, "n": 5, "k": 6}
+    conv = make_op("conv2d", "n=1,h=8,w=8,c=2,k=2,r=3,s=3", "float32")
+    assert conv.shape["stride"] == 1 and conv.shape["pad"] == 0

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tvm
 
 from compiler.cli import main
@@ -168,3 +169,16 @@ def test_strategy_ranks_skipped_candidates_by_predicted_energy(tmp_path):
     assert tuner._run_secs(skipped) == 0.2
     assert tuner._run_secs(measured) == 0.3          # a measurement beats a prediction
     assert tuner._run_secs(unknown) == tuner._run_secs(failed) == 1e10
+
+
+@pytest.mark.parametrize("name,shape", [("gemv", "64,64"), ("batch_matmul", "b=2,m=16,n=16,k=16"),
+                                        ("conv2d", "n=1,h=8,w=8,c=4,k=4,r=3,s=3,pad=1")])
+def test_every_op_tunes_on_llvm(name, shape, tmp_path):
+    db = tmp_path / "d.sqlite"
+    assert main(["--op", name, "--shape", shape, "--target", "llvm", "--trials", "3",
+                 "--db", str(db)]) == 0
+    records = rows(db)
+    assert len(records) == 3
+    ok = [r for r in records if r["status"] == "ok"]
+    assert ok and all(r["rel_error"] < 1e-4 for r in ok)
+    assert json.loads(records[0]["workload"])["op"] == name
