@@ -28,13 +28,6 @@ def default_db() -> Path:
     return Path(cache) / "energy-tuner" / "tuning.sqlite"
 
 
-def powercap_root() -> str:
-    """Where RAPL counters are read (ENERGY_TUNER_POWERCAP overrides /sys/class/powercap)."""
-    from measure.meters import DEFAULT_POWERCAP
-
-    return os.environ.get("ENERGY_TUNER_POWERCAP", DEFAULT_POWERCAP)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tune", description=__doc__)
     p.add_argument("--op", required=True,
@@ -99,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     # TVM is imported only after the arguments are known to be sane: it takes seconds.
     from compiler.database import DatabaseError, TuningDatabase
     from compiler.target import TargetError, resolve
-    from measure.meters import meter_problem
+    from measure.meters import meter_problem, powercap_root
     from schedules import OPS, OpError, make_op
 
     try:

@@ -5,13 +5,13 @@ import argparse
 
 from rich.console import Console
 
-from compiler.cli import powercap_root
 from compiler.database import TuningDatabase
 from compiler.export import export_kernel
 from compiler.objective import Objective, pareto_front
 from compiler.report import LiveProgress, summary_table
 from compiler.search import Tuner
 from compiler.target import Platform
+from measure.meters import powercap_root
 from measure.runner import MeasureConfig
 from measure.worker import IsolatedRunner, WorkerError, WorkerSpec
 from schedules import Op

@@ -214,6 +214,11 @@ class NvmlMeter:
 DEFAULT_POWERCAP = "/sys/class/powercap"
 
 
+def powercap_root() -> str:
+    """Where RAPL counters are read (ENERGY_TUNER_POWERCAP overrides /sys/class/powercap)."""
+    return os.environ.get("ENERGY_TUNER_POWERCAP", DEFAULT_POWERCAP)
+
+
 def rapl_domains(root: str | os.PathLike = DEFAULT_POWERCAP) -> list[Path]:
     """Top-level package domains (intel-rapl:N), whose energy_uj counters we can read."""
     return sorted(p for p in Path(root).glob("intel-rapl:*")
