@@ -110,3 +110,16 @@ def lut_matmul(x: np.ndarray, w: QuantizedWeights) -> np.ndarray:
         out += np.einsum("mng,ng->mn", qx, w.scales)
     out -= np.einsum("mg,ng->mn", xsum, w.scales * w.zeros)
     return out
+
+
+def pack_bytes(planes: np.ndarray) -> np.ndarray:
+    """Kernel layout: uint8 [bits, n, k // G] indices -> uint8 [bits, n, k // (2 G)], two runs per
+    byte (run 2r in the low nibble, run 2r + 1 in the high one)."""
+    return (planes[..., 0::2] | (planes[..., 1::2] << G)).astype("uint8")
+
+
+def unpack_bytes(packed: np.ndarray) -> np.ndarray:
+    bits, n, pairs = packed.shape
+    out = np.empty((bits, n, 2 * pairs), dtype="uint8")
+    out[..., 0::2], out[..., 1::2] = packed & 15, packed >> G
+    return out

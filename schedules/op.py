@@ -29,10 +29,16 @@ class Op(ABC):
     default_shape: ClassVar[dict[str, str]]     # per target kind ("cuda", "llvm")
     output_dtype: ClassVar[str] = "float32"
     tolerance: ClassVar[float] = 1e-4           # relative Frobenius error ||out - ref|| / ||ref||
+    param_defaults: ClassVar[dict[str, object]] = {}  # op options besides the shape (e.g. wbits)
 
-    def __init__(self, shape: dict[str, int], dtype: str) -> None:
+    def __init__(self, shape: dict[str, int], dtype: str, params: dict | None = None) -> None:
         self.shape = shape
         self.dtype = dtype
+        self.params = {**self.param_defaults, **(params or {})}
+
+    @property
+    def input_dtypes(self) -> list[str]:
+        return [self.dtype] * len(self.input_shapes)
 
     @property
     @abstractmethod
@@ -60,8 +66,8 @@ class Op(ABC):
     def prim_func(self) -> tirx.PrimFunc:
         """The TE compute as a schedulable PrimFunc named `main` (inputs..., output)."""
         names = "ABCDEFGH"
-        placeholders = [te.placeholder(s, self.dtype, name=names[i])
-                        for i, s in enumerate(self.input_shapes)]
+        placeholders = [te.placeholder(s, d, name=names[i])
+                         for i, (s, d) in enumerate(zip(self.input_shapes, self.input_dtypes))]
         out = self.compute(*placeholders)
         return te.create_prim_func([*placeholders, out]).with_attr("global_symbol", "main")
 
@@ -72,14 +78,15 @@ class Op(ABC):
     @property
     def bytes_moved(self) -> int:
         """Fewest bytes through device memory: each input read once, the output written once."""
-        size = np.dtype(self.dtype).itemsize
-        return (sum(math.prod(s) for s in self.input_shapes) * size
+        return (sum(math.prod(s) * np.dtype(d).itemsize
+                    for s, d in zip(self.input_shapes, self.input_dtypes))
                 + math.prod(self.output_shape) * np.dtype(self.output_dtype).itemsize)
 
     def describe(self) -> dict:
         """JSON-able identity of this op instance."""
-        return {"op": self.name, "shape": dict(self.shape), "dtype": self.dtype,
+        desc = {"op": self.name, "shape": dict(self.shape), "dtype": self.dtype,
                 "output_dtype": self.output_dtype}
+        return {**desc, "params": dict(self.params)} if self.params else desc
 
     def shape_text(self) -> str:
         return ",".join(f"{k}={self.shape[k]}" for k in self.shape_keys) if not self.positional \
@@ -122,14 +129,18 @@ def parse_shape(text: str, cls: type[Op]) -> dict[str, int]:
     return {k: values[k] for k in keys}
 
 
-def make_op(name: str, shape_text: str, dtype: str) -> Op:
+def make_op(name: str, shape_text: str, dtype: str, params: dict | None = None) -> Op:
     """Build an op from user input, raising OpError with a one-line message when it is bad."""
     if name not in OPS:
         raise OpError(f"unknown op {name!r} (known: {', '.join(sorted(OPS))})")
     cls = OPS[name]
     if dtype not in cls.dtypes:
         raise OpError(f"op {name} does not support dtype {dtype!r} (supported: {', '.join(cls.dtypes)})")
-    op = cls(parse_shape(shape_text, cls), dtype)
+    unknown = sorted(set(params or {}) - set(cls.param_defaults))
+    if unknown:
+        raise OpError(f"op {name} has no option {', '.join(unknown)}"
+                      + (f" (options: {', '.join(cls.param_defaults)})" if cls.param_defaults else ""))
+    op = cls(parse_shape(shape_text, cls), dtype, params)
     op.validate()
     return op
 
@@ -137,4 +148,4 @@ def make_op(name: str, shape_text: str, dtype: str) -> Op:
 def op_from_description(desc: dict) -> Op:
     """Rebuild an op from `Op.describe()` output (e.g. in a worker process)."""
     cls = OPS[desc["op"]]
-    return cls({k: int(desc["shape"][k]) for k in cls.shape_keys}, desc["dtype"])
+    return cls({k: int(desc["shape"][k]) for k in cls.shape_keys}, desc["dtype"], desc.get("params"))
