@@ -31,10 +31,10 @@ def default_db() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tune", description=__doc__)
     p.add_argument("--op", required=True,
-                   help="operator to tune: matmul, batch_matmul, gemv or conv2d")
+                   help="operator to tune: matmul, batch_matmul, gemv, conv2d or lut_mpgemm")
     p.add_argument("--shape", help="lowercase key=value pairs: matmul m,n,k; batch_matmul "
                                    "b,m,n,k; gemv n,k; conv2d n,h,w,c,k,r,s[,stride=1][,pad=0] "
-                                   "(NHWC). matmul and gemv also take plain values in that "
+                                   "(NHWC); lut_mpgemm m,n,k (weights n x k). matmul and gemv also take plain values in that "
                                    "order, e.g. 4096,4096,4096. Default: a per-op, per-target "
                                    "shape")
     p.add_argument("--dtype", choices=("float16", "float32"),
@@ -66,7 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "fit (default, as cuBLAS is usually timed); rotate: calls cycle through "
                         "input copies totalling 256 MiB, so inputs come from DRAM")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
+    low = p.add_argument_group("lut_mpgemm (low-bit weights)")
+    low.add_argument("--wbits", type=int, help="weight bits: 1, 2, 3 or 4 (default 2)")
+    low.add_argument("--group-size", type=int, help="weights per scale along k (default 128)")
+    low.add_argument("--zero-points", action="store_true",
+                     help="asymmetric quantization with a zero point per group (default: symmetric)")
+    low.add_argument("--impl", choices=("lut", "dequant", "both"),
+                     help="table lookups (LUT-mpGEMM instruction), dequantize-then-multiply, or "
+                          "both, splitting the trials and choosing by measurement (default)")
     return p
+
+
+def op_params(args: argparse.Namespace) -> list[dict] | None:
+    """lut_mpgemm's options, one dict per implementation to tune; None for other ops."""
+    given = [f for f in ("wbits", "group_size", "impl") if getattr(args, f) is not None]
+    if args.op != "lut_mpgemm":
+        if given or args.zero_points:
+            flag = given[0] if given else "zero_points"
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --op lut_mpgemm only")
+        return None
+    base = {"zero_points": args.zero_points}
+    base.update({f: getattr(args, f) for f in ("wbits", "group_size") if getattr(args, f) is not None})
+    impls = ("lut", "dequant") if args.impl in (None, "both") else (args.impl,)
+    return [{**base, "impl": impl} for impl in impls]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -103,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"(supported: {', '.join(DTYPES_FOR_TARGET[plat.kind])})")
         if args.op not in OPS:
             raise UsageError(f"unknown op {args.op!r} (known: {', '.join(sorted(OPS))})")
-        op = make_op(args.op, args.shape or OPS[args.op].default_shape[plat.kind], dtype)
+        shape = args.shape or OPS[args.op].default_shape[plat.kind]
+        ops = [make_op(args.op, shape, dtype, params) for params in op_params(args) or [None]]
         no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
         if no_meter and objective.needs_energy:
             raise UsageError(f"--objective {objective.kind} needs an energy meter, but "
@@ -113,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(err))
     from compiler.session import run_session
 
-    return run_session(args, objective, plat, op, no_meter, db)
+    return run_session(args, objective, plat, ops, no_meter, db)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from compiler.database import TuningDatabase
 from compiler.export import export_kernel
 from compiler.objective import Objective, pareto_front
 from compiler.report import LiveProgress, summary_table
-from compiler.search import Tuner
+from compiler.search import Tuner, TuneResult
 from compiler.target import Platform
 from measure.meters import powercap_root
 from measure.runner import MeasureConfig
@@ -20,14 +20,68 @@ LATENCY_TIMING = {"cuda": {"latency_repeats": 10, "latency_min_repeat_ms": 20},
                   "llvm": {"latency_repeats": 5, "latency_min_repeat_ms": 5}}
 
 
-def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op,
+class TuneStopped(Exception):
+    """A tune ended early; `code` is the process exit status."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, ops: list[Op],
                 no_meter: str | None, db: TuningDatabase) -> int:
+    """Tune each implementation in `ops` (one op, or e.g. the LUT and dequant forms of lut_mpgemm,
+    splitting the trials between them) and choose by measurement over all of them."""
     out, err = Console(), Console(stderr=True)
+    op = ops[0]
+    impls = f", implementations {' + '.join(o.params['impl'] for o in ops)}" if len(ops) > 1 else ""
     err.print(f"{op.name} {op.shape_text()} {op.dtype} on {plat.device_name} ({plat.kind}), "
-              f"objective {objective.label}, {args.trials} trials, L2 {args.l2}, "
+              f"objective {objective.label}, {args.trials} trials{impls}, L2 {args.l2}, "
               f"energy policy {args.energy_policy}, db {db.path}")
     if no_meter:
         err.print(f"energy: not measured ({no_meter})")
+    records, tuners = [], {}
+    try:
+        for i, impl_op in enumerate(ops):
+            trials = args.trials // len(ops) + (i < args.trials % len(ops))
+            if len(ops) > 1:
+                err.print(f"implementation {impl_op.params['impl']}: {trials} trials")
+            tuner, result = _tune(args, objective, plat, impl_op, trials, no_meter, db, err)
+            tuners.update({id(r): tuner for r in result.records})
+            records += result.records
+    except TuneStopped as stop:
+        return stop.code
+    finally:
+        db.close()
+    fastest = Objective("latency").choose(records)
+    chosen = objective.choose(records)
+    if chosen is None:
+        err.print("tune: no correct kernel with the measurements this objective needs was found; "
+                  "see the errors in the db")
+        return 1
+    label = (lambda r: f" [{r.workload['params']['impl']}]") if len(ops) > 1 else (lambda r: "")
+    if objective.kind == "pareto":
+        rows = [(f"front {i + 1}{label(r)}", r) for i, r in enumerate(pareto_front(records))]
+    else:
+        rows = [(f"best {objective.label}{label(chosen)}", chosen)]
+        if objective.kind != "latency":
+            rows.append((f"best latency{label(fastest)}", fastest))
+    out.print(summary_table(op, rows))
+    if chosen is not fastest:
+        out.print(f"trade-off: {chosen.latency_s / fastest.latency_s - 1:+.1%} latency, "
+                  + (f"{chosen.energy_j / fastest.energy_j - 1:+.1%} energy"
+                     if chosen.energy_j and fastest.energy_j else "energy not measured"))
+    if args.export:
+        tuner = tuners[id(chosen)]
+        manifest = export_kernel(tuner.op, plat.target, tuner.schedule(chosen), chosen,
+                                 objective.label, args.export)
+        out.print(f"exported {manifest.with_suffix('.so')} and {manifest}")
+    return 0
+
+
+def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op, trials: int,
+          no_meter: str | None, db: TuningDatabase, err: Console) -> tuple[Tuner, TuneResult]:
+    """One op's tune, its statistics reported; raises TuneStopped after an error or Ctrl-C."""
     config = MeasureConfig(l2=args.l2, **LATENCY_TIMING[plat.kind])
     spec = WorkerSpec(op.describe(), plat.kind, plat.device.index, config, args.seed,
                       None if no_meter else powercap_root())
@@ -35,31 +89,29 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
         runner = IsolatedRunner(spec)
     except WorkerError as error:
         err.print(f"tune: error: {error}")
-        db.close()
-        return 1
+        raise TuneStopped(1) from error
     if runner.idle_w is not None:
         err.print(f"idle power {runner.idle_w:.1f} W")
     tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
                   energy_policy=args.energy_policy)
     previous = db.records(tuner.key)
-    done = min(args.trials, sum(r.objective == objective.key for r in previous))
+    done = min(trials, sum(r.objective == objective.key for r in previous))
     if done:
-        err.print(f"resuming: {done} of {args.trials} trials already in the db")
+        err.print(f"resuming: {done} of {trials} trials already in the db")
     prior_best = objective.choose(previous)
     prior_value = objective.value(prior_best.latency_s, prior_best.energy_j) if prior_best else None
     try:
-        with LiveProgress(objective, args.trials, done, err, prior_value) as live:
-            result = tuner.tune(args.trials, on_record=live.update)
+        with LiveProgress(objective, trials, done, err, prior_value) as live:
+            result = tuner.tune(trials, on_record=live.update)
     except KeyboardInterrupt:
         err.print("interrupted: every measured candidate is in the db; "
                   "re-run the same command to continue")
-        return 130
+        raise TuneStopped(130) from None
     except WorkerError as error:
         err.print(f"tune: error: {error}; every measured candidate is in the db")
-        return 1
+        raise TuneStopped(1) from error
     finally:
         runner.close()
-        db.close()
 
     s = result.stats
     err.print(f"measured {s.measured} new candidates ({s.previous} before): {s.build_errors} build "
@@ -75,25 +127,4 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
         err.print(f"search: {len(s.proposal_s)} generations, {mean_s:.1f} s each on average to "
                   "propose and score a batch"
                   + (f"; model warm-started from workload {s.warm_start}" if s.warm_start else ""))
-    fastest = Objective("latency").choose(result.records)
-    chosen = objective.choose(result.records)
-    if chosen is None:
-        err.print("tune: no correct kernel with the measurements this objective needs was found; "
-                  "see the errors in the db")
-        return 1
-    if objective.kind == "pareto":
-        rows = [(f"front {i + 1}", r) for i, r in enumerate(pareto_front(result.records))]
-    else:
-        rows = [(f"best {objective.label}", chosen)]
-        if objective.kind != "latency":
-            rows.append(("best latency", fastest))
-    out.print(summary_table(op, rows))
-    if chosen is not fastest:
-        out.print(f"trade-off: {chosen.latency_s / fastest.latency_s - 1:+.1%} latency, "
-                  + (f"{chosen.energy_j / fastest.energy_j - 1:+.1%} energy"
-                     if chosen.energy_j and fastest.energy_j else "energy not measured"))
-    if args.export:
-        manifest = export_kernel(op, plat.target, tuner.schedule(chosen), chosen,
-                                 objective.label, args.export)
-        out.print(f"exported {manifest.with_suffix('.so')} and {manifest}")
-    return 0
+    return tuner, result

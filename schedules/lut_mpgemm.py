@@ -1,4 +1,4 @@
-"""lut_mpgemm: fp16 activations X[m, k] times low-bit weights W[n, k] (1-4 bits, per-group scales,
+"""lut_mpgemm: fp16 (or fp32) activations X[m, k] times low-bit weights W[n, k] (1-4 bits, per-group scales,
 optional zero points), out[m, n] = X @ W^T in float32, in two implementations of one op:
 
 - `lut` (T-MAC / LUT Tensor Core): a precompute stage builds, per run of G = 4 activations, the
@@ -42,7 +42,6 @@ def lookup_term(table, prefix: tuple, byte: tirx.PrimExpr, half: tirx.PrimExpr,
 @register
 class LutMpGemm(Op):
     name = "lut_mpgemm"
-    dtypes = ("float16",)
     shape_keys = ("m", "n", "k")
     default_shape = {"cuda": "m=1,n=4096,k=4096", "llvm": "m=4,n=128,k=512"}
     param_defaults = {"wbits": 2, "group_size": 128, "zero_points": False, "impl": "lut"}

@@ -61,7 +61,7 @@ def _tensorize_sums(sch: Schedule, sums, depth: int, name: str) -> None:
     sch.tensorize(nest, name)
 
 
-def _schedule_cuda(op: LutMpGemm, sch: Schedule) -> None:
+def schedule_cuda(op: LutMpGemm, sch: Schedule) -> None:
     m, n = op.shape["m"], op.shape["n"]
     pairs = op.group_size // K_PER_BYTE
     cols = _choose(sch, _divisors(n, COLS))
@@ -120,7 +120,7 @@ def _cooperative(sch: Schedule, block, at, ty: int, tx: int) -> None:
     sch.bind(x, "threadIdx.x")
 
 
-def _schedule_llvm(op: LutMpGemm, sch: Schedule) -> None:
+def schedule_llvm(op: LutMpGemm, sch: Schedule) -> None:
     n = op.shape["n"]
     pairs = op.group_size // K_PER_BYTE
     cols = _choose(sch, _divisors(n, COLS))
@@ -137,7 +137,7 @@ def _schedule_llvm(op: LutMpGemm, sch: Schedule) -> None:
 def lut_space(op: LutMpGemm, target: Target) -> ms.space_generator.ScheduleFn:
     kind = "cuda" if target.kind.name == "cuda" else "llvm"
     register_intrinsics(op, kind)
-    schedule = _schedule_cuda if kind == "cuda" else _schedule_llvm
+    schedule = schedule_cuda if kind == "cuda" else schedule_llvm
     return ms.space_generator.ScheduleFn(lambda sch: schedule(op, sch), sch_rules=[],
                                          postprocs=_postprocs(kind), mutator_probs={})
 

@@ -1,0 +1,111 @@
+"""lut_mpgemm: both implementations against a dequantized-weights numpy matmul, the LUT-mpGEMM
+instruction tensorized on llvm (run) and on CUDA (source; compiled when nvcc is present)."""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tvm
+from tvm.s_tir import Schedule
+
+from schedules import OpError, lut, lut_intrin, lut_space, make_op
+from tests.test_cli_errors import assert_one_line_error, run_tune
+
+CUDA = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024,
+                          "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
+MODES = [(bits, gs, zp) for bits in (1, 2, 3, 4) for gs, zp in ((16, False), (32, True))]
+
+
+def lut_op(bits, gs, zp, impl="lut", shape="m=3,n=16,k=64", dtype="float32"):
+    return make_op("lut_mpgemm", shape, dtype,
+                   {"wbits": bits, "group_size": gs, "zero_points": zp, "impl": impl})
+
+
+def run_llvm(op, mod):
+    ins = op.inputs(np.random.default_rng(1))
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in ins]
+    args.append(tvm.runtime.tensor(np.zeros(op.output_shape, "float32"), dev))
+    tvm.compile(mod, target="llvm")["main"](*args)
+    expected = ins[0].astype("float32") @ op.quantized(*ins[1:]).dequantize().T
+    return np.linalg.norm(args[-1].numpy() - expected) / np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("impl", ["lut", "dequant"])
+@pytest.mark.parametrize("bits,gs,zp", MODES)
+def test_definition_matches_dequantized_matmul(impl, bits, gs, zp):
+    op = lut_op(bits, gs, zp, impl, dtype="float16")
+    assert run_llvm(op, tvm.IRModule({"main": op.prim_func()})) < op.tolerance
+
+
+@pytest.mark.parametrize("bits,gs,zp", MODES)
+def test_llvm_instruction_tensorized(bits, gs, zp):
+    op = lut_op(bits, gs, zp)
+    lut_space.register_intrinsics(op, "llvm")
+    sch = Schedule(tvm.IRModule({"main": op.prim_func()}), seed=bits)
+    lut_space.schedule_llvm(op, sch)
+    assert any(inst.kind.name == "Tensorize" for inst in sch.trace.insts)
+    assert run_llvm(op, sch.mod) < 1e-5  # fp32 tables: only summation order differs
+
+
+def test_weight_bytes_round_trip():
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 16, (3, 5, 32), dtype="uint8")
+    packed = lut.pack_bytes(planes)
+    assert packed.shape == (3, 5, 16)
+    np.testing.assert_array_equal(lut.unpack_bytes(packed), planes)
+
+
+def cuda_sources(op, count):
+    space = lut_space.lut_space(op, CUDA)
+    sources = []
+    for seed in range(1, count + 1):
+        sch = Schedule(tvm.IRModule({"main": op.prim_func()}), seed=seed)
+        lut_space.schedule_cuda(op, sch)
+        module = tvm.compile(sch.mod, target=CUDA).mod
+        sources += [m.inspect_source() for m in module.imports]
+    return space, sources
+
+
+def test_cuda_space_calls_the_instruction_and_compiles():
+    op = lut_op(2, 32, True, shape="m=2,n=64,k=256", dtype="float16")
+    _, sources = cuda_sources(op, 4)
+    for src in sources:
+        assert "tvm_lut_acc<" in src and src.count("void tvm_lut_acc") == 1
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed: CUDA source checked, not compiled")
+    for i, src in enumerate(sources):
+        path = f"/tmp/lut_mpgemm_test_{i}.cu"
+        with open(path, "w") as f:
+            f.write(src)
+        proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-c", path, "-o", path + ".o"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_splice_leaves_other_kernels_alone():
+    assert lut_intrin.splice_cuda_source('extern "C" __global__ void k() {}') \
+        == 'extern "C" __global__ void k() {}'
+
+
+@pytest.mark.parametrize("params,fragment", [
+    ({"wbits": 5}, "--wbits must be 1, 2, 3 or 4"),
+    ({"group_size": 12}, "must be a multiple of 8"),
+    ({"impl": "fast"}, "impl must be one of"),
+    ({"bits": 2}, "has no option bits"),
+])
+def test_bad_options(params, fragment):
+    with pytest.raises(OpError, match=fragment):
+        make_op("lut_mpgemm", "m=1,n=64,k=256", "float32", params)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--op", "lut_mpgemm", "--wbits", "8"], "--wbits must be 1, 2, 3 or 4"),
+    (["--op", "lut_mpgemm", "--group-size", "100"], "multiple of 8"),
+    (["--op", "lut_mpgemm", "--shape", "m=1,n=64,k=100"], "divides k=100"),
+    (["--op", "matmul", "--wbits", "2"], "--wbits applies to --op lut_mpgemm only"),
+    (["--op", "lut_mpgemm", "--impl", "fast"], "invalid choice"),
+])
+def test_bad_cli_options(args, fragment, tmp_path):
+    assert_one_line_error(run_tune(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")]),
+                          fragment)
