@@ -18,7 +18,10 @@ def rule_set(op: Op, target: Target) -> str:
     return "llvm"
 
 
-def design_space(op: Op, target: Target) -> ms.space_generator.PostOrderApply:
+def design_space(op: Op, target: Target) -> ms.space_generator.SpaceGenerator:
+    if op.name == "lut_mpgemm" and op.params["impl"] == "lut":
+        from schedules.lut_space import lut_space
+        return lut_space(op, target)
     rules = rule_set(op, target)
     if rules == "cuda-tensorcore":
         import tvm.s_tir.tensor_intrin  # noqa: F401  registers the WMMA intrinsics the rules name

@@ -1,5 +1,6 @@
 """lut_mpgemm: both implementations against a dequantized-weights numpy matmul, the LUT-mpGEMM
 instruction tensorized on llvm (run) and on CUDA (source; compiled when nvcc is present)."""
+import json
 import shutil
 import subprocess
 
@@ -43,7 +44,7 @@ def test_llvm_instruction_tensorized(bits, gs, zp):
     op = lut_op(bits, gs, zp)
     lut_space.register_intrinsics(op, "llvm")
     sch = Schedule(tvm.IRModule({"main": op.prim_func()}), seed=bits)
-    lut_space.schedule_llvm(op, sch)
+    lut_space.schedule_llvm(op, sch, cols=4)
     assert any(inst.kind.name == "Tensorize" for inst in sch.trace.insts)
     assert run_llvm(op, sch.mod) < 1e-5  # fp32 tables: only summation order differs
 
@@ -57,19 +58,25 @@ def test_weight_bytes_round_trip():
 
 
 def cuda_sources(op, count):
-    space = lut_space.lut_space(op, CUDA)
-    sources = []
-    for seed in range(1, count + 1):
-        sch = Schedule(tvm.IRModule({"main": op.prim_func()}), seed=seed)
-        lut_space.schedule_cuda(op, sch)
-        module = tvm.compile(sch.mod, target=CUDA).mod
-        sources += [m.inspect_source() for m in module.imports]
-    return space, sources
+    """CUDA source of `count` candidates sampled by the search from the space's design spaces."""
+    ctx = tvm.s_tir.meta_schedule.TuneContext(
+        mod=tvm.IRModule({"main": op.prim_func()}), target=CUDA,
+        space_generator=lut_space.lut_space(op, CUDA),
+        search_strategy=tvm.s_tir.meta_schedule.search_strategy.EvolutionarySearch(
+            population_size=16, init_measured_ratio=0.0), num_threads=2, rand_state=1)
+    ctx.pre_tuning(max_trials=count, num_trials_per_iter=count,
+                   design_spaces=ctx.generate_design_space(),
+                   database=tvm.s_tir.meta_schedule.database.MemoryDatabase(),
+                   cost_model=tvm.s_tir.meta_schedule.cost_model.RandomModel())
+    candidates = ctx.generate_measure_candidates()
+    return [m.inspect_source() for c in candidates
+            for m in tvm.compile(c.sch.mod, target=CUDA).mod.imports]
 
 
 def test_cuda_space_calls_the_instruction_and_compiles():
-    op = lut_op(2, 32, True, shape="m=2,n=64,k=256", dtype="float16")
-    _, sources = cuda_sources(op, 4)
+    op = lut_op(2, 32, True, shape="m=4,n=64,k=256", dtype="float16")
+    sources = cuda_sources(op, 6)
+    assert len(sources) == 6
     for src in sources:
         assert "tvm_lut_acc<" in src and src.count("void tvm_lut_acc") == 1
     if shutil.which("nvcc") is None:
@@ -109,3 +116,27 @@ def test_bad_options(params, fragment):
 def test_bad_cli_options(args, fragment, tmp_path):
     assert_one_line_error(run_tune(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")]),
                           fragment)
+
+
+def test_tune_both_implementations_and_tabulate(tmp_path):
+    """`tune --impl both` measures each implementation; lut_table pairs them with cuBLAS figures."""
+    from compiler.cli import main
+    from experiments import lut_table
+
+    shape = ["--shape", "m=1,n=32,k=64", "--group-size", "32", "--wbits", "2"]
+    assert main(["--op", "lut_mpgemm", *shape, "--target", "llvm", "--trials", "2",
+                 "--db", str(tmp_path / "lut.sqlite")]) == 0
+    records = lut_table.lut_records(tmp_path / "lut.sqlite")
+    assert sorted(r.workload["params"]["impl"] for r in records) == ["dequant", "lut"]
+    assert all(r.status == "ok" and r.rel_error < 2e-3 for r in records)
+    lut_rec = next(r for r in records if r.workload["params"]["impl"] == "lut")
+    # cuBLAS figures as experiments/cublas_energy.py writes them (values chosen for the check)
+    cublas = {"kernel": "cublas fp16->fp16", "latency_s": 3 * lut_rec.latency_s, "energy_j": 1e-3}
+    (tmp_path / "cublas_1_32_64.json").write_text(json.dumps([cublas]))
+    [row] = lut_table.rows(tmp_path)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["32x64", "1", "W2"]
+    best = min(records, key=lambda r: r.latency_s)
+    assert cells[9] == best.workload["params"]["impl"]
+    assert cells[10] == f"{3 * lut_rec.latency_s / best.latency_s:.2f}x"
+    assert cells[11] == "-"  # no energy meter on this machine: no energy ratio, no verdict
