@@ -29,6 +29,12 @@ class Objective:
         """How the database names it (trial budgets are counted per key)."""
         return f"energy@{self.max_slowdown:g}x" if self.max_slowdown else self.kind
 
+    @classmethod
+    def from_key(cls, key: str) -> Objective:
+        """The objective a database `key` names (the inverse of `key`)."""
+        kind, _, bound = key.partition("@")
+        return cls(kind, float(bound.removesuffix("x")) if bound else None)
+
     @property
     def label(self) -> str:
         return (f"energy within {self.max_slowdown:g}x of fastest" if self.max_slowdown

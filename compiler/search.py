@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import psutil
 import tvm
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
@@ -159,7 +159,7 @@ class Tuner:
         if remaining <= 0:
             return TuneResult(records, stats)
 
-        threads = psutil.cpu_count(logical=True) or 1
+        threads = len(os.sched_getaffinity(0))  # the CPUs we may use (taskset, cpuset)
         ctx = ms.TuneContext(mod=self.mod, target=self.plat.target,
                              space_generator=design_space(self.op, self.plat.target),
                              search_strategy=ms.search_strategy.EvolutionarySearch(

@@ -1,4 +1,4 @@
-"""cuBLAS/cuDNN (through torch) latency and energy of an op, measured with the same protocol as `tune`.
+"""cuBLAS/cuDNN (through torch) latency and energy of an op, measured as `tune` measures.
 
     python -m experiments.cublas_energy --op matmul --shape 4096,4096,4096 --out cublas.json
 
@@ -6,8 +6,9 @@
 the same random inputs as the tune's correctness check. Variants: fp16 out (the usual torch call)
 and, for matmul, batch_matmul and gemv, fp16 in/fp32 out (what our float16 ops compute) when this
 torch supports `out_dtype`; conv2d runs cuDNN on the NHWC data (channels_last), fp16 out only.
-Latency is the median of CUDA-event timed batches (CUDA-graph launched below 50 µs so the GPU
-stays busy); energy per call comes from measure/protocol.py with its default precision.
+Latency is the median of CUDA-event timed batches (CUDA-graph launched below 50 µs, or as
+`--graph-calls` says, so the GPU stays busy); energy per call comes from measure/protocol.py
+with its default precision.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--op", default="matmul")
     ap.add_argument("--shape", default="4096,4096,4096")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--graph-calls", type=int,
+                    help="calls per CUDA-graph launch (default: 20 below 50 µs per call, else 1)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     op = make_op(args.op, args.shape, "float16")
@@ -67,15 +70,16 @@ def main() -> None:
     for name, fn in torch_variants(op, x).items():
         out = fn().double().cpu().numpy()
         rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-        short = events_batch(fn, 1)(200) < 50e-6
-        run_batch = events_batch(fn, 20 if short else 1)
+        graph_calls = args.graph_calls or (20 if events_batch(fn, 1)(200) < 50e-6 else 1)
+        run_batch = events_batch(fn, graph_calls)
         run_batch(10)
         samples = [run_batch(20) for _ in range(10)]
         latency = statistics.median(samples)
         energy = measure_energy(meter, run_batch, latency, Precision(),
                                 state["sm_clock_max_mhz"], state["power_limit_w"])
         results.append({"kernel": name, "op": op.name, "shape": op.shape, "rel_error": rel,
-                        "latency_s": latency, "latency_samples": samples, "graph": short,
+                        "latency_s": latency, "latency_samples": samples,
+                        "graph_calls": graph_calls,
                         "tflops": op.flops / latency / 1e12,
                         "gflop_per_j": op.flops / energy.energy_j / 1e9,
                         **asdict(energy), "gpu": torch.cuda.get_device_name(),

@@ -11,22 +11,32 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compiler.database import TuningDatabase
+from compiler.database import Record, TuningDatabase
 from compiler.report import kernel_figures
 from compiler.objective import Objective
 from schedules import make_op
 
 
-def load_records(path: Path):
+def load_records(path: Path) -> list[Record]:
+    """Every record of a tuning database, gzipped (.gz) or not, read from a temporary copy (so
+    read-only and compressed results can be read)."""
     with tempfile.TemporaryDirectory() as tmp:
         db_path = Path(tmp) / "db.sqlite"
-        with gzip.open(path) as src, open(db_path, "wb") as dst:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as src, \
+                open(db_path, "wb") as dst:
             shutil.copyfileobj(src, dst)
         db = TuningDatabase(db_path)
         records = db.conn.execute("SELECT DISTINCT workload_key FROM candidates").fetchall()
         out = [r for (key,) in records for r in db.records(key)]
         db.close()
     return out
+
+
+def cublas_figures(entry: dict) -> dict[str, float]:
+    """An experiments/cublas_energy.py result as `kernel_figures` names its figures."""
+    return {"latency_ms": entry["latency_s"] * 1e3, "energy_mj": entry["energy_j"] * 1e3,
+            "power_w": entry["power_w"], "tflops": entry["tflops"],
+            "gflop_per_j": entry["gflop_per_j"]}
 
 
 def row(label: str, f: dict) -> str:
@@ -51,10 +61,7 @@ def main(results: Path) -> None:
                          f"{len(records)}, db id {chosen.id})", kernel_figures(op, chosen)))
         cublas = json.loads((results / f"cublas_{objective}.json").read_text())
         for c in cublas:
-            figures = {"latency_ms": c["latency_s"] * 1e3, "energy_mj": c["energy_j"] * 1e3,
-                       "power_w": c["power_w"], "tflops": c["tflops"],
-                       "gflop_per_j": c["gflop_per_j"]}
-            lines.append(row(f"{c['kernel']} (same call)", figures))
+            lines.append(row(f"{c['kernel']} (same call)", cublas_figures(c)))
     print("\n".join(lines))
 
 

@@ -18,7 +18,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 Tick = tuple[float, float]          # (time.monotonic() seconds, value)
 
@@ -97,6 +97,34 @@ def median_tick_period(ticks: list[Tick]) -> float | None:
 
 
 # ---------------------------------------------------------------- NVML
+def nvml_device(cuda_index: int, env: Mapping[str, str] = os.environ) -> int | str:
+    """NVML's name for CUDA device `cuda_index`: an NVML index (int) or a UUID (str).
+
+    NVML ignores CUDA_VISIBLE_DEVICES and numbers every GPU in PCI bus order, whereas CUDA numbers
+    only the listed devices, from 0. An integer entry is taken as an NVML index, which is right
+    when CUDA_DEVICE_ORDER=PCI_BUS_ID (our experiment scripts set it); any other entry (GPU-...,
+    MIG-...) is a UUID. Without CUDA_VISIBLE_DEVICES the index is the same in both.
+    """
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return cuda_index
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if not 0 <= cuda_index < len(entries):
+        raise MeterError(f"CUDA device {cuda_index} is not among CUDA_VISIBLE_DEVICES={visible!r}")
+    entry = entries[cuda_index]
+    return int(entry) if entry.isdigit() else entry
+
+
+def nvml_handle(cuda_index: int):
+    """The NVML handle of CUDA device `cuda_index` (NVML must be initialized)."""
+    import pynvml
+
+    device = nvml_device(cuda_index)
+    if isinstance(device, str):
+        return pynvml.nvmlDeviceGetHandleByUUID(device)
+    return pynvml.nvmlDeviceGetHandleByIndex(device)
+
+
 def _nvml_sampler(index: int, conn, what: str, poll_s: float, keep_s: float) -> None:
     """Child process: timestamp every energy-counter change (what="energy"), or every instant
     power and SM clock sample (what="power"); answer (t0, t1) queries with a Timeline.
@@ -106,7 +134,7 @@ def _nvml_sampler(index: int, conn, what: str, poll_s: float, keep_s: float) -> 
     import pynvml
 
     pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    handle = nvml_handle(index)
     line, last, loops = Timeline(), -1, 0
     conn.send("ready")
     while True:
@@ -147,10 +175,11 @@ class NvmlMeter:
     name = "nvml"
 
     def __init__(self, index: int = 0, poll_s: float = 0.0005, settle_s: float = 0.005) -> None:
+        """Meter CUDA device `index` (see `nvml_device` for how it is found in NVML)."""
         import pynvml
 
         pynvml.nvmlInit()
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._handle = nvml_handle(index)
         try:
             pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         except pynvml.NVMLError as err:
@@ -269,7 +298,7 @@ def meter_problem(kind: str, index: int = 0, powercap: str = DEFAULT_POWERCAP) -
             import pynvml
 
             pynvml.nvmlInit()
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(index))
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(nvml_handle(index))
         except Exception as err:  # any NVML failure means: no counter
             return f"NVML energy counter unavailable for GPU {index}: {err}"
         return None

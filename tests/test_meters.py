@@ -1,10 +1,13 @@
 """Meters and the energy protocol: RAPL on a fake powercap tree, NVML on a recorded H200 trace."""
 import json
+import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from measure.meters import MeterError, RaplMeter, inside, power_from_ticks
+from measure.meters import (MeterError, RaplMeter, inside, meter_problem, nvml_device,
+                            power_from_ticks)
 from measure.protocol import Precision, measure_energy
 from tests.conftest import DATA
 
@@ -84,3 +87,43 @@ def test_nvml_window_alignment_on_recorded_h200_trace():
 def test_too_few_ticks_give_no_estimate():
     assert power_from_ticks([(0.0, 5)]) == (None, 0.0)
     assert power_from_ticks([]) == (None, 0.0)
+
+
+@pytest.mark.parametrize("visible,cuda_index,expected", [
+    (None, 0, 0), (None, 3, 3),                        # unset: CUDA and NVML agree
+    ("2", 0, 2), ("3,1", 0, 3), ("3,1", 1, 1),         # CUDA device i = i-th listed NVML index
+    (" 1 , GPU-8f3a-uuid", 1, "GPU-8f3a-uuid"),        # UUID entries stay UUIDs
+    ("MIG-0a1b", 0, "MIG-0a1b"),
+])
+def test_nvml_device_follows_cuda_visible_devices(visible, cuda_index, expected):
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert nvml_device(cuda_index, env) == expected
+
+
+@pytest.mark.parametrize("visible,cuda_index", [("", 0), ("2", 1), ("0,1", -1)])
+def test_nvml_device_outside_the_visible_list_is_an_error(visible, cuda_index):
+    with pytest.raises(MeterError, match="not among CUDA_VISIBLE_DEVICES"):
+        nvml_device(cuda_index, {"CUDA_VISIBLE_DEVICES": visible})
+
+
+def fake_pynvml(asked: list):
+    """The few pynvml calls our code makes, recording which device each handle names."""
+    return SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: asked.append(("index", i)) or ("index", i),
+        nvmlDeviceGetHandleByUUID=lambda u: asked.append(("uuid", u)) or ("uuid", u),
+        nvmlDeviceGetTotalEnergyConsumption=lambda handle: 1000,
+        nvmlDeviceGetName=lambda handle: f"GPU {handle[1]}")
+
+
+@pytest.mark.parametrize("visible,expected", [("2", ("index", 2)),
+                                              ("GPU-8f3a-uuid", ("uuid", "GPU-8f3a-uuid"))])
+def test_meter_and_gpu_name_read_the_gpu_that_cuda_device_0_is(monkeypatch, visible, expected):
+    from compiler.target import nvidia_gpu_name
+
+    asked: list = []
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(asked))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert meter_problem("cuda", 0) is None
+    nvidia_gpu_name(0)            # None here (TVM sees no GPU), but NVML was asked about `expected`
+    assert asked == [expected, expected]
