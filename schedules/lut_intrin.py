@@ -48,7 +48,8 @@ __device__ __forceinline__ void tvm_lut_acc(float* __restrict__ s, const TT* __r
 
 def intrin_name(kind: str, cols: int, pairs: int, table_dtype: str, table_scope: str,
                 sums_scope: str, word: int) -> str:
-    return f"lut_acc_{kind}_c{cols}_p{pairs}_w{word}_{table_dtype}_{table_scope}_{sums_scope}"
+    scopes = f"{table_scope}_{sums_scope}".replace(".", "")
+    return f"lut_acc_{kind}_c{cols}_p{pairs}_w{word}_{table_dtype}_{scopes}"
 
 
 def _desc(cols: int, pairs: int, tdt: str, tscope: str, sscope: str):

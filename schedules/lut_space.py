@@ -5,7 +5,7 @@ Decisions that change the instruction or the loop structure are enumerated as se
 spaces (the search samples all of them):
 - cols: output columns per thread sharing one table (the instruction's width),
 - rows: activation rows per thread block (their tables live together),
-- table placement: shared memory per thread block, or per thread in local memory/registers
+- table placement: (dynamic) shared memory per thread block, or per thread in local memory/registers
   (recomputed per group; offered only when a group's table is small).
 Within a space, sampled decisions (categorical, so replayed and re-sampled by the search):
 - threads over columns (threadIdx.y) and over weight groups (threadIdx.x: split-K inside the thread
@@ -52,14 +52,14 @@ def _word(op: LutMpGemm) -> int:
 
 def _placements(op: LutMpGemm) -> list[str]:
     local_ok = _pairs(op) * RUNS_PER_BYTE * ENTRIES <= LOCAL_TABLE_MAX
-    return ["shared", "local"] if local_ok else ["shared"]
+    return ["shared.dyn", "local"] if local_ok else ["shared.dyn"]
 
 
 def register_intrinsics(op: LutMpGemm, kind: str) -> None:
     """Register every instruction variant the space can name (trace replay needs them)."""
     for cols in COLS:
         if kind == "cuda":
-            for scope in ("shared", "local"):
+            for scope in ("shared.dyn", "local"):
                 lut_intrin.register("cuda", cols, _pairs(op), op.dtype, scope, "local", _word(op))
         else:
             lut_intrin.register("llvm", cols, _pairs(op), op.dtype, "global", "global")
@@ -104,7 +104,7 @@ def schedule_cuda(op: LutMpGemm, sch: Schedule, cols: int, rows: int, placement:
     sch.set_scope(sums, 0, "local")
     sch.compute_at(xsum, i_i)
     sch.set_scope(xsum, 0, "local")
-    if placement == "shared":
+    if placement == "shared.dyn":
         _cooperative(sch, tables, block_x, ty, tx)
     else:
         sch.compute_at(tables, i_i)
@@ -114,9 +114,10 @@ def schedule_cuda(op: LutMpGemm, sch: Schedule, cols: int, rows: int, placement:
 
 
 def _cooperative(sch: Schedule, block, at, ty, tx) -> None:
-    """Compute `block` in shared memory per thread block, its loops spread over all threads."""
+    """Compute `block` in (dynamic, so beyond 48 KB) shared memory per thread block, its loops
+    spread over all threads."""
     sch.compute_at(block, at)
-    sch.set_scope(block, 0, "shared")
+    sch.set_scope(block, 0, "shared.dyn")
     fused = sch.fuse(*sch.get_loops(block)[1:])  # `at` is the outermost loop
     _, y, x = sch.split(fused, [None, ty, tx])
     sch.bind(y, "threadIdx.y")
