@@ -25,13 +25,19 @@ class BuildResult:
 
 
 def compile_module(mod: tvm.IRModule, target: Target) -> tvm.runtime.Executable:
-    """tvm.compile, retried without storage rewrite for the known WMMA failure."""
+    """tvm.compile (cp.async copies where the schedule pipelines them), retried without storage
+    rewrite for the known WMMA failure."""
+    if target.kind.name == "cuda":
+        import tvm.s_tir.tensor_intrin  # noqa: F401  MMA lowering looks up its index maps here
+        import schedules.lut_intrin  # noqa: F401  splices the LUT-mpGEMM instruction's device code
+    config = {"tirx.use_async_copy": True}
     try:
-        return tvm.compile(mod, target=target)
+        with tvm.transform.PassContext(config=config):
+            return tvm.compile(mod, target=target)
     except Exception as err:
         if _STORAGE_REWRITE_ERROR not in str(err):
             raise
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True}):
+    with tvm.transform.PassContext(config={**config, "tirx.disable_storage_rewrite": True}):
         return tvm.compile(mod, target=target)
 
 

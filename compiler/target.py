@@ -8,6 +8,7 @@ import psutil
 import tvm
 from tvm.target import Target
 
+from measure.meters import nvml_handle
 
 
 class TargetError(RuntimeError):
@@ -23,14 +24,12 @@ class Platform:
 
 
 def nvidia_gpu_name(index: int = 0) -> str | None:
-    """Name of GPU `index` if both NVML and TVM's CUDA runtime see it, else None."""
+    """Name of CUDA device `index` if both NVML and TVM's CUDA runtime see it, else None."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        if pynvml.nvmlDeviceGetCount() <= index:
-            return None
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+        name = pynvml.nvmlDeviceGetName(nvml_handle(index))
     except Exception:  # no driver, no library, no device: all mean "no GPU"
         return None
     return name if tvm.cuda(index).exist else None
@@ -47,12 +46,24 @@ def _cpu_name() -> str:
     return platform.processor() or "CPU"
 
 
+# Shared memory a thread block may opt in to, by architecture (CUDA C Programming Guide, technical
+# specifications). Target.from_device reports the 48 KB default; MetaSchedule's VerifyGPUCode checks
+# against the target's value, and TVM's runtime opts in for kernels with more dynamic shared memory.
+SHARED_MEMORY_OPT_IN = {"sm_80": 166912, "sm_86": 101376, "sm_89": 101376, "sm_90": 232448}
+
+
+def opt_in_shared_memory(target: Target) -> Target:
+    """The CUDA target with its architecture's opt-in shared-memory limit, where that is known."""
+    limit = SHARED_MEMORY_OPT_IN.get(str(target.attrs["arch"]).rstrip("af"))  # sm_90a -> sm_90
+    return target if limit is None else Target({**target.export(), "max_shared_memory_per_block": limit})
+
+
 def resolve(choice: str) -> Platform:
     """`auto` takes the first NVIDIA GPU that NVML and TVM see, else the CPU."""
     gpu = nvidia_gpu_name() if choice in ("auto", "cuda") else None
     if choice == "cuda" and gpu is None:
         raise TargetError("--target cuda: no NVIDIA GPU visible to both NVML and TVM on this machine")
     if gpu is not None:
-        return Platform("cuda", Target.from_device(tvm.cuda(0)), tvm.cuda(0), gpu)
+        return Platform("cuda", opt_in_shared_memory(Target.from_device(tvm.cuda(0))), tvm.cuda(0), gpu)
     cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     return Platform("llvm", Target({"kind": "llvm", "num-cores": cores}), tvm.cpu(0), _cpu_name())

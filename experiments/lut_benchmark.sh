@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LUT-mpGEMM vs its dequant twin vs cuBLAS fp16, on one GPU: for each weight shape NxK given, each
-# M in $MS (default "1 16") and each bit width in $BITS (default "1 2 4"), a latency tune of
+# M in $MS (default "1 16") and each bit width in $BITS (default "2 4 1"), a latency tune of
 # lut_mpgemm --impl both (group 128, symmetric) with TRIALS trials split between the two
 # implementations (energy measured for every candidate), then cuBLAS fp16 on the same M,N,K
 # (CUDA-graph replays, so launch gaps are not counted for cuBLAS; our kernels are timed by TVM's
@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=index,name,driver_version,power.limit,temperature.gpu --f
 for nk in "$@"; do
   n=${nk%x*}; k=${nk#*x}
   for m in ${MS:-1 16}; do
-    for bits in ${BITS:-1 2 4}; do
+    for bits in ${BITS:-2 4 1}; do
       echo "== lut_mpgemm m=$m n=$n k=$k W$bits" | tee -a "$out/log.txt"
       python3 -m compiler.cli --op lut_mpgemm --shape "m=$m,n=$n,k=$k" --wbits "$bits" \
         --group-size 128 --impl both --target cuda --objective latency --trials "$trials" \

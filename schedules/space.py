@@ -1,28 +1,130 @@
 """MetaSchedule design spaces per target.
 
-The space is TVM's post-order-apply over the target's default rule set: SIMT multi-level tiling on
-CUDA for float32, WMMA tensor cores on CUDA for float16, and the CPU rules on llvm.
+- lut_mpgemm with the LUT implementation: its own space (schedules/lut_space.py).
+- llvm: TVM's CPU rules.
+- CUDA, GEMV-like ops (gemv; matmul and batch_matmul with m = 1): a schedule function that splits
+  the reduction over threads (vector loads, in-thread sums, then a warp/block reduction). TVM's
+  rules fit these badly: MultiLevelTiling rejects ~98% of samples, and CrossThreadReduction skips
+  reductions with over 1024 outputs, which leaves one serial dot product per thread.
+- CUDA, float16 products: WMMA tensor cores, and on sm_80+ for matmul also ldmatrix + mma.sync
+  with an asynchronous software pipeline, in one search (the union of both design spaces).
+  Building MMA kernels needs `tvm.s_tir.tensor_intrin` imported (lowering looks up its index
+  maps), and the pipeline's copies become cp.async only under PassContext `tirx.use_async_copy`.
+- CUDA, everything else: TVM's SIMT rules.
+All CUDA tiles live in dynamic shared memory, so the target's `max_shared_memory_per_block` may be
+the opt-in limit (compiler/target.py) rather than the 48 KB cap on static shared memory.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
+from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule import schedule_rule as R
 from tvm.target import Target
 
 from schedules.op import Op
 
+Space = ms.space_generator.SpaceGenerator
 
-def rule_set(op: Op, target: Target) -> str:
-    """Name of the MetaSchedule rule set (schedule rules, postprocs, mutators) for op on target."""
-    if target.kind.name == "cuda":
-        return "cuda-tensorcore" if op.dtype == "float16" else "cuda"
-    return "llvm"
+# mma.sync m16n8k8 f16*f16+f32, loaded from dynamic shared memory by ldmatrix
+# (tvm.s_tir.tensor_intrin.cuda; the group TVM's own cuda-tensorcore rule set names)
+_MMA_F16_F32 = {"init": "mma_init_m16n8k8_f32",
+                "load_a": "mma_load_m16n8k8_f16_A_shared_dyn",
+                "load_b": "mma_load_m16n8k8_f16_B_shared_dyn",
+                "compute": "mma_sync_m16n8k8_f16f16f32",
+                "store": "mma_store_m16n8k8_f32_global"}
 
 
-def design_space(op: Op, target: Target) -> ms.space_generator.SpaceGenerator:
+def design_space(op: Op, target: Target) -> Space:
+    """The space generator (with its postprocessors and mutators) for op on target."""
     if op.name == "lut_mpgemm" and op.params["impl"] == "lut":
         from schedules.lut_space import lut_space
         return lut_space(op, target)
-    rules = rule_set(op, target)
-    if rules == "cuda-tensorcore":
-        import tvm.s_tir.tensor_intrin  # noqa: F401  registers the WMMA intrinsics the rules name
-    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=rules, mutator_probs=rules)
+    if target.kind.name != "cuda":
+        return _post_order("llvm", "llvm")
+    if op.name == "gemv" or (op.name in ("matmul", "batch_matmul") and op.shape["m"] == 1):
+        sketch = _gemv_sketch(reduce_contiguous=op.name == "gemv",
+                              vector=16 // np.dtype(op.dtype).itemsize)
+        return ms.space_generator.ScheduleFn(sketch, sch_rules=[], postprocs="cuda",
+                                             mutator_probs="cuda")
+    if op.dtype != "float16":
+        return _post_order(_simt_rules(), "cuda")
+    import tvm.s_tir.tensor_intrin  # noqa: F401  registers the intrinsics the rules name
+    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
+
+    wmma = [get_wmma_intrin_group("shared.dyn", "shared.dyn", "float16", "float32", trans_b)
+            for trans_b in (False, True)]
+    spaces = [_post_order([_tensor_core(wmma, write_reuse="must", pipeline=False),
+                           *_simt_rules()])]
+    # TVM's MMA rule tiles only (i, j, k) loop nests, fails on m or n not multiples of 32, and
+    # builds only k tiles of multiples of 32; the WMMA rule would shadow it in a shared rule list.
+    if op.name == "matmul" and all(op.shape[d] % 32 == 0 for d in "mnk") and _sm(target) >= 80:
+        spaces.append(_post_order([_tensor_core([_MMA_F16_F32], write_reuse="no", pipeline=True),
+                                   *_simt_rules()]))
+    return ms.space_generator.SpaceGeneratorUnion(
+        spaces, sch_rules=[], postprocs="cuda-tensorcore", mutator_probs="cuda-tensorcore")
+
+
+def _sm(target: Target) -> int:
+    """Compute capability as a number ("sm_90a" -> 90)."""
+    return int("".join(c for c in str(target.attrs.get("arch", "")) if c.isdigit()) or 0)
+
+
+def _post_order(rules: list[ms.ScheduleRule] | str, kind: str = "cuda-tensorcore") -> Space:
+    """Post-order application of rules, with the postprocessors and mutators of rule set kind."""
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=kind, mutator_probs=kind)
+
+
+def _simt_rules() -> list[ms.ScheduleRule]:
+    """TVM's CUDA rules with MultiLevelTiling's thread-block tiles in dynamic shared memory."""
+    tiling = R.MultiLevelTiling(
+        structure="SSSRRSRS", tile_binds=["blockIdx.x", "vthread.x", "threadIdx.x"],
+        max_innermost_factor=64, vector_load_lens=[1, 2, 3, 4, 8, 16],
+        reuse_read=R.ReuseType(req="must", levels=[4], scope="shared.dyn"),
+        reuse_write=R.ReuseType(req="must", levels=[3], scope="local"))
+    return [tiling if isinstance(rule, R.MultiLevelTiling) else rule
+            for rule in ms.ScheduleRule.create("cuda")]
+
+
+def _tensor_core(groups: list[dict[str, str]], write_reuse: str,
+                 pipeline: bool) -> ms.ScheduleRule:
+    """TVM's tensor-core tiling (as in its cuda-tensorcore rule set) for the given intrinsics."""
+    return R.MultiLevelTilingTensorCore(
+        intrin_groups=groups, structure="SSSRRSRS",
+        tile_binds=["blockIdx.y", "blockIdx.x", "threadIdx.y"], max_innermost_factor=4,
+        vector_load_lens=[1, 2, 3, 4, 8, 16],
+        reuse_read=R.ReuseType(req="must", levels=[4], scope="shared.dyn"),
+        reuse_write=R.ReuseType(req=write_reuse, levels=[2], scope="shared.dyn"),
+        use_software_pipeline=pipeline)
+
+
+def _gemv_sketch(reduce_contiguous: bool, vector: int) -> Callable[[Schedule], None]:
+    """Rows over blockIdx.x and a thread axis, the reduction split (serial, threads, inner).
+
+    reduce_contiguous (y = W @ x, W row-major): reduction threads on threadIdx.x, each loading up
+    to `vector` contiguous elements of W and x per step (16-byte loads). Otherwise (x @ B, B
+    row-major) output columns go on threadIdx.x, so that neighbouring threads read neighbouring
+    elements.
+    """
+    def sketch(sch: Schedule) -> None:
+        block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+        *spatial, k = sch.get_loops(block)
+        rows = sch.fuse(*spatial)
+        block_x, t_rows = sch.split(
+            rows, sch.sample_perfect_tile(rows, n=2, max_innermost_factor=64))
+        k_serial, t_k, k_inner = sch.split(
+            k, sch.sample_perfect_tile(k, n=3, max_innermost_factor=vector))
+        sch.reorder(block_x, t_rows, t_k, k_serial, k_inner)
+        sch.bind(block_x, "blockIdx.x")
+        sch.bind(t_rows, "threadIdx.y" if reduce_contiguous else "threadIdx.x")
+        sch.bind(t_k, "threadIdx.x" if reduce_contiguous else "threadIdx.y")
+        if reduce_contiguous:
+            for index in (0, 1):  # W, x
+                cache = sch.cache_read(block, index, "local")
+                sch.compute_at(cache, k_serial, preserve_unit_loops=True)
+                sch.vectorize(sch.get_loops(cache)[-1])
+        unroll = sch.sample_categorical([0, 16, 64, 512, 1024], [0.2] * 5)
+        sch.annotate(sch.get_sblock("root"), "meta_schedule.unroll_explicit", unroll)
+    return sketch

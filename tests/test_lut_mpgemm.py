@@ -3,6 +3,7 @@ instruction tensorized on llvm (run) and on CUDA (source; compiled when nvcc is 
 import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from tvm.s_tir import Schedule
 from schedules import OpError, lut, lut_intrin, lut_space, make_op
 from tests.test_cli_errors import assert_one_line_error, run_tune
 
-CUDA = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024,
-                          "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
+CUDA_SPEC = {"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024,
+             "max_shared_memory_per_block": 232448, "thread_warp_size": 32}
+CUDA = tvm.target.Target(CUDA_SPEC)
 MODES = [(bits, gs, zp) for bits in (1, 2, 3, 4) for gs, zp in ((16, False), (32, True))]
 
 
@@ -140,3 +142,20 @@ def test_tune_both_implementations_and_tabulate(tmp_path):
     assert cells[9] == best.workload["params"]["impl"]
     assert cells[10] == f"{3 * lut_rec.latency_s / best.latency_s:.2f}x"
     assert cells[11] == "-"  # no energy meter on this machine: no energy ratio, no verdict
+
+
+def test_builder_splices_the_instruction_in_a_fresh_process(tmp_path):
+    """Builds happen in worker processes that never imported schedules/: the builder itself must
+    make the instruction's device code part of the CUDA source."""
+    op = lut_op(2, 32, False, shape="m=1,n=64,k=256", dtype="float16")
+    sch = Schedule(tvm.IRModule({"main": op.prim_func()}), seed=1)
+    lut_space.register_intrinsics(op, "cuda")
+    lut_space.schedule_cuda(op, sch, cols=2, rows=1, placement="shared.dyn")
+    (tmp_path / "mod.json").write_text(tvm.ir.save_json(sch.mod))
+    code = (f"import tvm; from compiler.builder import compile_module; "
+            f"mod = tvm.ir.load_json(open({str(tmp_path / 'mod.json')!r}).read()); "
+            f"target = tvm.target.Target({json.dumps(CUDA_SPEC)}); "
+            "print(compile_module(mod, target).mod.imports[0].inspect_source())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "void tvm_lut_acc" in proc.stdout and "tvm_lut_acc<2, 4, 4, half>" in proc.stdout

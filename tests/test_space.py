@@ -1,0 +1,113 @@
+"""CUDA design spaces, checked on the CPU: sampling, tensor-core intrinsics, CUDA source."""
+import re
+import time
+
+import pytest
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from compiler.builder import compile_module
+from compiler.target import opt_in_shared_memory
+from schedules import design_space, make_op
+
+H100 = Target({"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 232448,
+               "max_threads_per_block": 1024, "thread_warp_size": 32})
+
+
+def context(name: str, shape: str, dtype: str = "float16") -> ms.TuneContext:
+    op = make_op(name, shape, dtype)
+    return ms.TuneContext(mod=tvm.IRModule({"main": op.prim_func()}), target=H100,
+                          space_generator=design_space(op, H100), num_threads=2, rand_state=0,
+                          search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64))
+
+
+def proposals(ctx: ms.TuneContext, n: int) -> list[tvm.s_tir.Schedule]:
+    """What the tuner's strategy proposes first: random valid samples of the space."""
+    ctx.pre_tuning(max_trials=n, num_trials_per_iter=n, design_spaces=ctx.generate_design_space(),
+                   database=ms.database.MemoryDatabase(), cost_model=ms.cost_model.RandomModel())
+    return [c.sch for c in ctx.generate_measure_candidates()]
+
+
+def tensorized_with(sch: tvm.s_tir.Schedule) -> str:
+    return re.search(r'auto_tensorize", ann_val="(\w+)"', str(sch.trace)).group(1)
+
+
+def valid_sample(ctx: ms.TuneContext, space: tvm.s_tir.Schedule,
+                 tries: int = 200) -> tvm.s_tir.Schedule:
+    """Replay a design space with fresh random decisions until the postprocessors accept one."""
+    for seed in range(1, tries + 1):
+        sch = tvm.s_tir.Schedule(ctx.mod, seed=seed)
+        tvm.s_tir.Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
+        sch.enter_postproc()
+        if all(p.apply(sch) for p in ctx.space_generator.postprocs):
+            return sch
+    raise AssertionError(f"no valid sample in {tries} tries")
+
+
+def cuda_source(mod: tvm.IRModule, **config) -> str:
+    """CUDA source of a module (without a GPU the build keeps the source)."""
+    with tvm.transform.PassContext(config=config):
+        return compile_module(mod, H100).mod.imports[0].inspect_source()
+
+
+@pytest.mark.parametrize("name,shape,threads_over_k",
+                         [("gemv", "16384,4096", True), ("matmul", "1,4096,4096", False),
+                          ("batch_matmul", "b=2,m=1,n=512,k=256", False)])
+def test_gemv_like_space_proposes_cross_thread_reductions_quickly(name, shape, threads_over_k):
+    ctx = context(name, shape)
+    started = time.perf_counter()
+    candidates = proposals(ctx, 16)
+    assert len(candidates) == 16 and time.perf_counter() - started < 10
+    mods = [str(c.mod) for c in candidates]
+    axis = "threadIdx.x" if threads_over_k else "threadIdx.y"
+    assert all(re.search(rf'for k_1 in T.thread_binding\(\d+, thread="{axis}"\)', m) for m in mods)
+    split_k = next(c for c, m in zip(candidates, mods)
+                   if not re.search(r"k_1 in T.thread_binding\(1,", m))
+    source = cuda_source(split_k.mod)
+    assert "__shfl_down_sync" in source or "red_buf" in source
+    if threads_over_k:  # 16-byte loads where a thread reads 8 halves of a row per step
+        assert any("uint4" in cuda_source(c.mod) for c in candidates)
+
+
+def test_fp16_matmul_space_has_wmma_and_mma_pipelines():
+    ctx = context("matmul", "4096,4096,4096")
+    spaces = ctx.generate_design_space()
+    intrinsics = [tensorized_with(s) for s in spaces]
+    assert "mma_sync_m16n8k8_f16f16f32" in intrinsics
+    assert {"wmma_sync_16x16x16_f16f16f32", "wmma_sync_16x16x16_f16f16f32_trans"} <= set(intrinsics)
+    mma = spaces[intrinsics.index("mma_sync_m16n8k8_f16f16f32")]
+    assert "software_pipeline_async_stages" in str(mma.trace) and "shared.dyn" in str(mma.trace)
+
+    sch = valid_sample(ctx, mma)
+    source = cuda_source(sch.mod, **{"tirx.use_async_copy": True})
+    for instruction in ("mma.sync.aligned.m16n8k8", "ldmatrix.sync", "cp.async.cg.shared.global",
+                        "cp.async.commit_group", "extern __shared__"):
+        assert instruction in source, instruction
+
+    wmma = valid_sample(ctx, spaces[intrinsics.index("wmma_sync_16x16x16_f16f16f32")])
+    assert "nvcuda::wmma::mma_sync" in cuda_source(wmma.mod)
+
+
+def test_mma_only_where_the_rule_can_tile():
+    for shape in ("1000,1024,1024", "1024,1024,1000"):  # not multiples of 32
+        assert "mma_sync_m16n8k8_f16f16f32" not in [
+            tensorized_with(s) for s in context("matmul", shape).generate_design_space()]
+    batched = context("batch_matmul", "b=2,m=256,n=256,k=256").generate_design_space()
+    assert {tensorized_with(s) for s in batched} == {"wmma_sync_16x16x16_f16f16f32",
+                                                     "wmma_sync_16x16x16_f16f16f32_trans"}
+
+
+def test_simt_tiles_use_dynamic_shared_memory():
+    ctx = context("matmul", "1024,1024,1024", "float32")
+    sch = valid_sample(ctx, ctx.generate_design_space()[0])
+    assert 'scope="shared.dyn"' in str(sch.mod) and 'scope="shared"' not in str(sch.mod)
+
+
+def test_opt_in_shared_memory_limit():
+    def target(arch):
+        return Target({"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 49152,
+                       "max_threads_per_block": 1024, "thread_warp_size": 32})
+    assert opt_in_shared_memory(target("sm_90")).attrs["max_shared_memory_per_block"] == 232448
+    assert opt_in_shared_memory(target("sm_80")).attrs["max_shared_memory_per_block"] == 166912
+    assert opt_in_shared_memory(target("sm_70")).attrs["max_shared_memory_per_block"] == 49152
