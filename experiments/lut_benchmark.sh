@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # LUT-mpGEMM vs its dequant twin vs cuBLAS fp16, on one GPU: for each weight shape NxK given, each
 # M in $MS (default "1 16") and each bit width in $BITS (default "2 4 1"), a latency tune of
-# lut_mpgemm --impl both (group 128, symmetric) with TRIALS trials split between the two
-# implementations (energy measured for every candidate), then cuBLAS fp16 on the same M,N,K
+# lut_mpgemm --impl $IMPL (default both: LUT and dequant, splitting the TRIALS; group 128,
+# symmetric; energy measured for every candidate), then cuBLAS fp16 on the same M,N,K
 # (CUDA-graph replays, so launch gaps are not counted for cuBLAS; our kernels are timed by TVM's
 # time_evaluator, launch gaps included). Results: OUTDIR/lut.sqlite, OUTDIR/cublas_M_N_K.json.
 #   experiments/lut_benchmark.sh OUTDIR TRIALS NxK [NxK ...]
@@ -17,7 +17,7 @@ for nk in "$@"; do
     for bits in ${BITS:-2 4 1}; do
       echo "== lut_mpgemm m=$m n=$n k=$k W$bits" | tee -a "$out/log.txt"
       python3 -m compiler.cli --op lut_mpgemm --shape "m=$m,n=$n,k=$k" --wbits "$bits" \
-        --group-size 128 --impl both --target cuda --objective latency --trials "$trials" \
+        --group-size 128 --impl "${IMPL:-both}" --target cuda --objective latency --trials "$trials" \
         --seed 0 --db "$out/lut.sqlite" >> "$out/log.txt" 2>&1 || echo "tune failed" >> "$out/log.txt"
     done
     python3 -m experiments.cublas_energy --shape "$m,$n,$k" --graph-calls 50 \
