@@ -28,8 +28,8 @@ def compile_module(mod: tvm.IRModule, target: Target) -> tvm.runtime.Executable:
     """tvm.compile (cp.async copies where the schedule pipelines them), retried without storage
     rewrite for the known WMMA failure."""
     if target.kind.name == "cuda":
-        import tvm.s_tir.tensor_intrin  # noqa: F401  MMA lowering looks up its index maps here
-        import schedules.lut_intrin  # noqa: F401  splices the LUT-mpGEMM instruction's device code
+        from tvm.s_tir import tensor_intrin  # noqa: F401  MMA lowering looks up its index maps here
+        from schedules import lut_intrin  # noqa: F401  splices the LUT instruction's device code
     config = {"tirx.use_async_copy": True}
     try:
         with tvm.transform.PassContext(config=config):
