@@ -89,33 +89,16 @@ def _desc_one(pairs: int, tdt: str, tscope: str, sscope: str):
     return desc
 
 
-def _llvm_impl(cols: int, pairs: int, tdt: str, tscope: str, sscope: str):
-    @T.prim_func(s_tir=True)
-    def impl(t: T.handle, p: T.handle, s: T.handle) -> None:
-        t0 = T.int32()
-        p0 = T.int32()
-        tab = T.match_buffer(t, (pairs, RUNS_PER_BYTE, ENTRIES), tdt, offset_factor=1,
-                             scope=tscope, strides=[t0, ENTRIES, 1])
-        wts = T.match_buffer(p, (cols, pairs), "uint8", offset_factor=1, strides=[p0, 1])
-        acc = T.match_buffer(s, (cols,), "float32", offset_factor=1, scope=sscope)
-        with T.sblock("root"):
-            T.reads(acc[0:cols], wts[0:cols, 0:pairs], tab[0:pairs, 0:RUNS_PER_BYTE, 0:ENTRIES])
-            T.writes(acc[0:cols])
-            for c, r, h in T.grid(cols, pairs, RUNS_PER_BYTE):
-                acc[c] = acc[c] + _gather(tab, r, h, wts[c, r])
-
-    return impl
-
-
 def _gather(tab, r, h, byte):
     idx = (byte.astype("int32") >> (h * 4)) & 15
     top = idx >> 3
     return tab[r, h, idx ^ (top * 15)].astype("float32") * (1 - top * 2).astype("float32")
 
 
-def _cuda_impl(cols: int, pairs: int, tdt: str, tscope: str, sscope: str, word: int):
-    ctype = {"float16": "half", "float32": "float"}[tdt]
-    func = f"tvm_lut_acc<{cols}, {pairs}, {word}, {ctype}>"
+def _impl(kind: str, cols: int, pairs: int, tdt: str, tscope: str, sscope: str, word: int):
+    """CUDA: a call of the `__device__` function; llvm: the gather as a TIR loop nest."""
+    cuda = kind == "cuda"
+    func = f"tvm_lut_acc<{cols}, {pairs}, {word}, {'half' if tdt == 'float16' else 'float'}>"
 
     @T.prim_func(s_tir=True)
     def impl(t: T.handle, p: T.handle, s: T.handle) -> None:
@@ -128,8 +111,12 @@ def _cuda_impl(cols: int, pairs: int, tdt: str, tscope: str, sscope: str, word: 
         with T.sblock("root"):
             T.reads(acc[0:cols], wts[0:cols, 0:pairs], tab[0:pairs, 0:RUNS_PER_BYTE, 0:ENTRIES])
             T.writes(acc[0:cols])
-            T.evaluate(T.call_extern("int32", func, acc.access_ptr("rw"), tab.access_ptr("r"),
-                                     wts.access_ptr("r"), p0, t0))
+            if cuda:  # a Python constant: resolved when the script is parsed
+                T.evaluate(T.call_extern("int32", func, acc.access_ptr("rw"), tab.access_ptr("r"),
+                                         wts.access_ptr("r"), p0, t0))
+            else:
+                for c, r, h in T.grid(cols, pairs, RUNS_PER_BYTE):
+                    acc[c] = acc[c] + _gather(tab, r, h, wts[c, r])
 
     return impl
 
@@ -140,8 +127,7 @@ def register(kind: str, cols: int, pairs: int, table_dtype: str, table_scope: st
     name = intrin_name(kind, cols, pairs, table_dtype, table_scope, sums_scope, word)
     if TensorIntrin.get(name, allow_missing=True) is None:
         args = (cols, pairs, table_dtype, table_scope, sums_scope)
-        impl = _cuda_impl(*args, word) if kind == "cuda" else _llvm_impl(*args)
-        TensorIntrin.register(name, _desc(*args), impl)
+        TensorIntrin.register(name, _desc(*args), _impl(kind, *args, word))
     return name
 
 
