@@ -47,7 +47,7 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
             if len(ops) > 1:
                 err.print(f"implementation {impl_op.params['impl']}: {trials} trials")
             tuner, result = _tune(args, objective, plat, impl_op, trials, no_meter, db, err)
-            tuners.update({id(r): tuner for r in result.records})
+            tuners[tuner.key] = tuner
             records += result.records
     except TuneStopped as stop:
         return stop.code
@@ -72,7 +72,7 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
                   + (f"{chosen.energy_j / fastest.energy_j - 1:+.1%} energy"
                      if chosen.energy_j and fastest.energy_j else "energy not measured"))
     if args.export:
-        tuner = tuners[id(chosen)]
+        tuner = tuners[chosen.workload_key]
         manifest = export_kernel(tuner.op, plat.target, tuner.schedule(chosen), chosen,
                                  objective.label, args.export)
         out.print(f"exported {manifest.with_suffix('.so')} and {manifest}")

@@ -17,7 +17,8 @@ import numpy as np
 from tvm import te, tirx
 
 from schedules import lut
-from schedules.op import Op, OpError, register
+from schedules.matmul import Product
+from schedules.op import OpError, register
 
 IMPLS = ("lut", "dequant")
 RUNS_PER_BYTE = 2
@@ -40,9 +41,9 @@ def lookup_term(table, prefix: tuple, byte: tirx.PrimExpr, half: tirx.PrimExpr,
 
 
 @register
-class LutMpGemm(Op):
+class LutMpGemm(Product):
+    """FLOPs are those of the dense product it replaces (so TFLOP/s compare with fp16 GEMM)."""
     name = "lut_mpgemm"
-    shape_keys = ("m", "n", "k")
     default_shape = {"cuda": "m=1,n=4096,k=4096", "llvm": "m=4,n=128,k=512"}
     param_defaults = {"wbits": 2, "group_size": 128, "zero_points": False, "impl": "lut"}
     tolerance = 2e-3  # fp16 tables: each entry rounded once
@@ -80,15 +81,6 @@ class LutMpGemm(Op):
     @property
     def input_dtypes(self):
         return [self.dtype, "uint8", "float32", "float32"]
-
-    @property
-    def output_shape(self):
-        return (self.shape["m"], self.shape["n"])
-
-    @property
-    def flops(self) -> int:
-        """Those of the dense product it replaces (so TFLOP/s compare with fp16 GEMM)."""
-        return 2 * self.shape["m"] * self.shape["n"] * self.shape["k"]
 
     def quantized(self, packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> lut.QuantizedWeights:
         return lut.QuantizedWeights(lut.unpack_bytes(packed), scales, zeros, self.bits, self.group_size)

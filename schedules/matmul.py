@@ -15,17 +15,9 @@ def _f32(x: te.Tensor, *idx) -> te.Expr:
     return x[idx].astype("float32")
 
 
-@register
-class Matmul(Op):
-    name = "matmul"
+class Product(Op):
+    """An (m, k) x (k, n) product: the output shape and FLOPs of matmul and of lut_mpgemm."""
     shape_keys = ("m", "n", "k")
-    positional = True
-    default_shape = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
-
-    @property
-    def input_shapes(self):
-        m, n, k = (self.shape[key] for key in self.shape_keys)
-        return [(m, k), (k, n)]
 
     @property
     def output_shape(self):
@@ -34,6 +26,18 @@ class Matmul(Op):
     @property
     def flops(self) -> int:
         return 2 * self.shape["m"] * self.shape["n"] * self.shape["k"]
+
+
+@register
+class Matmul(Product):
+    name = "matmul"
+    positional = True
+    default_shape = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
+
+    @property
+    def input_shapes(self):
+        m, n, k = (self.shape[key] for key in self.shape_keys)
+        return [(m, k), (k, n)]
 
     def compute(self, a, b):
         r = te.reduce_axis((0, self.shape["k"]), name="k")
