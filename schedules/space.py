@@ -103,8 +103,8 @@ def _tensor_core(groups: list[dict[str, str]], write_reuse: str,
 def _gemv_sketch(reduce_contiguous: bool, vector: int) -> Callable[[Schedule], None]:
     """Rows over blockIdx.x and a thread axis, the reduction split (serial, threads, inner).
 
-    reduce_contiguous (y = W @ x, W row-major): reduction threads on threadIdx.x, each loading up
-    to `vector` contiguous elements of W and x per step (16-byte loads). Otherwise (x @ B, B
+    reduce_contiguous (y = W @ x, W row-major): reduction threads on threadIdx.x, each loading
+    `vector` contiguous elements of W and x per step (16-byte loads) when k allows. Otherwise (x @ B, B
     row-major) output columns go on threadIdx.x, so that neighbouring threads read neighbouring
     elements.
     """
@@ -114,8 +114,13 @@ def _gemv_sketch(reduce_contiguous: bool, vector: int) -> Callable[[Schedule], N
         rows = sch.fuse(*spatial)
         block_x, t_rows = sch.split(
             rows, sch.sample_perfect_tile(rows, n=2, max_innermost_factor=64))
-        k_serial, t_k, k_inner = sch.split(
-            k, sch.sample_perfect_tile(k, n=3, max_innermost_factor=vector))
+        extent = sch.get(k).extent.value
+        if reduce_contiguous and extent % vector == 0:  # always full 16-byte loads
+            k_outer, k_inner = sch.split(k, [None, vector])
+            k_serial, t_k = sch.split(k_outer, sch.sample_perfect_tile(k_outer, n=2))
+        else:
+            k_serial, t_k, k_inner = sch.split(
+                k, sch.sample_perfect_tile(k, n=3, max_innermost_factor=vector))
         sch.reorder(block_x, t_rows, t_k, k_serial, k_inner)
         sch.bind(block_x, "blockIdx.x")
         sch.bind(t_rows, "threadIdx.y" if reduce_contiguous else "threadIdx.x")
