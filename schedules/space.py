@@ -10,6 +10,8 @@
   with an asynchronous software pipeline, in one search (the union of both design spaces).
   Building MMA kernels needs `tvm.s_tir.tensor_intrin` imported (lowering looks up its index
   maps), and the pipeline's copies become cp.async only under PassContext `tirx.use_async_copy`.
+  Samples whose shared tiles TVM cannot permute for ldmatrix are rejected by a postprocessor
+  (schedules/permuted_layout.py) instead of failing to build.
 - CUDA, everything else: TVM's SIMT rules.
 All CUDA tiles live in dynamic shared memory, so the target's `max_shared_memory_per_block` may be
 the opt-in limit (compiler/target.py) rather than the 48 KB cap on static shared memory.
@@ -25,6 +27,7 @@ from tvm.s_tir.meta_schedule import schedule_rule as R
 from tvm.target import Target
 
 from schedules.op import Op
+from schedules.permuted_layout import PermutedLayoutCheck
 
 Space = ms.space_generator.SpaceGenerator
 
@@ -60,11 +63,13 @@ def design_space(op: Op, target: Target) -> Space:
                            *_simt_rules()])]
     # TVM's MMA rule tiles only (i, j, k) loop nests, fails on m or n not multiples of 32, and
     # builds only k tiles of multiples of 32; the WMMA rule would shadow it in a shared rule list.
+    postprocs = list(ms.Postproc.create("cuda-tensorcore"))
     if op.name == "matmul" and all(op.shape[d] % 32 == 0 for d in "mnk") and _sm(target) >= 80:
         spaces.append(_post_order([_tensor_core([_MMA_F16_F32], write_reuse="no", pipeline=True),
                                    *_simt_rules()]))
+        postprocs.append(PermutedLayoutCheck())
     return ms.space_generator.SpaceGeneratorUnion(
-        spaces, sch_rules=[], postprocs="cuda-tensorcore", mutator_probs="cuda-tensorcore")
+        spaces, sch_rules=[], postprocs=postprocs, mutator_probs="cuda-tensorcore")
 
 
 def _sm(target: Target) -> int:

@@ -33,13 +33,19 @@ def tensorized_with(sch: tvm.s_tir.Schedule) -> str:
     return re.search(r'auto_tensorize", ann_val="(\w+)"', str(sch.trace)).group(1)
 
 
+def sample(ctx: ms.TuneContext, space: tvm.s_tir.Schedule, seed: int) -> tvm.s_tir.Schedule:
+    """A design space replayed with fresh random decisions, ready for the postprocessors."""
+    sch = tvm.s_tir.Schedule(ctx.mod, seed=seed)
+    tvm.s_tir.Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
+    sch.enter_postproc()
+    return sch
+
+
 def valid_sample(ctx: ms.TuneContext, space: tvm.s_tir.Schedule,
                  tries: int = 200) -> tvm.s_tir.Schedule:
     """Replay a design space with fresh random decisions until the postprocessors accept one."""
     for seed in range(1, tries + 1):
-        sch = tvm.s_tir.Schedule(ctx.mod, seed=seed)
-        tvm.s_tir.Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
-        sch.enter_postproc()
+        sch = sample(ctx, space, seed)
         if all(p.apply(sch) for p in ctx.space_generator.postprocs):
             return sch
     raise AssertionError(f"no valid sample in {tries} tries")
@@ -87,6 +93,23 @@ def test_fp16_matmul_space_has_wmma_and_mma_pipelines():
 
     wmma = valid_sample(ctx, spaces[intrinsics.index("wmma_sync_16x16x16_f16f16f32")])
     assert "nvcuda::wmma::mma_sync" in cuda_source(wmma.mod)
+
+
+@pytest.mark.parametrize("seed,accepted", [(11, True), (44, True), (98, False), (102, False)])
+def test_mma_tiles_tvm_cannot_permute_are_rejected_before_building(seed, accepted):
+    """Seeds found by replaying the MMA space: each passes every other postprocessor."""
+    ctx = context("matmul", "4096,4096,4096")
+    spaces = ctx.generate_design_space()
+    mma = spaces[[tensorized_with(s) for s in spaces].index("mma_sync_m16n8k8_f16f16f32")]
+    *others, check = ctx.space_generator.postprocs
+    sch = sample(ctx, mma, seed)
+    assert all(p.apply(sch) for p in others)
+    assert check.apply(sch) == accepted
+    if accepted:
+        assert "mma.sync" in cuda_source(sch.mod, **{"tirx.use_async_copy": True})
+    else:
+        with pytest.raises(Exception, match="Permuted SLayout"):
+            cuda_source(sch.mod, **{"tirx.use_async_copy": True})
 
 
 def test_mma_only_where_the_rule_can_tile():
