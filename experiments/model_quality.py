@@ -3,7 +3,8 @@
     python -m experiments.model_quality experiments/results/*/*.sqlite.gz
 
 Runs on a CPU: the schedules are rebuilt from the stored traces and featurized; no kernel runs.
-4-fold cross-validation over all correct candidates of one workload, for the model with and
+Per workload with at least 30 measured candidates, 4-fold
+cross-validation over all correct candidates, for the model with and
 without the weighted loss and with and without the kernel-level features. Besides Spearman and
 MAPE over all held-out candidates it reports them on the best quarter (what the search cares
 about) and the regret: how much worse the truly best held-out candidate is than the one the
@@ -74,14 +75,22 @@ def evaluate(x, lat, energy, weighted, kernel_features):
     return out
 
 
-def main(paths: list[str]) -> None:
-    records = [r for p in paths for r in load_records(Path(p))
-               if r.status == "ok" and r.energy_j is not None]
-    op, x = featurize(records)
-    lat = np.array([r.latency_s for r in records])
-    energy = np.array([r.energy_j for r in records])
-    print(f"{op.name} {op.shape_text()} {op.dtype} on {records[0].device}: {len(records)} "
-          f"correct candidates with measured energy, {FOLDS}-fold cross-validation\n")
+def workloads(paths: list[str]) -> dict[str, list]:
+    """Correct candidates with measured energy, by workload and GPU; a schedule measured in
+    several databases (same seed, same trace) counts once, so that no fold tests on its train."""
+    groups: dict[str, dict[str, object]] = {}
+    for path in paths:
+        for r in load_records(Path(path)):
+            if r.status == "ok" and r.energy_j is not None:
+                op = op_from_description(r.workload)
+                params = "".join(f" {k}={v}" for k, v in op.params.items())
+                key = f"{op.name} {op.shape_text()} {op.dtype}{params} on {r.device}"
+                groups.setdefault(key, {}).setdefault(str(r.trace), r)
+    return {key: list(by_trace.values()) for key, by_trace in groups.items()}
+
+
+def table(title: str, x: np.ndarray, lat: np.ndarray, energy: np.ndarray) -> None:
+    print(f"\n### {title}: {len(lat)} candidates, {FOLDS}-fold cross-validation\n")
     print("| model | quantity | Spearman | MAPE | Spearman, best 25% | MAPE, best 25% | "
           "regret of predicted best |")
     print("|---|---|---|---|---|---|---|")
@@ -93,6 +102,20 @@ def main(paths: list[str]) -> None:
                     evaluate(x, lat, energy, weighted, kernel).items():
                 print(f"| {label} | {name} | {rho:.3f} | {mape:.1%} | {rho_top:.3f} | "
                       f"{mape_top:.1%} | {regret:.1%} |")
+
+
+def main(paths: list[str], min_candidates: int = 30) -> None:
+    skipped = []
+    for key, records in sorted(workloads(paths).items()):
+        if len(records) < min_candidates:
+            skipped.append(f"{key} ({len(records)})")
+            continue
+        _, x = featurize(records)
+        lat = np.array([r.latency_s for r in records])
+        energy = np.array([r.energy_j for r in records])
+        table(key, x, lat, energy)
+    if skipped:
+        print(f"\nSkipped, fewer than {min_candidates} candidates: " + "; ".join(skipped))
 
 
 if __name__ == "__main__":

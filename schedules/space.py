@@ -2,8 +2,9 @@
 
 - lut_mpgemm with the LUT implementation: its own space (schedules/lut_space.py).
 - llvm: TVM's CPU rules.
-- CUDA, GEMV-like ops (gemv; matmul and batch_matmul with m = 1): a schedule function that splits
-  the reduction over threads (vector loads, in-thread sums, then a warp/block reduction). TVM's
+- CUDA, GEMV-like ops (gemv; matmul and batch_matmul with m = 1; lut_mpgemm's dequant twin with
+  m = 1, dequantizing in registers): a schedule function that splits the reduction over threads
+  (vector loads, in-thread sums, then a warp/block reduction). TVM's
   rules fit these badly: MultiLevelTiling rejects ~98% of samples, and CrossThreadReduction skips
   reductions with over 1024 outputs, which leaves one serial dot product per thread.
 - CUDA, float16 products: WMMA tensor cores, and on sm_80+ for matmul also ldmatrix + mma.sync
@@ -30,6 +31,9 @@ from schedules.op import Op
 from schedules.permuted_layout import PermutedLayoutCheck
 
 Space = ms.space_generator.SpaceGenerator
+# activations per thread and step in the dequant GEMV: four 16-byte loads of fp16 activations
+# and one 4-byte word per bit plane of the packed weights
+DEQUANT_K_STEP = 32
 
 # mma.sync m16n8k8 f16*f16+f32, loaded from dynamic shared memory by ldmatrix
 # (tvm.s_tir.tensor_intrin.cuda; the group TVM's own cuda-tensorcore rule set names)
@@ -47,11 +51,12 @@ def design_space(op: Op, target: Target) -> Space:
         return lut_space(op, target)
     if target.kind.name != "cuda":
         return _post_order("llvm", "llvm")
+    vector = 16 // np.dtype(op.dtype).itemsize
     if op.name == "gemv" or (op.name in ("matmul", "batch_matmul") and op.shape["m"] == 1):
-        sketch = _gemv_sketch(reduce_contiguous=op.name == "gemv",
-                              vector=16 // np.dtype(op.dtype).itemsize)
-        return ms.space_generator.ScheduleFn(sketch, sch_rules=[], postprocs="cuda",
-                                             mutator_probs="cuda")
+        return _schedule_fn(_gemv_sketch(op.name == "gemv", k_step=vector, vector=vector))
+    if op.name == "lut_mpgemm" and op.shape["m"] == 1:  # the dequant twin, decoding
+        return _schedule_fn(_gemv_sketch(True, k_step=DEQUANT_K_STEP, vector=vector,
+                                         inline=("weights",)))
     if op.dtype != "float16":
         return _post_order(_simt_rules(), "cuda")
     import tvm.s_tir.tensor_intrin  # noqa: F401  registers the intrinsics the rules name
@@ -70,6 +75,11 @@ def design_space(op: Op, target: Target) -> Space:
         postprocs.append(PermutedLayoutCheck())
     return ms.space_generator.SpaceGeneratorUnion(
         spaces, sch_rules=[], postprocs=postprocs, mutator_probs="cuda-tensorcore")
+
+
+def _schedule_fn(sketch: Callable[[Schedule], None]) -> Space:
+    return ms.space_generator.ScheduleFn(sketch, sch_rules=[], postprocs="cuda",
+                                         mutator_probs="cuda")
 
 
 def _sm(target: Target) -> int:
@@ -105,36 +115,44 @@ def _tensor_core(groups: list[dict[str, str]], write_reuse: str,
         use_software_pipeline=pipeline)
 
 
-def _gemv_sketch(reduce_contiguous: bool, vector: int) -> Callable[[Schedule], None]:
+def _gemv_sketch(reduce_contiguous: bool, k_step: int, vector: int,
+                 inline: tuple[str, ...] = ()) -> Callable[[Schedule], None]:
     """Rows over blockIdx.x and a thread axis, the reduction split (serial, threads, inner).
 
-    reduce_contiguous (y = W @ x, W row-major): reduction threads on threadIdx.x, each loading
-    `vector` contiguous elements of W and x per step (16-byte loads) when k allows. Otherwise (x @ B, B
-    row-major) output columns go on threadIdx.x, so that neighbouring threads read neighbouring
-    elements.
+    reduce_contiguous (y = W @ x with W row-major, buffers A = W-like and B = x-like, in either
+    order): reduction threads on threadIdx.x, each reading `k_step` contiguous elements of both
+    per step into registers, in loads of up to `vector` elements (16 bytes), when k allows.
+    Otherwise (x @ B, B row-major) output columns go on threadIdx.x, so that neighbouring threads
+    read neighbouring elements. Blocks in `inline` (e.g. a dequantization) are computed inside
+    the reduction, in registers.
     """
     def sketch(sch: Schedule) -> None:
-        block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+        for name in inline:
+            sch.compute_inline(sch.get_sblock(name))
+        block = sch.get_child_blocks(sch.get_sblock("root"))[-1]
         *spatial, k = sch.get_loops(block)
         rows = sch.fuse(*spatial)
         block_x, t_rows = sch.split(
             rows, sch.sample_perfect_tile(rows, n=2, max_innermost_factor=64))
-        extent = sch.get(k).extent.value
-        if reduce_contiguous and extent % vector == 0:  # always full 16-byte loads
-            k_outer, k_inner = sch.split(k, [None, vector])
+        if reduce_contiguous and sch.get(k).extent.value % k_step == 0:
+            k_outer, k_inner = sch.split(k, [None, k_step])
             k_serial, t_k = sch.split(k_outer, sch.sample_perfect_tile(k_outer, n=2))
         else:
             k_serial, t_k, k_inner = sch.split(
-                k, sch.sample_perfect_tile(k, n=3, max_innermost_factor=vector))
+                k, sch.sample_perfect_tile(k, n=3, max_innermost_factor=k_step))
         sch.reorder(block_x, t_rows, t_k, k_serial, k_inner)
         sch.bind(block_x, "blockIdx.x")
         sch.bind(t_rows, "threadIdx.y" if reduce_contiguous else "threadIdx.x")
         sch.bind(t_k, "threadIdx.x" if reduce_contiguous else "threadIdx.y")
         if reduce_contiguous:
-            for index in (0, 1):  # W, x
-                cache = sch.cache_read(block, index, "local")
+            reads = [region.source.name for region in sch.get(block).reads]
+            for name in ("A", "B"):
+                cache = sch.cache_read(block, reads.index(name), "local")
                 sch.compute_at(cache, k_serial, preserve_unit_loops=True)
-                sch.vectorize(sch.get_loops(cache)[-1])
+                inner = sch.get_loops(cache)[-1]
+                if sch.get(inner).extent.value > vector:
+                    inner = sch.split(inner, [None, vector])[-1]
+                sch.vectorize(inner)
         unroll = sch.sample_categorical([0, 16, 64, 512, 1024], [0.2] * 5)
         sch.annotate(sch.get_sblock("root"), "meta_schedule.unroll_explicit", unroll)
     return sketch

@@ -1,4 +1,6 @@
 """Objectives (slowdown bound, Pareto front) and the dynamic energy policy on H200 measurements."""
+import json
+
 import pytest
 
 from compiler.objective import Objective, pareto_front
@@ -76,3 +78,20 @@ def test_dynamic_policy_replayed_on_the_latency_tune(runs):
     assert dynamic["measured"] + dynamic["skipped"] == len(records)
     assert dynamic["measured"] < 0.75 * len(records)
     assert dynamic["energy_vs_all"] <= 0.02
+
+
+def test_model_quality_counts_a_schedule_measured_twice_once(gpu_records, tmp_path):
+    """The same trace in two databases must not land in both a train and a test fold."""
+    from compiler.database import TuningDatabase
+    from experiments.model_quality import workloads
+
+    rows = [r for r in gpu_records if r["run"] == "latency"][:10]
+    for name in ("a.sqlite", "b.sqlite"):
+        db = TuningDatabase(tmp_path / name)
+        for record in as_records(rows):
+            record.id = None
+            db.add(record)
+        db.close()
+    groups = workloads([str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")])
+    ok = {json.dumps(r["trace"]) for r in rows if r["status"] == "ok" and r["energy_j"] is not None}
+    assert [len(v) for v in groups.values()] == [len(ok)] and len(ok) > 1

@@ -15,8 +15,9 @@ H100 = Target({"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 2
                "max_threads_per_block": 1024, "thread_warp_size": 32})
 
 
-def context(name: str, shape: str, dtype: str = "float16") -> ms.TuneContext:
-    op = make_op(name, shape, dtype)
+def context(name: str, shape: str, dtype: str = "float16",
+            params: dict | None = None) -> ms.TuneContext:
+    op = make_op(name, shape, dtype, params)
     return ms.TuneContext(mod=tvm.IRModule({"main": op.prim_func()}), target=H100,
                           space_generator=design_space(op, H100), num_threads=2, rand_state=0,
                           search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64))
@@ -74,6 +75,21 @@ def test_gemv_like_space_proposes_cross_thread_reductions_quickly(name, shape, t
     assert "__shfl_down_sync" in source or "red_buf" in source
     if threads_over_k:  # every candidate: 16-byte loads, a thread reads 8 halves of a row per step
         assert "uint4" in source
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+def test_dequant_twin_at_m1_dequantizes_in_registers_of_a_gemv(bits):
+    ctx = context("lut_mpgemm", "m=1,n=4096,k=4096", params={"impl": "dequant", "wbits": bits})
+    candidates = proposals(ctx, 4)
+    assert len(candidates) == 4
+    for c in candidates:
+        assert 'T.sblock("weights")' not in str(c.mod)
+    source = cuda_source(candidates[0].mod)
+    assert "__shfl_down_sync" in source or "red_buf" in source
+    # per thread and step: 32 activations in 16-byte loads, one 4-byte word per bit plane
+    assert re.search(r"\*\(uint4\*\)\(A_local_ptr", source)
+    assert re.search(r"\*\(uint\*\)\(B_local_ptr", source)
+    assert f"B_local_ptr[{4 * bits}]" in source
 
 
 def test_fp16_matmul_space_has_wmma_and_mma_pipelines():
