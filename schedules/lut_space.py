@@ -5,8 +5,14 @@ Decisions that change the instruction or the loop structure are enumerated as se
 spaces (the search samples all of them):
 - cols: output columns per thread sharing one table (the instruction's width),
 - rows: activation rows per thread block (their tables live together),
-- table placement: (dynamic) shared memory per thread block, or per thread in local memory/registers
-  (recomputed per group; offered only when a group's table is small).
+- table placement:
+  - "shared.dyn": built by each thread block from the activations, in (dynamic) shared memory;
+  - "global": built once for all thread blocks by a kernel of its own (T-MAC's precompute), each
+    thread block copying the part it needs into dynamic shared memory with 16-byte loads. Copying
+    costs one load per 8 entries where building costs 4 loads and 3 adds per entry; with few
+    columns per block, building per block was most of a block's loads (H200, 2026-11-21);
+  - "local": per thread in local memory/registers (recomputed per group; offered only when a
+    group's table is small).
 Within a space, sampled decisions (categorical, so replayed and re-sampled by the search):
 - threads over columns (threadIdx.y) and over weight groups (threadIdx.x: split-K inside the thread
   block, per-lane partial sums via rfactor, then a cross-thread reduction),
@@ -52,7 +58,12 @@ def _word(op: LutMpGemm) -> int:
 
 def _placements(op: LutMpGemm) -> list[str]:
     local_ok = _pairs(op) * RUNS_PER_BYTE * ENTRIES <= LOCAL_TABLE_MAX
-    return ["shared.dyn", "local"] if local_ok else ["shared.dyn"]
+    return ["shared.dyn", "global", "local"] if local_ok else ["shared.dyn", "global"]
+
+
+def _table_scope(placement: str) -> str:
+    """Where the instruction reads the table from, for a placement."""
+    return "local" if placement == "local" else "shared.dyn"
 
 
 def register_intrinsics(op: LutMpGemm, kind: str) -> None:
@@ -106,21 +117,38 @@ def schedule_cuda(op: LutMpGemm, sch: Schedule, cols: int, rows: int, placement:
     sch.set_scope(xsum, 0, "local")
     if placement == "shared.dyn":
         _cooperative(sch, tables, block_x, ty, tx)
+    elif placement == "global":
+        index = [region.source.name for region in sch.get(sums).reads].index("tables")
+        copy = sch.cache_read(sums, index, "shared.dyn", consumer_blocks=[sums, xsum])
+        _cooperative(sch, copy, block_x, ty, tx, vector=16 // 2)  # fp16 entries: 16 bytes
+        _own_kernel(sch, tables)
     else:
         sch.compute_at(tables, i_i)
         sch.set_scope(tables, 0, "local")
     _tensorize_sums(sch, sums, 6, lut_intrin.intrin_name(
-        "cuda", cols, _pairs(op), op.dtype, placement, "local", _word(op)))
+        "cuda", cols, _pairs(op), op.dtype, _table_scope(placement), "local", _word(op)))
 
 
-def _cooperative(sch: Schedule, block, at, ty, tx) -> None:
+def _cooperative(sch: Schedule, block, at, ty, tx, vector: int = 1) -> None:
     """Compute `block` in (dynamic, so beyond 48 KB) shared memory per thread block, its loops
-    spread over all threads."""
+    spread over all threads, `vector` consecutive elements per thread and step."""
     sch.compute_at(block, at)
     sch.set_scope(block, 0, "shared.dyn")
     fused = sch.fuse(*sch.get_loops(block)[1:])  # `at` is the outermost loop
-    _, y, x = sch.split(fused, [None, ty, tx])
+    if vector == 1:
+        _, y, x = sch.split(fused, [None, ty, tx])
+    else:
+        _, y, x, v = sch.split(fused, [None, ty, tx, vector])
+        sch.vectorize(v)
     sch.bind(y, "threadIdx.y")
+    sch.bind(x, "threadIdx.x")
+
+
+def _own_kernel(sch: Schedule, block, threads: int = 256) -> None:
+    """Leave `block` at the root, a kernel of its own: one element per thread."""
+    fused = sch.fuse(*sch.get_loops(block))
+    bx, x = sch.split(fused, [None, threads])
+    sch.bind(bx, "blockIdx.x")
     sch.bind(x, "threadIdx.x")
 
 

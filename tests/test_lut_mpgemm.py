@@ -1,6 +1,7 @@
 """lut_mpgemm: both implementations against a dequantized-weights numpy matmul, the LUT-mpGEMM
 instruction tensorized on llvm (run) and on CUDA (source; compiled when nvcc is present)."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import tvm
 from tvm.s_tir import Schedule
 
+from compiler.builder import compile_module
 from schedules import OpError, lut, lut_intrin, lut_space, make_op
 from tests.test_cli_errors import assert_one_line_error, run_tune
 
@@ -75,20 +77,36 @@ def cuda_sources(op, count):
             for m in tvm.compile(c.sch.mod, target=CUDA).mod.imports]
 
 
-def test_cuda_space_calls_the_instruction_and_compiles():
+def test_cuda_space_calls_the_instruction_and_compiles(tmp_path):
     op = lut_op(2, 32, True, shape="m=4,n=64,k=256", dtype="float16")
     sources = cuda_sources(op, 6)
     assert len(sources) == 6
     for src in sources:
         assert "tvm_lut_acc<" in src and src.count("void tvm_lut_acc") == 1
+    assert_nvcc_compiles(sources, tmp_path)
+
+
+@pytest.mark.parametrize("shape,rows", [("m=1,n=64,k=256", 1), ("m=4,n=64,k=256", 2)])
+def test_precomputed_tables_are_built_once_and_copied_with_vector_loads(shape, rows, tmp_path):
+    op = lut_op(2, 32, True, shape=shape, dtype="float16")
+    lut_space.register_intrinsics(op, "cuda")
+    sch = Schedule(tvm.IRModule({"main": op.prim_func()}), seed=1)
+    lut_space.schedule_cuda(op, sch, cols=2, rows=rows, placement="global")
+    source = compile_module(sch.mod, CUDA).mod.imports[0].inspect_source()
+    kernels = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (\w+)\(", source))
+    assert len(kernels) == 2  # the tables, then the lookups
+    assert "*(uint4*)(tables_shared_dyn_ptr" in source and "tvm_lut_acc<2, 4, 4, half>" in source
+    assert_nvcc_compiles([source], tmp_path)
+
+
+def assert_nvcc_compiles(sources, tmp_path):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed: CUDA source checked, not compiled")
     for i, src in enumerate(sources):
-        path = f"/tmp/lut_mpgemm_test_{i}.cu"
-        with open(path, "w") as f:
-            f.write(src)
-        proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-c", path, "-o", path + ".o"],
-                              capture_output=True, text=True)
+        path = tmp_path / f"kernel_{i}.cu"
+        path.write_text(src)
+        proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-c", str(path), "-o",
+                               str(path.with_suffix(".o"))], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
 
 
