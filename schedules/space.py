@@ -72,7 +72,9 @@ def design_space(op: Op, target: Target) -> Space:
     if op.name == "matmul" and all(op.shape[d] % 32 == 0 for d in "mnk") and _sm(target) >= 80:
         spaces.append(_post_order([_tensor_core([_MMA_F16_F32], write_reuse="no", pipeline=True),
                                    *_simt_rules()]))
-        postprocs.append(PermutedLayoutCheck())
+        # before VerifyGPUCode and RewriteTensorize, so that rejected samples skip them
+        verify = next(i for i, p in enumerate(postprocs) if isinstance(p, ms.postproc.VerifyGPUCode))
+        postprocs.insert(verify, PermutedLayoutCheck())
     return ms.space_generator.SpaceGeneratorUnion(
         spaces, sch_rules=[], postprocs=postprocs, mutator_probs="cuda-tensorcore")
 

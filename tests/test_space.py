@@ -10,6 +10,7 @@ from tvm.target import Target
 from compiler.builder import compile_module
 from compiler.target import opt_in_shared_memory
 from schedules import design_space, make_op
+from schedules.permuted_layout import PermutedLayoutCheck
 
 H100 = Target({"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 232448,
                "max_threads_per_block": 1024, "thread_warp_size": 32})
@@ -80,11 +81,12 @@ def test_gemv_like_space_proposes_cross_thread_reductions_quickly(name, shape, t
 @pytest.mark.parametrize("bits", [1, 4])
 def test_dequant_twin_at_m1_dequantizes_in_registers_of_a_gemv(bits):
     ctx = context("lut_mpgemm", "m=1,n=4096,k=4096", params={"impl": "dequant", "wbits": bits})
-    candidates = proposals(ctx, 4)
-    assert len(candidates) == 4
-    for c in candidates:
-        assert 'T.sblock("weights")' not in str(c.mod)
-    source = cuda_source(candidates[0].mod)
+    candidates = proposals(ctx, 8)
+    mods = [str(c.mod) for c in candidates]
+    assert len(candidates) == 8 and not any('T.sblock("weights")' in m for m in mods)
+    split_k = next(c for c, m in zip(candidates, mods)  # threads over k: sampled, 1 to 16
+                   if not re.search(r"k_\w+ in T.thread_binding\(1,", m))
+    source = cuda_source(split_k.mod)
     assert "__shfl_down_sync" in source or "red_buf" in source
     # per thread and step: 32 activations in 16-byte loads, one 4-byte word per bit plane
     assert re.search(r"\*\(uint4\*\)\(A_local_ptr", source)
@@ -117,10 +119,12 @@ def test_mma_tiles_tvm_cannot_permute_are_rejected_before_building(seed, accepte
     ctx = context("matmul", "4096,4096,4096")
     spaces = ctx.generate_design_space()
     mma = spaces[[tensorized_with(s) for s in spaces].index("mma_sync_m16n8k8_f16f16f32")]
-    *others, check = ctx.space_generator.postprocs
+    names = [type(p).__name__ for p in ctx.space_generator.postprocs]
+    assert names.index("_PyPostproc") < names.index("VerifyGPUCode")  # ours, checked first
+    others = [p for p, name in zip(ctx.space_generator.postprocs, names) if name != "_PyPostproc"]
     sch = sample(ctx, mma, seed)
     assert all(p.apply(sch) for p in others)
-    assert check.apply(sch) == accepted
+    assert PermutedLayoutCheck().apply(sch) == accepted
     if accepted:
         assert "mma.sync" in cuda_source(sch.mod, **{"tirx.use_async_copy": True})
     else:
