@@ -9,8 +9,10 @@ lowering up to that pass on the scheduled module, so the search never proposes t
 from __future__ import annotations
 
 import tvm
+import tvm_ffi
 from tvm import s_tir
 from tvm.s_tir import Schedule
+from tvm.s_tir.stmt import SBlock
 from tvm.s_tir.meta_schedule.postproc import PyPostproc
 from tvm.ir.utils import derived_object
 
@@ -32,9 +34,18 @@ _UP_TO_PERMUTE = tvm.transform.Sequential([
 ])
 
 
+def _annotated(mod: tvm.IRModule) -> bool:
+    """Whether any block asks for a permuted layout (the MMA rule's copies and ldmatrix loads)."""
+    found = []
+    for func in mod.functions.values():
+        tvm_ffi.structural_walk(func.body, [(SBlock, lambda block: found.append(
+            "permuted_layout" in block.annotations))])
+    return any(found)
+
+
 def permutable(mod: tvm.IRModule) -> bool:
     """Whether TVM's lowering gets through InjectPermutedLayout on a scheduled module."""
-    if "permuted_layout" not in mod.script():
+    if not _annotated(mod):
         return True
     try:
         _UP_TO_PERMUTE(mod)
