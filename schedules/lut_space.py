@@ -9,13 +9,18 @@ spaces (the search samples all of them):
   - "shared.dyn": built by each thread block from the activations, in (dynamic) shared memory;
   - "global": built once for all thread blocks by a kernel of its own (T-MAC's precompute), each
     thread block copying the part it needs into dynamic shared memory with 16-byte loads. Copying
-    costs one load per 8 entries where building costs 4 loads and 3 adds per entry; with few
-    columns per block, building per block was most of a block's loads (H200, 2026-11-21);
+    costs one load per 8 entries where building costs 4 loads and 3 adds per entry (the fastest
+    W2 kernel of the H200 run of 2026-11-21, 8 columns per block, spent twice as many loads on
+    building its tables as on its lookups);
   - "local": per thread in local memory/registers (recomputed per group; offered only when a
-    group's table is small).
+    group's table is small),
+- whether threads split the weight groups (threadIdx.x: split-K inside the thread block, per-lane
+  partial sums via rfactor, then a cross-thread reduction). Lanes of one warp that work on
+  different groups read tables 512 bytes apart, i.e. the same shared-memory banks (up to 8-way
+  conflicts); without the split a warp's lanes are columns reading the same table slice, which
+  is conflict-free. The search weighs that against parallelism.
 Within a space, sampled decisions (categorical, so replayed and re-sampled by the search):
-- threads over columns (threadIdx.y) and over weight groups (threadIdx.x: split-K inside the thread
-  block, per-lane partial sums via rfactor, then a cross-thread reduction),
+- threads over columns (threadIdx.y) and, where groups are split, over groups (threadIdx.x),
 - unrolling of the per-group loop.
 On llvm the structure is the same without threads, parallel over column tiles.
 """
@@ -84,8 +89,9 @@ def _tensorize_sums(sch: Schedule, sums, depth: int, name: str) -> None:
     sch.tensorize(nest, name)
 
 
-def schedule_cuda(op: LutMpGemm, sch: Schedule, cols: int, rows: int, placement: str) -> None:
-    lanes_options = _divisors(op.groups, THREADS_X)
+def schedule_cuda(op: LutMpGemm, sch: Schedule, cols: int, rows: int, placement: str,
+                  split_groups: bool = True) -> None:
+    lanes_options = _divisors(op.groups, THREADS_X) if split_groups else [1]
     ty = _sample(sch, _divisors(op.shape["n"] // cols, THREADS_Y))
     tx = _sample(sch, lanes_options)
     unroll = _sample(sch, list(UNROLL))
@@ -164,12 +170,13 @@ def schedule_llvm(op: LutMpGemm, sch: Schedule, cols: int) -> None:
 
 
 def lut_space(op: LutMpGemm, target: Target) -> ms.space_generator.ScheduleFn:
-    """One design space per (cols, rows, table placement) on CUDA, per cols on llvm."""
+    """One design space per (cols, rows, table placement, group split) on CUDA, per cols on llvm."""
     kind = "cuda" if target.kind.name == "cuda" else "llvm"
     register_intrinsics(op, kind)
     cols = _divisors(op.shape["n"], COLS)
     if kind == "cuda":
-        variants = list(product(cols, _divisors(op.shape["m"], ROWS), _placements(op)))
+        split = [False, True] if _divisors(op.groups, THREADS_X) != [1] else [False]
+        variants = list(product(cols, _divisors(op.shape["m"], ROWS), _placements(op), split))
         apply = lambda sch, v: schedule_cuda(op, sch, *v)  # noqa: E731
         postprocs = [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteUnboundBlock(),
                      ms.postproc.RewriteReductionBlock(), ms.postproc.VerifyGPUCode()]

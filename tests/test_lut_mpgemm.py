@@ -99,6 +99,20 @@ def test_precomputed_tables_are_built_once_and_copied_with_vector_loads(shape, r
     assert_nvcc_compiles([source], tmp_path)
 
 
+def test_unsplit_groups_make_warps_of_columns(tmp_path):
+    """Without the group split the lookup kernel's threads (if more than one was sampled) are all
+    columns (threadIdx.y) sharing one table slice, and no cross-thread reduction is needed."""
+    op = lut_op(2, 32, True, shape="m=1,n=64,k=256", dtype="float16")
+    lut_space.register_intrinsics(op, "cuda")
+    sch = Schedule(tvm.IRModule({"main": op.prim_func()}), seed=1)
+    lut_space.schedule_cuda(op, sch, cols=2, rows=1, placement="global", split_groups=False)
+    source = compile_module(sch.mod, CUDA).mod.imports[0].inspect_source()
+    lookups = source[source.rindex("__global__"):]
+    assert "tvm_lut_acc<2" in lookups
+    assert "threadIdx.x" not in lookups and "__shfl" not in lookups
+    assert_nvcc_compiles([source], tmp_path)
+
+
 def assert_nvcc_compiles(sources, tmp_path):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed: CUDA source checked, not compiled")
