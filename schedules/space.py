@@ -123,7 +123,8 @@ def _gemv_sketch(reduce_contiguous: bool, k_step: int, vector: int,
 
     reduce_contiguous (y = W @ x with W row-major, buffers A = W-like and B = x-like, in either
     order): reduction threads on threadIdx.x, each reading `k_step` contiguous elements of both
-    per step into registers, in loads of up to `vector` elements (16 bytes), when k allows.
+    per step into registers, in loads of up to `vector` elements (16 bytes), when k is a
+    multiple of `k_step` (otherwise steps are sampled and read without staging).
     Otherwise (x @ B, B row-major) output columns go on threadIdx.x, so that neighbouring threads
     read neighbouring elements. Blocks in `inline` (e.g. a dequantization) are computed inside
     the reduction, in registers.
@@ -136,7 +137,8 @@ def _gemv_sketch(reduce_contiguous: bool, k_step: int, vector: int,
         rows = sch.fuse(*spatial)
         block_x, t_rows = sch.split(
             rows, sch.sample_perfect_tile(rows, n=2, max_innermost_factor=64))
-        if reduce_contiguous and sch.get(k).extent.value % k_step == 0:
+        in_registers = reduce_contiguous and sch.get(k).extent.value % k_step == 0
+        if in_registers:
             k_outer, k_inner = sch.split(k, [None, k_step])
             k_serial, t_k = sch.split(k_outer, sch.sample_perfect_tile(k_outer, n=2))
         else:
@@ -146,7 +148,7 @@ def _gemv_sketch(reduce_contiguous: bool, k_step: int, vector: int,
         sch.bind(block_x, "blockIdx.x")
         sch.bind(t_rows, "threadIdx.y" if reduce_contiguous else "threadIdx.x")
         sch.bind(t_k, "threadIdx.x" if reduce_contiguous else "threadIdx.y")
-        if reduce_contiguous:
+        if in_registers:  # fixed steps: static, aligned regions (also of packed weights)
             reads = [region.source.name for region in sch.get(block).reads]
             for name in ("A", "B"):
                 cache = sch.cache_read(block, reads.index(name), "local")

@@ -92,6 +92,17 @@ def test_dequant_twin_at_m1_dequantizes_in_registers_of_a_gemv(bits):
     assert f"B_local_ptr[{4 * bits}]" in source
 
 
+@pytest.mark.parametrize("name,shape,params", [
+    ("gemv", "100,36", None),  # k not a multiple of 8 halves
+    ("lut_mpgemm", "m=1,n=64,k=24", {"impl": "dequant", "wbits": 3, "group_size": 8}),
+])
+def test_gemv_like_spaces_build_where_k_does_not_fit_the_step(name, shape, params):
+    candidates = proposals(context(name, shape, params=params), 4)
+    assert len(candidates) == 4
+    for c in candidates:
+        assert "main_kernel" in cuda_source(c.mod)
+
+
 def test_fp16_matmul_space_has_wmma_and_mma_pipelines():
     ctx = context("matmul", "4096,4096,4096")
     spaces = ctx.generate_design_space()
