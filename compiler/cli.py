@@ -87,7 +87,13 @@ def op_params(args: argparse.Namespace) -> list[dict] | None:
         return None
     base = {"zero_points": args.zero_points}
     base.update({f: getattr(args, f) for f in ("wbits", "group_size") if getattr(args, f) is not None})
+    from schedules.lut_mpgemm import LUT_MIN_GROUP
+
     impls = ("lut", "dequant") if args.impl in (None, "both") else (args.impl,)
+    if len(impls) == 2 and args.group_size is not None and 0 < args.group_size < LUT_MIN_GROUP:
+        print(f"tune: --group-size {args.group_size}: the LUT implementation needs "
+              f">= {LUT_MIN_GROUP}; tuning dequant only", file=sys.stderr)
+        impls = ("dequant",)
     return [{**base, "impl": impl} for impl in impls]
 
 

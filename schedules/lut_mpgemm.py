@@ -24,6 +24,9 @@ IMPLS = ("lut", "dequant")
 RUNS_PER_BYTE = 2
 K_PER_BYTE = lut.G * RUNS_PER_BYTE  # activations covered by one packed byte
 ENTRIES = 2 ** (lut.G - 1)         # stored half table per run
+# the instruction's description loops over a group's packed bytes; TE drops a loop of extent 1,
+# so the LUT implementation needs at least two bytes (16 activations) per group
+LUT_MIN_GROUP = 2 * K_PER_BYTE
 
 
 def lookup_term(table, prefix: tuple, byte: tirx.PrimExpr, half: tirx.PrimExpr,
@@ -70,6 +73,9 @@ class LutMpGemm(Product):
         if self.group_size % K_PER_BYTE or k % self.group_size:
             raise OpError(f"--group-size {self.group_size} must be a multiple of {K_PER_BYTE} "
                           f"that divides k={k}")
+        if self.params["impl"] == "lut" and self.group_size < LUT_MIN_GROUP:
+            raise OpError(f"the LUT implementation needs --group-size >= {LUT_MIN_GROUP}, got "
+                          f"{self.group_size} (--impl dequant supports it)")
         if m > 256:
             raise OpError(f"lut_mpgemm is for m <= 256 (decoding to small batches), got m={m}")
 

@@ -134,6 +134,7 @@ def test_splice_leaves_other_kernels_alone():
     ({"group_size": 12}, "must be a multiple of 8"),
     ({"impl": "fast"}, "impl must be one of"),
     ({"bits": 2}, "has no option bits"),
+    ({"group_size": 8, "impl": "lut"}, "LUT implementation needs --group-size >= 16"),
 ])
 def test_bad_options(params, fragment):
     with pytest.raises(OpError, match=fragment):
@@ -146,10 +147,22 @@ def test_bad_options(params, fragment):
     (["--op", "lut_mpgemm", "--shape", "m=1,n=64,k=100"], "divides k=100"),
     (["--op", "matmul", "--wbits", "2"], "--wbits applies to --op lut_mpgemm only"),
     (["--op", "lut_mpgemm", "--impl", "fast"], "invalid choice"),
+    (["--op", "lut_mpgemm", "--impl", "lut", "--group-size", "8"], "--group-size >= 16"),
 ])
 def test_bad_cli_options(args, fragment, tmp_path):
     assert_one_line_error(run_tune(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")]),
                           fragment)
+
+
+def test_group_of_8_tunes_the_dequant_twin_only(tmp_path, capsys):
+    from compiler.cli import main
+
+    db = tmp_path / "lut.sqlite"
+    assert main(["--op", "lut_mpgemm", "--shape", "m=1,n=16,k=64", "--group-size", "8",
+                 "--target", "llvm", "--trials", "1", "--db", str(db)]) == 0
+    assert "tuning dequant only" in capsys.readouterr().err
+    from experiments import lut_table
+    assert [r.workload["params"]["impl"] for r in lut_table.lut_records(db)] == ["dequant"]
 
 
 def test_tune_both_implementations_and_tabulate(tmp_path):
