@@ -15,6 +15,7 @@ class Conv2d(Op):
     name = "conv2d"
     shape_keys = ("n", "h", "w", "c", "k", "r", "s", "stride", "pad")
     shape_defaults = {"stride": 1, "pad": 0}
+    may_be_zero = ("pad",)
     default_shape = {"cuda": "n=8,h=56,w=56,c=64,k=64,r=3,s=3,pad=1",
                      "llvm": "n=1,h=14,w=14,c=16,k=16,r=3,s=3,pad=1"}
 

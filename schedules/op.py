@@ -25,6 +25,7 @@ class Op(ABC):
     dtypes: ClassVar[tuple[str, ...]] = ("float16", "float32")
     shape_keys: ClassVar[tuple[str, ...]]
     shape_defaults: ClassVar[dict[str, int]] = {}
+    may_be_zero: ClassVar[tuple[str, ...]] = ()  # shape keys that may be 0 (e.g. padding)
     positional: ClassVar[bool] = False          # "--shape 64,64,64" allowed besides key=value
     default_shape: ClassVar[dict[str, str]]     # per target kind ("cuda", "llvm")
     output_dtype: ClassVar[str] = "float32"
@@ -101,8 +102,12 @@ def register(cls: type[Op]) -> type[Op]:
     return cls
 
 
-def _positive(key: str, text: str, whole: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+def _size(key: str, text: str, whole: str, cls: type[Op]) -> int:
+    """A shape value: a positive integer, or non-negative for the op's `may_be_zero` keys."""
+    if key.lower() in cls.may_be_zero:
+        if not text.isdigit():
+            raise OpError(f"shape {whole!r}: {key} must be a non-negative integer, got {text!r}")
+    elif not text.isdigit() or int(text) < 1:
         raise OpError(f"shape {whole!r}: {key} must be a positive integer, got {text!r}")
     return int(text)
 
@@ -115,14 +120,14 @@ def parse_shape(text: str, cls: type[Op]) -> dict[str, int]:
         if len(parts) != len(keys):
             raise OpError(f"shape {text!r} must have {len(keys)} comma-separated values "
                           f"({','.join(k.upper() for k in keys)})")
-        return {k: _positive(k.upper(), p, text) for k, p in zip(keys, parts)}
+        return {k: _size(k.upper(), p, text, cls) for k, p in zip(keys, parts)}
     values = dict(cls.shape_defaults)
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key not in keys:
             raise OpError(f"shape {text!r}: expected key=value pairs with keys "
                           f"{', '.join(keys)}, got {part!r}")
-        values[key] = _positive(key, value, text)
+        values[key] = _size(key, value, text, cls)
     missing = [k for k in keys if k not in values]
     if missing:
         raise OpError(f"shape {text!r} lacks {', '.join(missing)} (keys: {', '.join(keys)})")

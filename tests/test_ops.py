@@ -41,7 +41,7 @@ def test_unknown_op_and_dtype():
 
 CASES = [("matmul", "16,24,8"), ("batch_matmul", "b=2,m=8,n=12,k=5"), ("gemv", "24,40"),
          ("gemv", "n=24,k=40"), ("conv2d", "n=2,h=9,w=7,c=3,k=5,r=3,s=2,stride=2,pad=1"),
-         ("conv2d", "n=1,h=6,w=6,c=4,k=3,r=1,s=1")]
+         ("conv2d", "n=1,h=6,w=6,c=4,k=3,r=1,s=1"), ("conv2d", "n=1,h=6,w=6,c=4,k=3,r=1,s=1,pad=0")]
 
 
 @pytest.mark.parametrize("name,shape", CASES)
@@ -76,6 +76,7 @@ def test_conv2d_reference_against_a_direct_loop():
     ("conv2d", "n=1,h=2,w=2,c=1,k=1,r=3,s=3", "does not fit"),
     ("conv2d", "n=1,h=8,w=8,c=1,k=1,r=3,s=3,stride=0", "positive"),
     ("gemv", "n=0,k=4", "positive"),
+    ("conv2d", "n=1,h=8,w=8,c=1,k=1,r=3,s=3,pad=-1", "non-negative"),
 ])
 def test_bad_key_value_shapes(name, shape, fragment):
     with pytest.raises(OpError, match=fragment):
