@@ -3,9 +3,9 @@
     python -m experiments.model_quality experiments/results/*/*.sqlite.gz
 
 Runs on a CPU: the schedules are rebuilt from the stored traces and featurized; no kernel runs.
-Per workload with at least 30 measured candidates, 4-fold
-cross-validation over all correct candidates, for the model with and
-without the weighted loss and with and without the kernel-level features. Besides Spearman and
+Per workload with at least 30 measured candidates, 4-fold cross-validation over all correct
+candidates, for the model with and without the weighted loss and with and without the
+kernel-level features. Besides Spearman and
 MAPE over all held-out candidates it reports them on the best quarter (what the search cares
 about) and the regret: how much worse the truly best held-out candidate is than the one the
 model ranks first. Energy is predicted twice: before anything is measured (the energy model,
