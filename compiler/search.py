@@ -19,7 +19,9 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -87,7 +89,7 @@ class ObjectiveCostModel(PyCostModel):
     def predict(self, context: ms.TuneContext, candidates: list[ms.MeasureCandidate]) -> np.ndarray:
         pred = self.tuner.model.predict_log(candidate_features(context, candidates, self.tuner.op))
         score = self.tuner.objective.log_score(pred["latency"], pred["energy"],
-                                               self.tuner.best_latency())
+                                               self.tuner.search_best_latency)
         if score is None:
             return self.rng.random(len(candidates))
         return -np.asarray(score, dtype="float64")
@@ -103,6 +105,7 @@ class TuneStats:
     energy_measured: int = 0    # correct candidates whose energy was measured in this run
     energy_skipped: int = 0     # ... and whose energy the dynamic policy left to the model
     proposal_s: list[float] = field(default_factory=list)  # per generation, search + scoring
+    search_wait_s: float = 0.0  # of which the loop spent waiting (the rest overlapped measuring)
     warm_start: str | None = None  # workload key whose saved model started this tune
     exhausted: bool = False     # the strategy found no new candidates before the budget was spent
 
@@ -113,12 +116,38 @@ class TuneResult:
     stats: TuneStats = field(default_factory=TuneStats)
 
 
+def in_background(fn: Callable[[], object]) -> Future:
+    """fn() on a daemon thread (a second Ctrl-C does not wait for it); its result as a Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as error:  # handed to whoever waits on the future
+            future.set_exception(error)
+
+    threading.Thread(target=run, daemon=True, name="search").start()
+    return future
+
+
+def at_once(fn: Callable[[], object]) -> Future:
+    future: Future = Future()
+    future.set_result(fn())
+    return future
+
+
 class Tuner:
+    """overlap: propose the next batch while the current one is measured (TVM's strategy runs in
+    C++ without the GIL). Worth it only when the device is not the CPU that searches; the search
+    then leaves one core to the measuring worker. The next batch is proposed with the model and
+    strategy state of the batch before: they are updated only when no proposal is running."""
+
     def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase,
                  objective: Objective, seed: int = 0, batch: int = 16, population: int = 512,
-                 energy_policy: str = "all") -> None:
+                 energy_policy: str = "all", overlap: bool = False) -> None:
         self.op, self.plat, self.runner, self.db = op, plat, runner, db
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population
+        self.overlap = overlap
         self.mod = tvm.IRModule({"main": op.prim_func()})
         self.key = workload_key(op, plat)
         self.family = f"{op.name}/{op.dtype}/{plat.device_name}"
@@ -126,6 +155,7 @@ class Tuner:
         self.model = KernelModel(seed)
         self.policy = EnergyPolicy(objective, energy_policy)
         self.records: list[Record] = []
+        self.search_best_latency: float | None = None  # what the running proposal scores against
 
     def best_latency(self) -> float | None:
         done = [r.latency_s for r in self.records if r.status == "ok" and r.latency_s]
@@ -164,7 +194,8 @@ class Tuner:
                              space_generator=design_space(self.op, self.plat.target),
                              search_strategy=ms.search_strategy.EvolutionarySearch(
                                  population_size=self.population),
-                             task_name=self.op.name, rand_state=self.seed, num_threads=threads)
+                             task_name=self.op.name, rand_state=self.seed,
+                             num_threads=max(1, threads - 1) if self.overlap else threads)
         strategy_db = ms.database.MemoryDatabase()
         workload = strategy_db.commit_workload(self.mod)
         known: dict[str, Record] = {}
@@ -185,6 +216,22 @@ class Tuner:
                                np.array(energy, dtype="float64"))
                 self.db.save_model(self.key, self.family, self.model.to_bytes(), len(train))
 
+        def propose() -> list[ms.MeasureCandidate]:
+            started = time.perf_counter()
+            candidates = ctx.generate_measure_candidates()
+            stats.proposal_s.append(time.perf_counter() - started)
+            return list(candidates or [])
+
+        def start_proposal(run: Callable[[Callable[[], object]], Future]) -> Future:
+            self.search_best_latency = self.best_latency()
+            return run(propose)
+
+        def wait(proposal: Future) -> list[ms.MeasureCandidate]:
+            started = time.perf_counter()
+            candidates = proposal.result()
+            stats.search_wait_s += time.perf_counter() - started
+            return candidates
+
         for record in records:
             learn(record, self.schedule(record))
         retrain()
@@ -196,33 +243,45 @@ class Tuner:
                        database=strategy_db, cost_model=ObjectiveCostModel(self))
         with tempfile.TemporaryDirectory(prefix="tune-artifacts-") as out_dir:
             builder = Builder(self.plat.target, out_dir, workers=threads)
+            proposal: Future | None = None
             try:
-                while stats.measured < remaining:
-                    started = time.perf_counter()
-                    candidates = ctx.generate_measure_candidates()
-                    stats.proposal_s.append(time.perf_counter() - started)
-                    if not candidates:
-                        stats.exhausted = True
-                        break
+                candidates = wait(start_proposal(at_once))
+                while candidates:
                     hashes = [module_hash(c.sch.mod) for c in candidates]
                     fresh = [c for c, h in zip(candidates, hashes) if h not in known]
                     fresh = fresh[: remaining - stats.measured]
                     builds = builder.build([c.sch.mod for c in fresh])
                     power = self._predicted_power(ctx, fresh)
+                    more = stats.measured + len(fresh) < remaining
+                    if more and self.overlap:  # search on while the device measures
+                        proposal = start_proposal(in_background)
+                    measured = []
                     for cand, built, watts in zip(fresh, builds, power):
                         record = self._measure(cand.sch, built.artifact, built.error, watts, stats)
                         record.id = self.db.add(record)
                         records.append(record)
-                        learn(record, cand.sch)
+                        measured.append((record, cand.sch))
                         on_record(record)
-                    # candidates seen in an earlier run are answered from the database
+                    if proposal is not None:  # the strategy and model are not thread-safe
+                        next_candidates = wait(proposal)
+                        proposal = None
+                    for record, sch in measured:
+                        learn(record, sch)
+                    # measured now, or in an earlier run (answered from the database)
                     done = [(c, known[h]) for c, h in zip(candidates, hashes) if h in known]
                     ctx.notify_runner_results(
                         [c for c, _ in done],
                         [ms.runner.RunnerResult([self._run_secs(r)], None) for _, r in done])
                     retrain()
+                    if not more:
+                        break
+                    candidates = next_candidates if self.overlap else wait(start_proposal(at_once))
+                else:
+                    stats.exhausted = True
             finally:
                 builder.close()
+                if proposal is not None:  # interrupted while searching: let the search end
+                    proposal.exception()
                 ctx.post_tuning()
         return TuneResult(records, stats)
 

@@ -93,7 +93,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     if runner.idle_w is not None:
         err.print(f"idle power {runner.idle_w:.1f} W")
     tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
-                  energy_policy=args.energy_policy)
+                  energy_policy=args.energy_policy, overlap=plat.kind == "cuda")
     previous = db.records(tuner.key)
     done = min(trials, sum(r.objective == objective.key for r in previous))
     if done:
@@ -125,6 +125,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     if s.proposal_s:
         mean_s = sum(s.proposal_s) / len(s.proposal_s)
         err.print(f"search: {len(s.proposal_s)} generations, {mean_s:.1f} s each on average to "
-                  "propose and score a batch"
+                  f"propose and score a batch, {s.search_wait_s:.1f} s of {sum(s.proposal_s):.1f} s "
+                  "not overlapped with measuring"
                   + (f"; model warm-started from workload {s.warm_start}" if s.warm_start else ""))
     return tuner, result

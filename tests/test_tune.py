@@ -3,6 +3,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import tvm
 
 from compiler.cli import main
 from compiler.objective import Objective
-from compiler.search import Tuner
+from compiler import search
+from compiler.search import Tuner, in_background
 from compiler.target import resolve
 from measure.runner import MeasureConfig, Runner
 from compiler.database import TuningDatabase
@@ -108,29 +110,41 @@ def test_tuner_reports_the_same_best_as_the_database(tiny_tune):
     database.close()
 
 
-def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path, monkeypatch, overlap):
+    """Ctrl-C during measuring (with overlap: while the next batch is being searched for)."""
     op = make_op("matmul", "32,32,32", "float32")
     plat = resolve("llvm")
     config = MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1)
     db = TuningDatabase(tmp_path / "t.sqlite")
-    seen = []
+    seen, backgrounded, gate = [], [], threading.Event()
 
-    def interrupt_after_three(record):
+    def gated_in_background(fn):   # the real search, held until the interrupt has been raised
+        backgrounded.append(fn)
+        return in_background(lambda: gate.wait() and fn())
+
+    monkeypatch.setattr(search, "in_background", gated_in_background)
+
+    def interrupt_after_two(record):
         seen.append(record)
-        if len(seen) == 3:
+        if len(seen) == 2:
+            threading.Timer(0.5, gate.set).start()
             raise KeyboardInterrupt
 
     tuner = Tuner(op, plat, Runner(op, plat.device, None, config), db, Objective("latency"),
-                   batch=6)
+                  batch=3, overlap=overlap, population=64)
     try:
-        tuner.tune(6, on_record=interrupt_after_three)
+        tuner.tune(6, on_record=interrupt_after_two)
     except KeyboardInterrupt:
         pass
+    assert len(backgrounded) == overlap    # the next batch was being searched for meanwhile
     assert [r["id"] for r in rows(tmp_path / "t.sqlite")] == [r.id for r in seen]
     resumed = Tuner(op, plat, Runner(op, plat.device, None, config), db, Objective("latency"),
-                   batch=6)
+                    batch=3, overlap=overlap, population=64)
     result = resumed.tune(6)
-    assert result.stats.previous == 3 and result.stats.measured == 3
+    assert result.stats.previous == 2 and result.stats.measured == 4
+    assert len(result.stats.proposal_s) >= 2
+    assert result.stats.search_wait_s <= sum(result.stats.proposal_s)
     assert len({r["mod_hash"] for r in rows(tmp_path / "t.sqlite")}) == 6
     db.close()
 
