@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float16", "float32"),
                    help="input dtype; accumulation and output are float32 (default: float16 on "
                         "cuda, float32 on llvm; llvm supports float32 only)")
+    p.add_argument("--accum", choices=("float32", "float16"),
+                   help="matmul with --dtype float16: accumulate and write the output in float32 "
+                        "(default) or float16 (as cuBLAS's CUBLAS_COMPUTE_16F; the correctness "
+                        "check then allows a relative error of 2^-11 * sqrt(k))")
     p.add_argument("--target", choices=("auto", "cuda", "llvm"), default="auto",
                    help="auto: the first NVIDIA GPU that NVML and TVM see, else the CPU (llvm)")
     p.add_argument("--objective", choices=KINDS,
@@ -78,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def op_params(args: argparse.Namespace) -> list[dict] | None:
-    """lut_mpgemm's options, one dict per implementation to tune; None for other ops."""
+    """The op's options: for lut_mpgemm one dict per implementation to tune; None for none."""
+    if args.accum is not None and args.op != "matmul":
+        raise UsageError("--accum applies to --op matmul only")
+    if args.op == "matmul":
+        return [{"accum": args.accum}] if args.accum == "float16" else None
     given = [f for f in ("wbits", "group_size", "impl") if getattr(args, f) is not None]
     if args.op != "lut_mpgemm":
         if given or args.zero_points:

@@ -1,8 +1,8 @@
 """The operator interface and the registry that parses user input into an operator.
 
 An op declares its shape keys, its input shapes and its TE compute; the base class derives the
-PrimFunc, random inputs, bytes moved and the output description from those. All ops accumulate
-and store in float32.
+PrimFunc, random inputs, bytes moved and the output description from those. Ops accumulate and
+store in float32, except matmul with the `accum=float16` option.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class Op(ABC):
     output_dtype: ClassVar[str] = "float32"
     tolerance: ClassVar[float] = 1e-4           # relative Frobenius error ||out - ref|| / ||ref||
     param_defaults: ClassVar[dict[str, object]] = {}  # op options besides the shape (e.g. wbits)
+    options: ClassVar[tuple[str, ...]] = ()     # further options, part of the identity only if given
 
     def __init__(self, shape: dict[str, int], dtype: str, params: dict | None = None) -> None:
         self.shape = shape
@@ -141,10 +142,11 @@ def make_op(name: str, shape_text: str, dtype: str, params: dict | None = None) 
     cls = OPS[name]
     if dtype not in cls.dtypes:
         raise OpError(f"op {name} does not support dtype {dtype!r} (supported: {', '.join(cls.dtypes)})")
-    unknown = sorted(set(params or {}) - set(cls.param_defaults))
+    known = [*cls.param_defaults, *cls.options]
+    unknown = sorted(set(params or {}) - set(known))
     if unknown:
         raise OpError(f"op {name} has no option {', '.join(unknown)}"
-                      + (f" (options: {', '.join(cls.param_defaults)})" if cls.param_defaults else ""))
+                      + (f" (options: {', '.join(known)})" if known else ""))
     op = cls(parse_shape(shape_text, cls), dtype, params)
     op.validate()
     return op

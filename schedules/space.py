@@ -35,13 +35,18 @@ Space = ms.space_generator.SpaceGenerator
 # and one 4-byte word per bit plane of the packed weights
 DEQUANT_K_STEP = 32
 
-# mma.sync m16n8k8 f16*f16+f32, loaded from dynamic shared memory by ldmatrix
-# (tvm.s_tir.tensor_intrin.cuda; the group TVM's own cuda-tensorcore rule set names)
-_MMA_F16_F32 = {"init": "mma_init_m16n8k8_f32",
-                "load_a": "mma_load_m16n8k8_f16_A_shared_dyn",
-                "load_b": "mma_load_m16n8k8_f16_B_shared_dyn",
-                "compute": "mma_sync_m16n8k8_f16f16f32",
-                "store": "mma_store_m16n8k8_f32_global"}
+
+
+def _mma_f16(accum: str) -> dict[str, str]:
+    """mma.sync m16n8k8 on float16 with float32 or float16 accumulation, loaded from dynamic
+    shared memory by ldmatrix (tvm.s_tir.tensor_intrin.cuda; the group TVM's own
+    cuda-tensorcore rule set names for float32)."""
+    bits = accum.removeprefix("float")
+    return {"init": f"mma_init_m16n8k8_f{bits}",
+            "load_a": "mma_load_m16n8k8_f16_A_shared_dyn",
+            "load_b": "mma_load_m16n8k8_f16_B_shared_dyn",
+            "compute": f"mma_sync_m16n8k8_f16f16f{bits}",
+            "store": f"mma_store_m16n8k8_f{bits}_global"}
 
 
 def design_space(op: Op, target: Target) -> Space:
@@ -62,7 +67,7 @@ def design_space(op: Op, target: Target) -> Space:
     import tvm.s_tir.tensor_intrin  # noqa: F401  registers the intrinsics the rules name
     from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
 
-    wmma = [get_wmma_intrin_group("shared.dyn", "shared.dyn", "float16", "float32", trans_b)
+    wmma = [get_wmma_intrin_group("shared.dyn", "shared.dyn", "float16", op.output_dtype, trans_b)
             for trans_b in (False, True)]
     spaces = [_post_order([_tensor_core(wmma, write_reuse="must", pipeline=False),
                            *_simt_rules()])]
@@ -70,7 +75,8 @@ def design_space(op: Op, target: Target) -> Space:
     # builds only k tiles of multiples of 32; the WMMA rule would shadow it in a shared rule list.
     postprocs = list(ms.Postproc.create("cuda-tensorcore"))
     if op.name == "matmul" and all(op.shape[d] % 32 == 0 for d in "mnk") and _sm(target) >= 80:
-        spaces.append(_post_order([_tensor_core([_MMA_F16_F32], write_reuse="no", pipeline=True),
+        spaces.append(_post_order([_tensor_core([_mma_f16(op.output_dtype)], write_reuse="no",
+                                                pipeline=True),
                                    *_simt_rules()]))
         # before VerifyGPUCode and RewriteTensorize, so that rejected samples skip them
         verify = next(i for i, p in enumerate(postprocs) if isinstance(p, ms.postproc.VerifyGPUCode))

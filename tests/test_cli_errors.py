@@ -35,6 +35,9 @@ def assert_one_line_error(proc, fragment):
     (["--op", "matmul", "--max-slowdown", "0.5"], "--max-slowdown must be at least 1"),
     (["--op", "matmul", "--max-slowdown", "1.1", "--objective", "edp"], "bounds the energy"),
     (["--op", "matmul", "--energy-policy", "never"], "invalid choice"),
+    (["--op", "gemv", "--accum", "float16"], "--accum applies to --op matmul only"),
+    (["--op", "matmul", "--accum", "float16"], "float16 accumulation needs float16 inputs"),
+    (["--op", "matmul", "--accum", "int8"], "invalid choice"),
 ])
 def test_bad_input(args, fragment, tmp_path):
     assert_one_line_error(run_tune(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")]),

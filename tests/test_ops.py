@@ -88,3 +88,30 @@ def test_key_value_and_positional_shapes_agree():
         make_op("matmul", "4,5,6", "float32").shape == {"m": 4, "n": 5, "k": 6}
     conv = make_op("conv2d", "n=1,h=8,w=8,c=2,k=2,r=3,s=3", "float32")
     assert conv.shape["stride"] == 1 and conv.shape["pad"] == 0
+
+
+def test_float16_accumulation_matches_numpy_within_its_bound_on_llvm():
+    op = make_op("matmul", "16,24,512", "float16", {"accum": "float16"})
+    assert op.output_dtype == "float16" and op.bytes_moved == (16 * 512 + 512 * 24 + 16 * 24) * 2
+    ex = tvm.compile(tvm.IRModule({"main": op.prim_func()}), target="llvm")
+    inputs = op.inputs(np.random.default_rng(0))
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, "float16"))
+    ex["main"](*[tvm.runtime.tensor(x) for x in inputs], out)
+    ref = op.reference(inputs)
+    assert np.linalg.norm(out.numpy() - ref) / np.linalg.norm(ref) < op.tolerance
+    # the default (float32 accumulation) keeps the workload identity it always had
+    assert "params" not in make_op("matmul", "16,24,512", "float16").describe()
+
+
+def test_float16_accumulation_bound_passes_rounding_and_fails_dropped_products():
+    k = 4096
+    op = make_op("matmul", f"32,32,{k}", "float16", {"accum": "float16"})
+    a, b = op.inputs(np.random.default_rng(1))
+    ref = op.reference([a, b])
+    rel = lambda out: np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)  # noqa: E731
+    acc = np.zeros((32, 32), np.float16)       # one product at a time, rounded to float16
+    for i in range(k):
+        acc = (acc + np.outer(a[:, i], b[i]).astype(np.float16)).astype(np.float16)
+    assert rel(acc) < op.tolerance / 2
+    dropped = a[:, : k - k // 64].astype(np.float32) @ b[: k - k // 64].astype(np.float32)
+    assert rel(dropped) > 2 * op.tolerance

@@ -122,6 +122,20 @@ def test_fp16_matmul_space_has_wmma_and_mma_pipelines():
     assert "nvcuda::wmma::mma_sync" in cuda_source(wmma.mod)
 
 
+def test_float16_accumulation_uses_float16_tensor_core_instructions():
+    ctx = context("matmul", "4096,4096,4096", params={"accum": "float16"})
+    spaces = ctx.generate_design_space()
+    intrinsics = [tensorized_with(s) for s in spaces]
+    assert set(intrinsics) == {"mma_sync_m16n8k8_f16f16f16", "wmma_sync_16x16x16_f16f16f16",
+                               "wmma_sync_16x16x16_f16f16f16_trans"}
+    mma = valid_sample(ctx, spaces[intrinsics.index("mma_sync_m16n8k8_f16f16f16")])
+    source = cuda_source(mma.mod, **{"tirx.use_async_copy": True})
+    assert "mma.sync.aligned.m16n8k8.row.col.f16.f16.f16.f16" in source
+    assert "half* __restrict__ C" in source
+    wmma = valid_sample(ctx, spaces[intrinsics.index("wmma_sync_16x16x16_f16f16f16")])
+    assert "wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, half>" in cuda_source(wmma.mod)
+
+
 @pytest.mark.parametrize("seed,accepted", [(11, True), (44, True), (98, False), (102, False)])
 def test_mma_tiles_tvm_cannot_permute_are_rejected_before_building(seed, accepted):
     """Seeds found by replaying the MMA space: each passes every other postprocessor."""
