@@ -85,14 +85,12 @@ def op_params(args: argparse.Namespace) -> list[dict] | None:
     """The op's options: for lut_mpgemm one dict per implementation to tune; None for none."""
     if args.accum is not None and args.op != "matmul":
         raise UsageError("--accum applies to --op matmul only")
-    if args.op == "matmul":
-        return [{"accum": args.accum}] if args.accum == "float16" else None
     given = [f for f in ("wbits", "group_size", "impl") if getattr(args, f) is not None]
     if args.op != "lut_mpgemm":
         if given or args.zero_points:
             flag = given[0] if given else "zero_points"
             raise UsageError(f"--{flag.replace('_', '-')} applies to --op lut_mpgemm only")
-        return None
+        return [{"accum": args.accum}] if args.accum == "float16" else None
     base = {"zero_points": args.zero_points}
     base.update({f: getattr(args, f) for f in ("wbits", "group_size") if getattr(args, f) is not None})
     from schedules.lut_mpgemm import LUT_MIN_GROUP
