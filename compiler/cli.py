@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fit (default, as cuBLAS is usually timed); rotate: calls cycle through "
                         "input copies totalling 256 MiB, so inputs come from DRAM")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="on a GPU, search and measure in turns (by default the next batch is "
+                        "searched for on all CPUs but one while the current batch is measured)")
     low = p.add_argument_group("lut_mpgemm (low-bit weights)")
     low.add_argument("--wbits", type=int, help="weight bits: 1, 2, 3 or 4 (default 2)")
     low.add_argument("--group-size", type=int, help="weights per scale along k (default 128)")

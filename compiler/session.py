@@ -93,7 +93,8 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     if runner.idle_w is not None:
         err.print(f"idle power {runner.idle_w:.1f} W")
     tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
-                  energy_policy=args.energy_policy, overlap=plat.kind == "cuda")
+                  energy_policy=args.energy_policy,
+                  overlap=plat.kind == "cuda" and not args.no_overlap)
     previous = db.records(tuner.key)
     done = min(trials, sum(r.objective == objective.key for r in previous))
     if done:
