@@ -29,7 +29,7 @@ def compile_module(mod: tvm.IRModule, target: Target) -> tvm.runtime.Executable:
     rewrite for the known WMMA failure."""
     if target.kind.name == "cuda":
         from tvm.s_tir import tensor_intrin  # noqa: F401  MMA lowering looks up its index maps here
-        from schedules import lut_intrin  # noqa: F401  splices the LUT instruction's device code
+        from ..schedules import lut_intrin  # noqa: F401  splices the LUT instruction's device code
     config = {"tirx.use_async_copy": True}
     try:
         with tvm.transform.PassContext(config=config):

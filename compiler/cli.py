@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from compiler.objective import KINDS, Objective
-from compiler.policy import POLICIES
+from .objective import KINDS, Objective
+from .policy import POLICIES
 
 DTYPES_FOR_TARGET = {"cuda": ("float16", "float32"), "llvm": ("float32",)}
 DEFAULT_DTYPE = {"cuda": "float16", "llvm": "float32"}
@@ -96,7 +96,7 @@ def op_params(args: argparse.Namespace) -> list[dict] | None:
         return [{"accum": args.accum}] if args.accum == "float16" else None
     base = {"zero_points": args.zero_points}
     base.update({f: getattr(args, f) for f in ("wbits", "group_size") if getattr(args, f) is not None})
-    from schedules.lut_mpgemm import LUT_MIN_GROUP
+    from ..schedules.lut_mpgemm import LUT_MIN_GROUP
 
     impls = ("lut", "dequant") if args.impl in (None, "both") else (args.impl,)
     if len(impls) == 2 and args.group_size is not None and 0 < args.group_size < LUT_MIN_GROUP:
@@ -127,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         fail(str(err))
     # TVM is imported only after the arguments are known to be sane: it takes seconds.
-    from compiler.database import DatabaseError, TuningDatabase
-    from compiler.target import TargetError, resolve
-    from measure.meters import meter_problem, powercap_root
-    from schedules import OPS, OpError, make_op
+    from .database import DatabaseError, TuningDatabase
+    from .target import TargetError, resolve
+    from ..measure.meters import meter_problem, powercap_root
+    from ..schedules import OPS, OpError, make_op
 
     try:
         plat = resolve(args.target)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         db = TuningDatabase(args.db)
     except (UsageError, OpError, TargetError, DatabaseError) as err:
         fail(str(err))
-    from compiler.session import run_session
+    from .session import run_session
 
     return run_session(args, objective, plat, ops, no_meter, db)
 

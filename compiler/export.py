@@ -13,10 +13,10 @@ from pathlib import Path
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
-from compiler.builder import build_to_file
-from compiler.database import Record
-from compiler.report import kernel_figures
-from schedules import Op
+from .builder import build_to_file
+from .database import Record
+from .report import kernel_figures
+from ..schedules import Op
 
 
 def export_kernel(op: Op, target: tvm.target.Target, sch: tvm.s_tir.Schedule, record: Record,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.database import Record
+from .database import Record
 
 KINDS = ("latency", "energy", "edp", "pareto")
 SLOWDOWN_PENALTY = 10.0  # log-score penalty per unit of log latency beyond the bound

@@ -19,8 +19,8 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
-from compiler.database import Record
-from compiler.objective import Objective
+from .database import Record
+from .objective import Objective
 
 POLICIES = ("dynamic", "all")
 

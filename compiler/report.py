@@ -5,9 +5,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from compiler.database import Record
-from compiler.objective import Objective
-from schedules import Op
+from .database import Record
+from .objective import Objective
+from ..schedules import Op
 
 UNITS = {"latency": ("ms", 1e3), "energy": ("mJ", 1e3), "edp": ("mJ·ms", 1e6),
          "pareto": ("mJ·ms (EDP)", 1e6)}

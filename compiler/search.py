@@ -32,14 +32,14 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.cost_model import PyCostModel
 from tvm.ir.utils import derived_object
 
-from compiler.builder import Builder
-from compiler.database import Record, TuningDatabase
-from compiler.objective import Objective
-from compiler.policy import EnergyPolicy
-from compiler.target import Platform
-from costmodel import KernelModel, candidate_features
-from measure.runner import CandidateRunner
-from schedules import Op, design_space
+from .builder import Builder
+from .database import Record, TuningDatabase
+from .objective import Objective
+from .policy import EnergyPolicy
+from .target import Platform
+from ..costmodel import KernelModel, candidate_features
+from ..measure.runner import CandidateRunner
+from ..schedules import Op, design_space
 
 FAILED_RUN_SECS = 1e10  # what a failed or unmeasurable candidate "costs" in the strategy's database
 

@@ -5,16 +5,16 @@ import argparse
 
 from rich.console import Console
 
-from compiler.database import TuningDatabase
-from compiler.export import export_kernel
-from compiler.objective import Objective, pareto_front
-from compiler.report import LiveProgress, summary_table
-from compiler.search import Tuner, TuneResult
-from compiler.target import Platform
-from measure.meters import powercap_root
-from measure.runner import MeasureConfig
-from measure.worker import IsolatedRunner, WorkerError, WorkerSpec
-from schedules import Op
+from .database import TuningDatabase
+from .export import export_kernel
+from .objective import Objective, pareto_front
+from .report import LiveProgress, summary_table
+from .search import Tuner, TuneResult
+from .target import Platform
+from ..measure.meters import powercap_root
+from ..measure.runner import MeasureConfig
+from ..measure.worker import IsolatedRunner, WorkerError, WorkerSpec
+from ..schedules import Op
 
 LATENCY_TIMING = {"cuda": {"latency_repeats": 10, "latency_min_repeat_ms": 20},
                   "llvm": {"latency_repeats": 5, "latency_min_repeat_ms": 5}}

@@ -8,7 +8,7 @@ import psutil
 import tvm
 from tvm.target import Target
 
-from measure.meters import nvml_handle
+from ..measure.meters import nvml_handle
 
 
 class TargetError(RuntimeError):

@@ -18,7 +18,7 @@ from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.stmt import SBlock
 
-from schedules import Op
+from ..schedules import Op
 
 KERNEL_FEATURES = ("log_flops", "log_bytes", "log_intensity", "log_grid", "log_block",
                    "tensor_cores")

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from experiments.measure_fidelity import events_batch
-from measure.meters import NvmlMeter
-from measure.protocol import Precision, measure_energy
-from schedules import Op, make_op
+from energy_tuner.measure.meters import NvmlMeter
+from energy_tuner.measure.protocol import Precision, measure_energy
+from energy_tuner.schedules import Op, make_op
 
 
 def torch_variants(op: Op, x: list[torch.Tensor]) -> dict[str, Callable[[], torch.Tensor]]:

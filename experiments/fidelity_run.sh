@@ -8,5 +8,5 @@ nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm
   | tee "$out/gpu.txt"
 python3 -m experiments.measure_fidelity --out "$out" --trace "$out/nvml_trace.json.gz" 2>&1 \
   | tee "$out/fidelity.log"
-python3 -m compiler.cli --op matmul --shape 4096,4096,4096 --dtype float16 --target cuda \
+python3 -m energy_tuner.compiler.cli --op matmul --shape 4096,4096,4096 --dtype float16 --target cuda \
   --objective energy --trials 16 --seed 1 --db "$out/tune16.sqlite" 2>&1 | tee "$out/tune16.log"

@@ -8,7 +8,7 @@ out=$2
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm --format=csv \
   | tee "$out/gpu_$objective.txt"
-python3 -m compiler.cli --op matmul --shape 4096,4096,4096 --dtype float16 --target cuda \
+python3 -m energy_tuner.compiler.cli --op matmul --shape 4096,4096,4096 --dtype float16 --target cuda \
   --objective "$objective" --trials 64 --seed 0 --db "$out/$objective.sqlite" \
   --export "$out/export_$objective" 2>&1 | tee "$out/tune_$objective.log"
 python3 -m experiments.cublas_energy --shape 4096,4096,4096 --out "$out/cublas_$objective.json" \

@@ -16,7 +16,7 @@ for nk in "$@"; do
   for m in ${MS:-1 16}; do
     for bits in ${BITS:-2 4 1}; do
       echo "== lut_mpgemm m=$m n=$n k=$k W$bits" | tee -a "$out/log.txt"
-      python3 -m compiler.cli --op lut_mpgemm --shape "m=$m,n=$n,k=$k" --wbits "$bits" \
+      python3 -m energy_tuner.compiler.cli --op lut_mpgemm --shape "m=$m,n=$n,k=$k" --wbits "$bits" \
         --group-size 128 --impl "${IMPL:-both}" --target cuda --objective latency --trials "$trials" \
         --seed 0 --db "$out/lut.sqlite" >> "$out/log.txt" 2>&1 || echo "tune failed" >> "$out/log.txt"
     done

@@ -10,8 +10,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from compiler.database import Record, TuningDatabase
-from compiler.objective import Objective
+from energy_tuner.compiler.database import Record, TuningDatabase
+from energy_tuner.compiler.objective import Objective
 
 TARGETS = {2: 3.0, 4: 2.0}  # W2: >= 3x faster and less energy than fp16 at M = 1; W4: >= 2x
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from measure.meters import NvmlMeter
-from measure.protocol import EnergyResult, Precision, idle_power, measure_energy
+from energy_tuner.measure.meters import NvmlMeter
+from energy_tuner.measure.protocol import EnergyResult, Precision, idle_power, measure_energy
 
 REPEATS = 10
 BASELINE = Path(__file__).parent / "results" / "matmul4096_fp16_h200_2026-11-21"
@@ -78,11 +78,11 @@ def tvm_kernels(meter):
     """The baseline's best latency-objective kernel, rebuilt from its trace, via our Runner."""
     import tvm
 
-    from compiler.builder import build_to_file
-    from measure.runner import MeasureConfig, Runner
-    from schedules import make_op
+    from energy_tuner.compiler.builder import build_to_file
+    from energy_tuner.measure.runner import MeasureConfig, Runner
+    from energy_tuner.schedules import make_op
     from experiments.summarize_baseline import load_records
-    from compiler.objective import Objective
+    from energy_tuner.compiler.objective import Objective
 
     records = load_records(BASELINE / "latency.sqlite.gz")
     chosen = Objective("latency").choose(records)

@@ -21,10 +21,10 @@ import numpy as np
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
-from costmodel.features import candidate_features
-from costmodel.model import KernelModel
+from energy_tuner.costmodel.features import candidate_features
+from energy_tuner.costmodel.model import KernelModel
 from experiments.summarize_baseline import load_records
-from schedules import op_from_description
+from energy_tuner.schedules import op_from_description
 
 FOLDS = 4
 

@@ -17,10 +17,10 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from compiler.objective import Objective
-from compiler.report import fmt, kernel_figures
+from energy_tuner.compiler.objective import Objective
+from energy_tuner.compiler.report import fmt, kernel_figures
 from experiments.summarize_baseline import cublas_figures, load_records
-from schedules import op_from_description
+from energy_tuner.schedules import op_from_description
 
 TUNES = ("latency", "energy", "slowdown")   # database names; the latency tune is the reference
 MIN_SAVING, MAX_SLOWDOWN = 0.25, 0.03       # the target: >= 25% less energy, <= 3% more latency

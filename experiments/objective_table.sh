@@ -42,7 +42,7 @@ run_case() {  # run_case GPU CASE: the three tunes, then the library calls
     [[ $tune == latency ]] && objective=(--objective latency)
     [[ $tune == slowdown ]] && objective+=(--max-slowdown 1.03)
     SECONDS=0
-    python3 -m compiler.cli --op "$op" --shape "$shape" --dtype float16 --target cuda \
+    python3 -m energy_tuner.compiler.cli --op "$op" --shape "$shape" --dtype float16 --target cuda \
       "${objective[@]}" --trials "$trials" --seed 0 --db "$dir/$tune.sqlite" \
       >> "$dir/$tune.log" 2>&1 || say "[gpu $gpu] $name $tune: exit code $?"
     say "[gpu $gpu] $name $tune: $SECONDS s ($(grep -c '^trial' "$dir/$tune.log") trials logged)"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.objective import Objective
-from compiler.policy import EnergyPolicy
-from costmodel.model import KernelModel
+from energy_tuner.compiler.objective import Objective
+from energy_tuner.compiler.policy import EnergyPolicy
+from energy_tuner.costmodel.model import KernelModel
 from experiments.model_quality import featurize
 from experiments.summarize_baseline import load_records
 

@@ -11,10 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compiler.database import Record, TuningDatabase
-from compiler.report import kernel_figures
-from compiler.objective import Objective
-from schedules import make_op
+from energy_tuner.compiler.database import Record, TuningDatabase
+from energy_tuner.compiler.report import kernel_figures
+from energy_tuner.compiler.objective import Objective
+from energy_tuner.schedules import make_op
 
 
 def load_records(path: Path) -> list[Record]:

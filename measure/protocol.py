@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from measure.meters import EnergyMeter, PowerReading
+from .meters import EnergyMeter, PowerReading
 
 
 @dataclass

@@ -23,9 +23,9 @@ from typing import Callable, Protocol
 import numpy as np
 import tvm
 
-from measure.meters import EnergyMeter
-from measure.protocol import Precision, idle_power, measure_energy
-from schedules import Op
+from .meters import EnergyMeter
+from .protocol import Precision, idle_power, measure_energy
+from ..schedules import Op
 
 L2_POLICIES = ("resident", "rotate")
 ROTATE_BYTES = 256 << 20

@@ -11,7 +11,7 @@ import multiprocessing as mp
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from measure.runner import MeasureConfig, Measurement, Runner
+from .runner import MeasureConfig, Measurement, Runner
 
 
 class WorkerError(RuntimeError):
@@ -31,8 +31,8 @@ class WorkerSpec:
 def _serve(conn, spec: WorkerSpec) -> None:
     import tvm
 
-    from measure.meters import open_meter
-    from schedules import op_from_description
+    from .meters import open_meter
+    from ..schedules import op_from_description
 
     try:
         device = tvm.cuda(spec.device_index) if spec.kind == "cuda" else tvm.cpu(spec.device_index)

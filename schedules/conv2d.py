@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from schedules.op import Op, OpError, register
+from .op import Op, OpError, register
 
 
 @register

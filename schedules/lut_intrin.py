@@ -16,7 +16,7 @@ import tvm_ffi
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from schedules.lut_mpgemm import ENTRIES, RUNS_PER_BYTE, lookup_term
+from .lut_mpgemm import ENTRIES, RUNS_PER_BYTE, lookup_term
 
 CUDA_SOURCE = r"""
 // LUT-mpGEMM instruction (energy-tuner): S[c] += sum over one weight group of signed table lookups.

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from schedules import lut
-from schedules.matmul import Product
-from schedules.op import OpError, register
+from . import lut
+from .matmul import Product
+from .op import OpError, register
 
 IMPLS = ("lut", "dequant")
 RUNS_PER_BYTE = 2

@@ -32,8 +32,8 @@ from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from schedules import lut_intrin
-from schedules.lut_mpgemm import ENTRIES, K_PER_BYTE, RUNS_PER_BYTE, LutMpGemm
+from . import lut_intrin
+from .lut_mpgemm import ENTRIES, K_PER_BYTE, RUNS_PER_BYTE, LutMpGemm
 
 COLS = (1, 2, 4, 8)
 ROWS = (1, 2, 4, 8, 16)

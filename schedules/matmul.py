@@ -12,7 +12,7 @@ import math
 import numpy as np
 from tvm import te
 
-from schedules.op import Op, OpError, register
+from .op import Op, OpError, register
 
 
 def _f32(x: te.Tensor, *idx) -> te.Expr:

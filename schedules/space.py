@@ -27,8 +27,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule import schedule_rule as R
 from tvm.target import Target
 
-from schedules.op import Op
-from schedules.permuted_layout import PermutedLayoutCheck
+from .op import Op
+from .permuted_layout import PermutedLayoutCheck
 
 Space = ms.space_generator.SpaceGenerator
 # activations per thread and step in the dequant GEMV: four 16-byte loads of fp16 activations
@@ -52,7 +52,7 @@ def _mma_f16(accum: str) -> dict[str, str]:
 def design_space(op: Op, target: Target) -> Space:
     """The space generator (with its postprocessors and mutators) for op on target."""
     if op.name == "lut_mpgemm" and op.params["impl"] == "lut":
-        from schedules.lut_space import lut_space
+        from .lut_space import lut_space
         return lut_space(op, target)
     if target.kind.name != "cuda":
         return _post_order("llvm", "llvm")

@@ -14,7 +14,7 @@ TINY = ["--op", "matmul", "--shape", "64,64,64", "--target", "llvm", "--seed", "
 @pytest.fixture(scope="session")
 def tiny_tune(tmp_path_factory):
     """Run `tune` for 8 trials of a 64^3 float32 matmul on llvm; return (db path, export dir, rc)."""
-    from compiler.cli import main
+    from energy_tuner.compiler.cli import main
 
     work = tmp_path_factory.mktemp("tiny")
     db, export = work / "tune.sqlite", work / "export"

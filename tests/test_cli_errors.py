@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from compiler.target import nvidia_gpu_name
+from energy_tuner.compiler.target import nvidia_gpu_name
 
-BASE = [sys.executable, "-m", "compiler.cli"]
+BASE = [sys.executable, "-m", "energy_tuner.compiler.cli"]
 
 
 def run_tune(args, env=None):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from schedules.lut import (G, build_tables, lookup, lut_matmul, pack_bitplanes, quantize,
+from energy_tuner.schedules.lut import (G, build_tables, lookup, lut_matmul, pack_bitplanes, quantize,
                            unpack_bitplanes)
 
 

@@ -11,8 +11,8 @@ import pytest
 import tvm
 from tvm.s_tir import Schedule
 
-from compiler.builder import compile_module
-from schedules import OpError, lut, lut_intrin, lut_space, make_op
+from energy_tuner.compiler.builder import compile_module
+from energy_tuner.schedules import OpError, lut, lut_intrin, lut_space, make_op
 from tests.test_cli_errors import assert_one_line_error, run_tune
 
 CUDA_SPEC = {"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024,
@@ -155,7 +155,7 @@ def test_bad_cli_options(args, fragment, tmp_path):
 
 
 def test_group_of_8_tunes_the_dequant_twin_only(tmp_path, capsys):
-    from compiler.cli import main
+    from energy_tuner.compiler.cli import main
 
     db = tmp_path / "lut.sqlite"
     assert main(["--op", "lut_mpgemm", "--shape", "m=1,n=16,k=64", "--group-size", "8",
@@ -167,7 +167,7 @@ def test_group_of_8_tunes_the_dequant_twin_only(tmp_path, capsys):
 
 def test_tune_both_implementations_and_tabulate(tmp_path):
     """`tune --impl both` measures each implementation; lut_table pairs them with cuBLAS figures."""
-    from compiler.cli import main
+    from energy_tuner.compiler.cli import main
     from experiments import lut_table
 
     shape = ["--shape", "m=1,n=32,k=64", "--group-size", "32", "--wbits", "2"]
@@ -197,7 +197,7 @@ def test_builder_splices_the_instruction_in_a_fresh_process(tmp_path):
     lut_space.register_intrinsics(op, "cuda")
     lut_space.schedule_cuda(op, sch, cols=2, rows=1, placement="shared.dyn")
     (tmp_path / "mod.json").write_text(tvm.ir.save_json(sch.mod))
-    code = (f"import tvm; from compiler.builder import compile_module; "
+    code = (f"import tvm; from energy_tuner.compiler.builder import compile_module; "
             f"mod = tvm.ir.load_json(open({str(tmp_path / 'mod.json')!r}).read()); "
             f"target = tvm.target.Target({json.dumps(CUDA_SPEC)}); "
             "print(compile_module(mod, target).mod.imports[0].inspect_source())")

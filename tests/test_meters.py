@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from measure.meters import (MeterError, RaplMeter, inside, meter_problem, nvml_device,
+from energy_tuner.measure.meters import (MeterError, RaplMeter, inside, meter_problem, nvml_device,
                             power_from_ticks)
-from measure.protocol import Precision, measure_energy
+from energy_tuner.measure.protocol import Precision, measure_energy
 from tests.conftest import DATA
 
 
@@ -120,7 +120,7 @@ def fake_pynvml(asked: list):
 @pytest.mark.parametrize("visible,expected", [("2", ("index", 2)),
                                               ("GPU-8f3a-uuid", ("uuid", "GPU-8f3a-uuid"))])
 def test_meter_and_gpu_name_read_the_gpu_that_cuda_device_0_is(monkeypatch, visible, expected):
-    from compiler.target import nvidia_gpu_name
+    from energy_tuner.compiler.target import nvidia_gpu_name
 
     asked: list = []
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(asked))

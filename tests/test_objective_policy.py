@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from compiler.objective import Objective, pareto_front
-from compiler.policy import EnergyPolicy
+from energy_tuner.compiler.objective import Objective, pareto_front
+from energy_tuner.compiler.policy import EnergyPolicy
 from tests.test_replay import as_records
 
 
@@ -82,7 +82,7 @@ def test_dynamic_policy_replayed_on_the_latency_tune(runs):
 
 def test_model_quality_counts_a_schedule_measured_twice_once(gpu_records, tmp_path):
     """The same trace in two databases must not land in both a train and a test fold."""
-    from compiler.database import TuningDatabase
+    from energy_tuner.compiler.database import TuningDatabase
     from experiments.model_quality import workloads
 
     rows = [r for r in gpu_records if r["run"] == "latency"][:10]

@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from compiler.database import Record, TuningDatabase
-from compiler.objective import Objective
+from energy_tuner.compiler.database import Record, TuningDatabase
+from energy_tuner.compiler.objective import Objective
 from experiments import objective_table
-from schedules import make_op
+from energy_tuner.schedules import make_op
 from tests.conftest import DATA
 
 BASELINE = DATA.parent.parent / "experiments" / "results" / "matmul4096_fp16_h200_2026-11-21"

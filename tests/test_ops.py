@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tvm
 
-from schedules import OpError, make_op
+from energy_tuner.schedules import OpError, make_op
 
 
 def test_matmul_te_matches_numpy_on_llvm():

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from measure.meters import Timeline, median_tick_period, reading_from_timeline
-from measure.protocol import Precision, measure_energy, quality_flags
+from energy_tuner.measure.meters import Timeline, median_tick_period, reading_from_timeline
+from energy_tuner.measure.protocol import Precision, measure_energy, quality_flags
 from tests.conftest import DATA
 
 

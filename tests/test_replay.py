@@ -4,10 +4,10 @@ import pytest
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
-from compiler.database import Record
-from compiler.objective import Objective
-from costmodel import KernelModel, candidate_features
-from schedules import make_op
+from energy_tuner.compiler.database import Record
+from energy_tuner.compiler.objective import Objective
+from energy_tuner.costmodel import KernelModel, candidate_features
+from energy_tuner.schedules import make_op
 
 
 def as_records(rows):

@@ -6,10 +6,10 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from compiler.builder import compile_module
-from compiler.target import opt_in_shared_memory
-from schedules import design_space, make_op
-from schedules.permuted_layout import PermutedLayoutCheck
+from energy_tuner.compiler.builder import compile_module
+from energy_tuner.compiler.target import opt_in_shared_memory
+from energy_tuner.schedules import design_space, make_op
+from energy_tuner.schedules.permuted_layout import PermutedLayoutCheck
 
 H100 = Target({"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 232448,
                "max_threads_per_block": 1024, "thread_warp_size": 32})

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import tvm
 
-from compiler.cli import main
-from compiler.objective import Objective
-from compiler import search
-from compiler.search import Tuner, in_background
-from compiler.target import resolve
-from measure.runner import MeasureConfig, Runner
-from compiler.database import TuningDatabase
-from schedules import design_space, make_op
+from energy_tuner.compiler.cli import main
+from energy_tuner.compiler.objective import Objective
+from energy_tuner.compiler import search
+from energy_tuner.compiler.search import Tuner, in_background
+from energy_tuner.compiler.target import resolve
+from energy_tuner.measure.runner import MeasureConfig, Runner
+from energy_tuner.compiler.database import TuningDatabase
+from energy_tuner.schedules import design_space, make_op
 from tests.conftest import TINY
 
 
@@ -168,7 +168,7 @@ def test_model_is_saved_and_warm_starts_a_similar_workload(tmp_path):
 
 
 def test_strategy_ranks_skipped_candidates_by_predicted_energy(tmp_path):
-    from compiler.database import Record
+    from energy_tuner.compiler.database import Record
 
     op = make_op("matmul", "16,16,16", "float32")
     plat = resolve("llvm")

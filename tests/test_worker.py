@@ -3,10 +3,10 @@ import pytest
 import tvm
 from tvm.script import tirx as T
 
-from compiler.builder import build_to_file
-from measure.runner import MeasureConfig
-from measure.worker import IsolatedRunner, WorkerError, WorkerSpec
-from schedules import make_op
+from energy_tuner.compiler.builder import build_to_file
+from energy_tuner.measure.runner import MeasureConfig
+from energy_tuner.measure.worker import IsolatedRunner, WorkerError, WorkerSpec
+from energy_tuner.schedules import make_op
 
 OP = make_op("matmul", "16,16,16", "float32")
 
