@@ -1,0 +1,93 @@
+"""Knob spaces: kernel families (templates) whose schedule is a choice of values for named knobs.
+
+A MetaSchedule trace space (schedules/space.py) describes a schedule as a trace of sampled
+decisions; a knob space describes it as a dict of knob values that a template turns into a module
+(e.g. the Hopper GEMM family written in TIRx). Each family subclasses `KnobSpace` and registers
+itself with `@register`; `knob_spaces(op, target)` returns the families that apply, so the tuning
+loop never asks `if op == ...`. A strategy (compiler/strategies) samples, mutates and crosses
+configs through the methods below; the builder compiles `module(config)` with `compile_options`.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import tvm
+from tvm.target import Target
+
+from .op import Op
+
+Config = dict[str, object]  # knob name -> chosen value (JSON-serialisable)
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    values: tuple
+
+
+class KnobSpace(ABC):
+    """One kernel family for one op on one target."""
+
+    name: ClassVar[str]                          # registry name, stored with every record
+    compile_options: ClassVar[dict] = {}         # extra tvm.compile arguments, e.g. tir_pipeline
+
+    def __init__(self, op: Op, target: Target) -> None:
+        self.op, self.target = op, target
+
+    @classmethod
+    @abstractmethod
+    def applies(cls, op: Op, target: Target) -> bool:
+        """Whether this family can compute op on target at all."""
+
+    @property
+    @abstractmethod
+    def knobs(self) -> tuple[Knob, ...]:
+        """The knobs and their candidate values for this op and target."""
+
+    @abstractmethod
+    def reject(self, config: Config) -> str | None:
+        """Why the hardware cannot run config (one line), or None if it can."""
+
+    @abstractmethod
+    def module(self, config: Config) -> tvm.IRModule:
+        """The module to compile; its `main` takes the op's arguments (inputs, then output)."""
+
+    @abstractmethod
+    def features(self, config: Config) -> dict[str, float]:
+        """Numbers a cost model can learn from (tile sizes, shared memory, waves, bytes/FLOP...)."""
+
+    # -- what a strategy needs; written once here over the knobs --------------------------------
+    def sample(self, rng: np.random.Generator) -> Config:
+        return {k.name: k.values[rng.integers(len(k.values))] for k in self.knobs}
+
+    def mutate(self, config: Config, rng: np.random.Generator) -> Config:
+        """config with one knob (that has another value) set to another value."""
+        movable = [k for k in self.knobs if len(k.values) > 1]
+        knob = movable[rng.integers(len(movable))]
+        others = [v for v in knob.values if v != config[knob.name]]
+        return {**config, knob.name: others[rng.integers(len(others))]}
+
+    def crossover(self, a: Config, b: Config, rng: np.random.Generator) -> Config:
+        return {k.name: (a if rng.random() < 0.5 else b)[k.name] for k in self.knobs}
+
+    @staticmethod
+    def key(config: Config) -> str:
+        """The canonical text of a config (its identity in the database)."""
+        return json.dumps(config, sort_keys=True)
+
+
+SPACES: dict[str, type[KnobSpace]] = {}
+
+
+def register(cls: type[KnobSpace]) -> type[KnobSpace]:
+    SPACES[cls.name] = cls
+    return cls
+
+
+def knob_spaces(op: Op, target: Target) -> list[KnobSpace]:
+    """The registered families that apply to op on target."""
+    return [cls(op, target) for cls in SPACES.values() if cls.applies(op, target)]
