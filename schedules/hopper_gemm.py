@@ -1,0 +1,289 @@
+"""A Hopper (sm_90a) GEMM kernel family written in TVM's TIRx: TMA + mbarrier pipeline + wgmma.
+
+C[m, n] = A[m, k] @ B[k, n] (all row-major, as schedules/matmul.py defines the op), fp16 inputs,
+fp32 accumulators in registers, fp32 or fp16 output; batch_matmul adds a leading batch axis.
+
+The kernel, for one output tile of BM x BN per CTA:
+- A tile (BM x BK, K-major) and B tile (BK x BN, N-major, so wgmma reads it transposed) are loaded by
+  TMA (`cp.async.bulk.tensor`) into 128-byte-swizzled shared memory, `stages` deep; each stage
+  completes on a "full" mbarrier (expect_tx bytes) and is released on an "empty" mbarrier;
+- each consumer warpgroup owns 64 rows of the tile and issues `wgmma.mma_async.m64n{BN}k16` with both
+  operands named by shared-memory matrix descriptors, keeping one k-step of wgmmas in flight
+  (`wait_group 1`) before it releases the previous stage;
+- `warp_specialized`: one extra producer warpgroup issues the TMA loads (`setmaxnreg` gives its
+  registers to the consumers); otherwise thread 0 of the first consumer also issues them;
+- `persistent`: a grid of at most one CTA per SM walks the tiles (the pipeline runs on across tiles,
+  so the producer loads the next tile while the consumers store this one); the tile order is
+  grouped by `group_m` rows of tiles (raster along n inside a group), for L2 reuse.
+
+Shared-memory layouts (CUTLASS's canonical GMMA layouts, 128B swizzle):
+- A, K-major: rows of BK = 64 fp16 = 128 bytes, 8-row atoms of 1024 bytes (SBO = 1024 B, LBO unused);
+  the k16 slice kk starts 32*kk bytes into the row.
+- B, N-major: chunks of 64 columns (128 bytes) x BK rows, one TMA box each; within a chunk 8-row atoms
+  of 1024 B along k (SBO), chunks BK * 128 bytes apart along n (LBO); the k16 slice kk starts
+  kk * 16 rows = 2048 bytes into each chunk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm.script import tirx as T
+
+BK = 64                       # 64 fp16 = 128 bytes: one 128B-swizzle row
+SWIZZLE_128B = 3              # CUtensorMapSwizzle / descriptor swizzle code
+SMEM_LIMIT = 232448           # sm_90 opt-in dynamic shared memory per block (227 KB)
+NUM_SMS = 132                 # H100 SXM / H200
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One point of the family. block_m = 64 * consumers (each consumer warpgroup owns 64 rows)."""
+    block_n: int = 256
+    consumers: int = 2
+    stages: int = 4
+    warp_specialized: bool = False
+    persistent: bool = False
+    group_m: int = 8
+    out_dtype: str = "float32"
+    l2_promotion: int = 2      # CUtensorMapL2promotion: 0 none, 1 64B, 2 128B, 3 256B
+
+    @property
+    def block_m(self) -> int:
+        return 64 * self.consumers
+
+    @property
+    def threads(self) -> int:
+        return 128 * (self.consumers + int(self.warp_specialized))
+
+    @property
+    def stage_bytes(self) -> int:
+        return (self.block_m + self.block_n) * BK * 2
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.stages * self.stage_bytes + 1024   # + alignment slack for the 1024 B atoms
+
+    @property
+    def acc_regs(self) -> int:
+        """fp32 accumulator registers per consumer thread (64 x block_n per 128 threads)."""
+        return self.block_n // 2
+
+
+def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.tirx.PrimFunc:
+    """The TIRx PrimFunc main(A, B, C) for C = A @ B; batch > 0 makes it batched (b, m, k) x (b, k, n)."""
+    BM, BN, S, WG = cfg.block_m, cfg.block_n, cfg.stages, cfg.consumers
+    nb = max(batch, 1)
+    tiles_m, tiles_n, k_tiles = m // BM, n // BN, k // BK
+    num_tiles = nb * tiles_m * tiles_n
+    grid = min(num_tiles, NUM_SMS) if cfg.persistent else num_tiles
+    tiles_per_batch = tiles_m * tiles_n
+    group = max(1, min(cfg.group_m, tiles_m))
+    a_bytes, b_chunk_bytes = BM * BK * 2, BK * 64 * 2
+    stage_elems = cfg.stage_bytes // 2
+    n_chunks = BN // 64
+    acc_n = cfg.acc_regs
+    out = cfg.out_dtype
+    ws = cfg.warp_specialized
+    threads = cfg.threads
+    l2p = cfg.l2_promotion
+    shape_a = (batch, m, k) if batch else (m, k)
+    shape_b = (batch, k, n) if batch else (k, n)
+    shape_c = (batch, m, n) if batch else (m, n)
+    rank = 3 if batch else 2
+    # TMA maps: dims innermost first, strides in bytes of the outer dims
+    a_map_args = ([k, m, nb, k * 2, m * k * 2, BK, BM, 1, 1, 1, 1] if batch
+                  else [k, m, k * 2, BK, BM, 1, 1])
+    b_map_args = ([n, k, nb, n * 2, k * n * 2, 64, BK, 1, 1, 1, 1] if batch
+                  else [n, k, n * 2, 64, BK, 1, 1])
+    tail = [0, SWIZZLE_128B, l2p, 0]
+    a_map_args, b_map_args = a_map_args + tail, b_map_args + tail
+    n_pro = min(S, k_tiles)
+    a_elems, chunk_elems = BM * BK, BK * 64
+    stage_bytes = cfg.stage_bytes
+    tma = f"cp.async.bulk.tensor.{rank}d.shared::cluster.global.mbarrier::complete_tx::bytes"
+
+    def a_coords(kt, tm, bi):
+        return (kt * BK, tm * BM, bi) if batch else (kt * BK, tm * BM)
+
+    def b_coords(kt, col, bi):
+        return (col, kt * BK, bi) if batch else (col, kt * BK)
+
+    def c_batch(bi):
+        return (bi,) if batch else ()
+
+    wgmma = f"wgmma.mma_async.sync.aligned.m64n{BN}k16.f32.f16.f16"
+    b_ldo = BK * 128 // 16          # chunk stride (LBO), 16-byte units
+    sdo = 1024 // 16                # 8-row atom stride (SBO), 16-byte units
+    max_tiles_per_cta = (num_tiles + grid - 1) // grid
+
+    nreg_producer, nreg_consumer = 40, (232 if WG == 2 else 240)
+
+    # fmt: off
+    @T.macro
+    def tile_coords(tile, tm, tn, bi):
+        """tile -> (tm, tn, bi): groups of `group` tile rows, raster along n inside a group."""
+        grp: T.let[T.int32] = (tile % tiles_per_batch) // (group * tiles_n)
+        first_m: T.let[T.int32] = grp * group
+        gsize: T.let[T.int32] = T.min(tiles_m - first_m, group)
+        in_grp: T.let[T.int32] = (tile % tiles_per_batch) % (group * tiles_n)
+        tm = first_m + in_grp % gsize
+        tn = in_grp // gsize
+        bi = tile // tiles_per_batch
+
+    @T.macro
+    def load_stage(smem, full, A_map, B_map, s, kt, tm, tn, bi):
+        """One elected thread: expect the stage's bytes on full[s], then issue its TMA copies."""
+        T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(full[s]), T.uint32(stage_bytes))
+        T.ptx[tma](smem.ptr_to([s * stage_elems]), T.address_of(A_map), *a_coords(kt, tm, bi), T.address_of(full[s]))
+        for j in T.unroll(n_chunks):
+            T.ptx[tma](smem.ptr_to([s * stage_elems + a_elems + j * chunk_elems]), T.address_of(B_map), *b_coords(kt, tn * BN + j * 64, bi), T.address_of(full[s]))
+
+    @T.macro
+    def mma_stage(smem, acc, desc_a, desc_b, s, cwg):
+        """Consumer warpgroup cwg: BK/16 wgmmas over stage s into acc, committed as one group."""
+        T.ptx.wgmma.fence.sync.aligned()
+        for kk in T.unroll(BK // 16):
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc_a), smem.ptr_to([s * stage_elems + cwg * 64 * BK + kk * 16]), 1, sdo, SWIZZLE_128B)
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc_b), smem.ptr_to([s * stage_elems + a_elems + kk * 16 * 64]), b_ldo, sdo, SWIZZLE_128B)
+            T.ptx[wgmma](*[acc[i] for i in range(acc_n)], desc_a, desc_b, True, 1, 1, 0, 1)
+        T.ptx.wgmma.commit_group.sync.aligned()
+
+    @T.macro
+    def store_tile(C, acc, tm, tn, bi, ctid):
+        """The wgmma accumulator fragment of consumer thread ctid (0..64*WG) to C."""
+        for i in T.unroll(BN // 8):
+            for h in T.unroll(2):
+                for c in T.unroll(2):
+                    C[(*c_batch(bi), tm * BM + ctid // 32 * 16 + ctid % 32 // 4 + h * 8, tn * BN + i * 8 + ctid % 4 * 2 + c)] = T.Cast(out, acc[i * 4 + h * 2 + c])
+
+    @T.prim_func
+    def simple(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
+        A = T.match_buffer(A_ptr, shape_a, "float16", align=16)
+        B = T.match_buffer(B_ptr, shape_b, "float16", align=16)
+        C = T.match_buffer(C_ptr, shape_c, out, align=16)
+        A_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, "float16", rank, A.data, *a_map_args)
+        B_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
+
+        T.device_entry()
+        bid = T.cta_id([grid])
+        tid = T.thread_id([threads])
+        smem = T.alloc_buffer((S * stage_elems,), "float16", scope="shared.dyn", align=1024)
+        full = T.alloc_shared((S,), "uint64")
+        empty = T.alloc_shared((S,), "uint64")
+        acc = T.alloc_local((acc_n,), "float32")
+        desc_a: T.uint64
+        desc_b: T.uint64
+        tm: T.int32
+        tn: T.int32
+        bi: T.int32
+
+        if tid == 0:
+            for s in T.unroll(S):
+                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
+                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
+            T.ptx.fence.proxy.async_.shared__cta()
+        T.cuda.cta_sync()
+        tile_coords(bid, tm, tn, bi)
+        if tid == 0:
+            for s in T.unroll(n_pro):
+                load_stage(smem, full, A_map, B_map, s, s, tm, tn, bi)
+        for i in T.unroll(acc_n):
+            acc[i] = T.float32(0)
+        for kt in T.serial(k_tiles):
+            T.cuda.mbarrier_wait(T.address_of(full[kt % S]), kt // S % 2)
+            mma_stage(smem, acc, desc_a, desc_b, kt % S, tid // 128)
+            T.ptx.wgmma.wait_group.sync.aligned(1)
+            if kt > 0:
+                # the wgmmas of kt - 1 are done: release its stage and refill it with kt - 1 + S
+                if tid % 128 == 0:
+                    T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(kt - 1) % S]))
+                if tid == 0:
+                    if kt - 1 + S < k_tiles:
+                        T.cuda.mbarrier_wait(T.address_of(empty[(kt - 1) % S]), (kt - 1) // S % 2)
+                        load_stage(smem, full, A_map, B_map, (kt - 1) % S, kt - 1 + S, tm, tn, bi)
+        T.ptx.wgmma.wait_group.sync.aligned(0)
+        store_tile(C, acc, tm, tn, bi, tid)
+
+    @T.prim_func
+    def specialized(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
+        A = T.match_buffer(A_ptr, shape_a, "float16", align=16)
+        B = T.match_buffer(B_ptr, shape_b, "float16", align=16)
+        C = T.match_buffer(C_ptr, shape_c, out, align=16)
+        A_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, "float16", rank, A.data, *a_map_args)
+        B_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
+
+        T.device_entry()
+        bid = T.cta_id([grid])
+        tid = T.thread_id([threads])
+        smem = T.alloc_buffer((S * stage_elems,), "float16", scope="shared.dyn", align=1024)
+        full = T.alloc_shared((S,), "uint64")
+        empty = T.alloc_shared((S,), "uint64")
+        acc = T.alloc_local((acc_n,), "float32")
+        desc_a: T.uint64
+        desc_b: T.uint64
+        tm: T.int32
+        tn: T.int32
+        bi: T.int32
+        it: T.int32
+
+        if tid == 0:
+            for s in T.unroll(S):
+                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
+                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
+            T.ptx.fence.proxy.async_.shared__cta()
+        T.cuda.cta_sync()
+        it = 0
+        if tid < 128:
+            # producer warpgroup: one thread streams every k-tile of every tile of this CTA
+            T.ptx["setmaxnreg.dec.sync.aligned.u32"](nreg_producer)
+            if tid == 0:
+                for t in T.serial(max_tiles_per_cta):
+                    if bid + t * grid < num_tiles:
+                        tile_coords(bid + t * grid, tm, tn, bi)
+                        for kt in T.serial(k_tiles):
+                            T.cuda.mbarrier_wait(T.address_of(empty[it % S]), it // S % 2 ^ 1)
+                            load_stage(smem, full, A_map, B_map, it % S, kt, tm, tn, bi)
+                            it = it + 1
+        else:
+            T.ptx["setmaxnreg.inc.sync.aligned.u32"](nreg_consumer)
+            for t in T.serial(max_tiles_per_cta):
+                if bid + t * grid < num_tiles:
+                    tile_coords(bid + t * grid, tm, tn, bi)
+                    for i in T.unroll(acc_n):
+                        acc[i] = T.float32(0)
+                    for kt in T.serial(k_tiles):
+                        T.cuda.mbarrier_wait(T.address_of(full[it % S]), it // S % 2)
+                        mma_stage(smem, acc, desc_a, desc_b, it % S, tid // 128 - 1)
+                        T.ptx.wgmma.wait_group.sync.aligned(1)
+                        if kt > 0:
+                            if tid % 128 == 0:
+                                T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                        it = it + 1
+                    T.ptx.wgmma.wait_group.sync.aligned(0)
+                    if tid % 128 == 0:
+                        T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                    store_tile(C, acc, tm, tn, bi, tid - 128)
+    # fmt: on
+    return specialized if ws else simple
+
+
+def sm90a(target: tvm.target.Target | None = None) -> tvm.target.Target:
+    """The CUDA target with arch sm_90a (wgmma and setmaxnreg need the `a` target) and the opt-in
+    shared-memory limit; other attributes are kept from `target`."""
+    base = target.export() if target is not None else {"kind": "cuda", "max_threads_per_block": 1024}
+    return tvm.target.Target({**base, "arch": "sm_90a", "max_shared_memory_per_block": SMEM_LIMIT})
+
+
+def build(func: tvm.tirx.PrimFunc, target: tvm.target.Target | None = None) -> tvm.runtime.Executable:
+    """Compile one kernel of the family through the TIRx pipeline."""
+    return tvm.compile(tvm.IRModule({"main": func}), target=sm90a(target), tir_pipeline="tirx")
+
+
+def cuda_source(ex: tvm.runtime.Executable) -> str:
+    """The generated CUDA source of a built kernel (kept as source where no driver is present)."""
+    return ex.mod.imports[0].inspect_source()
