@@ -154,7 +154,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         """The wgmma accumulator fragment of consumer thread ctid (0..64*WG) to C."""
         for i in T.unroll(BN // 8):
             for h in T.unroll(2):
-                for c in T.unroll(2):
+                for c in T.vectorized(2):
                     C[(*c_batch(bi), tm * BM + ctid // 32 * 16 + ctid % 32 // 4 + h * 8, tn * BN + i * 8 + ctid % 4 * 2 + c)] = T.Cast(out, acc[i * 4 + h * 2 + c])
 
     @T.prim_func
