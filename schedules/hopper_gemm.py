@@ -25,15 +25,25 @@ Shared-memory layouts (CUTLASS's canonical GMMA layouts, 128B swizzle):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import tvm
 from tvm.script import tirx as T
+from tvm.target import Target
+
+from .knobs import Config, Knob, KnobSpace, register
+from .op import Op
 
 BK = 64                       # 64 fp16 = 128 bytes: one 128B-swizzle row
 SWIZZLE_128B = 3              # CUtensorMapSwizzle / descriptor swizzle code
-SMEM_LIMIT = 232448           # sm_90 opt-in dynamic shared memory per block (227 KB)
+SMEM_LIMIT = 232448           # sm_90 opt-in shared memory per block (227 KB), static included
+SMEM_PER_SM = 233472          # shared memory of one SM (228 KB)
+STATIC_SMEM = 1024            # the mbarriers (ptxas reports 1 KB of static shared memory)
+REGS_PER_SM = 65536
 NUM_SMS = 132                 # H100 SXM / H200
+OVERHEAD_REGS = 40            # registers a consumer thread needs beside its accumulators (ptxas: ~154 - 128)
+PRODUCER_REGS = 40            # setmaxnreg.dec target of the producer warpgroup
 
 
 @dataclass(frozen=True)
@@ -62,12 +72,40 @@ class GemmConfig:
 
     @property
     def smem_bytes(self) -> int:
-        return self.stages * self.stage_bytes + 1024   # + alignment slack for the 1024 B atoms
+        """Dynamic (the stages) plus static (the mbarriers) shared memory of one CTA."""
+        return self.stages * self.stage_bytes + STATIC_SMEM
+
+    @property
+    def consumer_regs(self) -> int:
+        """Registers of a consumer thread: setmaxnreg's target when warp specialized, else the
+        accumulators plus what ptxas needed beside them (154 at block_n = 256)."""
+        if self.warp_specialized:
+            return 232 if self.consumers == 2 else 240
+        return min(255, self.acc_regs + OVERHEAD_REGS)
+
+    @property
+    def regs_per_cta(self) -> int:
+        producer = 128 * PRODUCER_REGS if self.warp_specialized else 0
+        return producer + 128 * self.consumers * self.consumer_regs
 
     @property
     def acc_regs(self) -> int:
         """fp32 accumulator registers per consumer thread (64 x block_n per 128 threads)."""
         return self.block_n // 2
+
+
+def reject(m: int, n: int, k: int, cfg: GemmConfig) -> str | None:
+    """Why the hardware (or this template) cannot run cfg on an m x n x k product, else None."""
+    if cfg.block_n % 64 or not 64 <= cfg.block_n <= 256:
+        return f"block_n {cfg.block_n} is not a multiple of 64 in [64, 256] (wgmma N, 128-byte B boxes)"
+    if m % cfg.block_m or n % cfg.block_n or k % BK:
+        return (f"tile {cfg.block_m}x{cfg.block_n}x{BK} does not divide the shape {m}x{n}x{k} "
+                "(no boundary handling)")
+    if cfg.smem_bytes > SMEM_LIMIT:
+        return f"shared memory {cfg.smem_bytes} B over the {SMEM_LIMIT} B a block can have"
+    if cfg.persistent and not cfg.warp_specialized:
+        return "persistent needs warp_specialized (the simple body computes one tile per CTA)"
+    return None
 
 
 def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.tirx.PrimFunc:
@@ -117,7 +155,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
     sdo = 1024 // 16                # 8-row atom stride (SBO), 16-byte units
     max_tiles_per_cta = (num_tiles + grid - 1) // grid
 
-    nreg_producer, nreg_consumer = 40, (232 if WG == 2 else 240)
+    nreg_producer, nreg_consumer = PRODUCER_REGS, cfg.consumer_regs
 
     # fmt: off
     @T.macro
@@ -287,3 +325,72 @@ def build(func: tvm.tirx.PrimFunc, target: tvm.target.Target | None = None) -> t
 def cuda_source(ex: tvm.runtime.Executable) -> str:
     """The generated CUDA source of a built kernel (kept as source where no driver is present)."""
     return ex.mod.imports[0].inspect_source()
+
+
+def _product_shape(op: Op) -> tuple[int, int, int, int]:
+    g = op.shape
+    return g["m"], g["n"], g["k"], g.get("b", 0)
+
+
+@register
+class HopperGemmSpace(KnobSpace):
+    """The TIRx wgmma + TMA GEMM family for matmul / batch_matmul with float16 inputs on sm_90.
+
+    The builder compiles `module(config)` with `target=self.target` (sm_90a, which wgmma and
+    setmaxnreg need; `main` also carries it as its "target" attribute) and `**compile_options`.
+    """
+
+    name = "hopper_gemm"
+    compile_options = {"tir_pipeline": "tirx"}
+
+    def __init__(self, op: Op, target: Target) -> None:
+        super().__init__(op, sm90a(target))
+
+    @classmethod
+    def applies(cls, op: Op, target: Target) -> bool:
+        if op.name not in ("matmul", "batch_matmul") or op.dtype != "float16":
+            return False
+        if target.kind.name != "cuda" or not str(target.attrs.get("arch", "")).startswith("sm_90"):
+            return False
+        m, n, k, _ = _product_shape(op)
+        return op.output_dtype in ("float32", "float16") and m % 64 == 0 and n % 64 == 0 and k % BK == 0
+
+    @property
+    def knobs(self) -> tuple[Knob, ...]:
+        return (Knob("block_n", (64, 128, 192, 256)), Knob("consumers", (1, 2)),
+                Knob("stages", (2, 3, 4, 5, 6)), Knob("warp_specialized", (False, True)),
+                Knob("persistent", (False, True)), Knob("group_m", (1, 4, 8, 16)),
+                Knob("l2_promotion", (0, 2, 3)))
+
+    def gemm_config(self, config: Config) -> GemmConfig:
+        return GemmConfig(**config, out_dtype=self.op.output_dtype)
+
+    def reject(self, config: Config) -> str | None:
+        m, n, k, _ = _product_shape(self.op)
+        return reject(m, n, k, self.gemm_config(config))
+
+    def module(self, config: Config) -> tvm.IRModule:
+        m, n, k, b = _product_shape(self.op)
+        func = gemm_func(m, n, k, self.gemm_config(config), batch=b)
+        return tvm.IRModule({"main": func.with_attr("target", self.target)})
+
+    def features(self, config: Config) -> dict[str, float]:
+        cfg = self.gemm_config(config)
+        m, n, k, b = _product_shape(self.op)
+        tiles = max(b, 1) * (m // cfg.block_m) * (n // cfg.block_n)
+        ctas_per_sm = 1 if cfg.persistent else max(1, min(
+            SMEM_PER_SM // cfg.smem_bytes, REGS_PER_SM // cfg.regs_per_cta, 2048 // cfg.threads))
+        slots = NUM_SMS * ctas_per_sm
+        waves = tiles / slots
+        out_bytes = 4 if cfg.out_dtype == "float32" else 2
+        return {
+            "block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": BK, "stages": cfg.stages,
+            "consumers": cfg.consumers, "warp_specialized": float(cfg.warp_specialized),
+            "persistent": float(cfg.persistent), "group_m": cfg.group_m, "l2_promotion": cfg.l2_promotion,
+            "threads": cfg.threads, "smem_bytes": cfg.smem_bytes, "acc_regs": cfg.acc_regs,
+            "tiles": tiles, "k_tiles": k // BK, "ctas_per_sm": ctas_per_sm, "waves": waves,
+            "wave_efficiency": waves / math.ceil(waves), "occupancy_warps": ctas_per_sm * cfg.threads / 32,
+            # bytes moved from L2 into shared memory per FLOP, and the output bytes per FLOP
+            "l2_bytes_per_flop": (cfg.block_m + cfg.block_n) / (cfg.block_m * cfg.block_n),
+            "out_bytes_per_flop": out_bytes / (2 * k),
+        }
