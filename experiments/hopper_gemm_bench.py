@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 
 from energy_tuner.schedules import make_op
-from energy_tuner.schedules.hopper_gemm import GemmConfig, build, gemm_func
+from energy_tuner.schedules.hopper_gemm import GemmConfig, build, gemm_func, reject
 
 CASES = {
     "mm4096": ("matmul", "4096,4096,4096"), "mm8192": ("matmul", "8192,8192,8192"),
@@ -36,6 +36,7 @@ CONFIGS = {
     "ws": dict(warp_specialized=True),
     "wsp": dict(warp_specialized=True, persistent=True),
     "wsp_g16": dict(warp_specialized=True, persistent=True, group_m=16),
+    "wsp_tma": dict(warp_specialized=True, persistent=True, group_m=16, stages=3, epilogue="tma"),
 }
 
 
@@ -120,6 +121,9 @@ def main() -> None:
                 cfg = GemmConfig(**CONFIGS[cname], out_dtype=op.output_dtype)
                 row = {"case": case, "op": op.name, "shape": op.shape, "out_dtype": op.output_dtype,
                        "config": cname, "knobs": asdict(cfg)}
+                g = op.shape
+                if reject(g["m"], g["n"], g["k"], cfg):
+                    continue
                 try:
                     t = time.time()
                     so = os.path.join(args.out, f"{case}_{accum}_{cname}.so")

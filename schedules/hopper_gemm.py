@@ -14,7 +14,10 @@ The kernel, for one output tile of BM x BN per CTA:
   registers to the consumers); otherwise thread 0 of the first consumer also issues them;
 - `persistent`: a grid of at most one CTA per SM walks the tiles (the pipeline runs on across tiles,
   so the producer loads the next tile while the consumers store this one); the tile order is
-  grouped by `group_m` rows of tiles (raster along n inside a group), for L2 reuse.
+  grouped by `group_m` rows of tiles (raster along n inside a group), for L2 reuse;
+- `epilogue`: `direct` stores the accumulators from registers with 8-byte (fp32) / 4-byte (fp16)
+  vector stores; `tma` (fp16 output, warp-specialized) writes them into 128B-swizzled shared memory
+  and one thread TMA-stores the tile, which drains while the next tile's mainloop runs.
 
 Shared-memory layouts (CUTLASS's canonical GMMA layouts, 128B swizzle):
 - A, K-major: rows of BK = 64 fp16 = 128 bytes, 8-row atoms of 1024 bytes (SBO = 1024 B, LBO unused);
@@ -57,6 +60,7 @@ class GemmConfig:
     group_m: int = 8
     out_dtype: str = "float32"
     l2_promotion: int = 2      # CUtensorMapL2promotion: 0 none, 1 64B, 2 128B, 3 256B
+    epilogue: str = "direct"   # direct: registers -> global; tma: registers -> swizzled smem -> TMA store
 
     @property
     def block_m(self) -> int:
@@ -71,9 +75,14 @@ class GemmConfig:
         return (self.block_m + self.block_n) * BK * 2
 
     @property
+    def c_tile_bytes(self) -> int:
+        """The output tile staged in shared memory by the tma epilogue."""
+        return self.block_m * self.block_n * 2 if self.epilogue == "tma" else 0
+
+    @property
     def smem_bytes(self) -> int:
-        """Dynamic (the stages) plus static (the mbarriers) shared memory of one CTA."""
-        return self.stages * self.stage_bytes + STATIC_SMEM
+        """Dynamic (the stages, the staged output tile) plus static (the mbarriers) shared memory."""
+        return self.stages * self.stage_bytes + self.c_tile_bytes + STATIC_SMEM
 
     @property
     def consumer_regs(self) -> int:
@@ -105,6 +114,8 @@ def reject(m: int, n: int, k: int, cfg: GemmConfig) -> str | None:
         return f"shared memory {cfg.smem_bytes} B over the {SMEM_LIMIT} B a block can have"
     if cfg.persistent and not cfg.warp_specialized:
         return "persistent needs warp_specialized (the simple body computes one tile per CTA)"
+    if cfg.epilogue == "tma" and (cfg.out_dtype != "float16" or not cfg.warp_specialized):
+        return "the tma epilogue is written for float16 output and the warp-specialized body"
     return None
 
 
@@ -136,6 +147,14 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                   else [n, k, n * 2, 64, BK, 1, 1])
     tail = [0, SWIZZLE_128B, l2p, 0]
     a_map_args, b_map_args = a_map_args + tail, b_map_args + tail
+    # the tma epilogue stores C in boxes of 64 columns (128 bytes of fp16) x BM rows
+    c_map_args = ([n, m, nb, n * 2, m * n * 2, 64, BM, 1, 1, 1, 1] if batch
+                  else [n, m, n * 2, 64, BM, 1, 1]) + [0, SWIZZLE_128B, 0, 0]
+    tma_epi = cfg.epilogue == "tma"
+    c_off = S * stage_elems                      # the staged C tile, after the stages (1024 B aligned)
+    smem_elems = S * stage_elems + cfg.c_tile_bytes // 2
+    consumer_threads = 128 * WG
+    tma_store = f"cp.async.bulk.tensor.{rank}d.global.shared::cta.tile.bulk_group"
     n_pro = min(S, k_tiles)
     a_elems, chunk_elems = BM * BK, BK * 64
     stage_bytes = cfg.stage_bytes
@@ -149,6 +168,9 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
 
     def c_batch(bi):
         return (bi,) if batch else ()
+
+    def c_coords(col, row, bi):
+        return (col, row, bi) if batch else (col, row)
 
     wgmma = f"wgmma.mma_async.sync.aligned.m64n{BN}k16.f32.f16.f16"
     b_ldo = BK * 128 // 16          # chunk stride (LBO), 16-byte units
@@ -194,6 +216,25 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
             for h in T.unroll(2):
                 for c in T.vectorized(2):
                     C[(*c_batch(bi), tm * BM + ctid // 32 * 16 + ctid % 32 // 4 + h * 8, tn * BN + i * 8 + ctid % 4 * 2 + c)] = T.Cast(out, acc[i * 4 + h * 2 + c])
+
+    @T.macro
+    def store_tile_tma(C_map, smem, acc, tm, tn, bi, ctid):
+        """Consumers write the tile as fp16 into 128B-swizzled smem boxes (64 columns x BM rows,
+        conflict-free for the fragment layout), then one thread TMA-stores the boxes; the store
+        drains while the next tile's mainloop runs (waited for before the smem is written again)."""
+        if ctid == 0:
+            T.ptx["cp.async.bulk.wait_group.read"](0)
+        T.ptx.bar.sync(1, consumer_threads)
+        for i in T.unroll(BN // 8):
+            for h in T.unroll(2):
+                for c in T.vectorized(2):
+                    smem[c_off + i // 8 * (BM * 64) + (ctid // 32 * 16 + ctid % 32 // 4 + h * 8) * 64 + (i % 8 ^ ctid % 32 // 4) * 8 + ctid % 4 * 2 + c] = T.Cast("float16", acc[i * 4 + h * 2 + c])
+        T.ptx.fence.proxy.async_.shared__cta()
+        T.ptx.bar.sync(1, consumer_threads)
+        if ctid == 0:
+            for j in T.unroll(n_chunks):
+                T.ptx[tma_store](T.address_of(C_map), *c_coords(tn * BN + j * 64, tm * BM, bi), smem.ptr_to([c_off + j * BM * 64]))
+            T.ptx.cp.async_.bulk.commit_group()
 
     @T.prim_func
     def simple(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
@@ -254,11 +295,14 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, "float16", rank, A.data, *a_map_args)
         B_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
         T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
+        C_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        if tma_epi:
+            T.call_packed("runtime.cuTensorMapEncodeTiled", C_map, "float16", rank, C.data, *c_map_args)
 
         T.device_entry()
         bid = T.cta_id([grid])
         tid = T.thread_id([threads])
-        smem = T.alloc_buffer((S * stage_elems,), "float16", scope="shared.dyn", align=1024)
+        smem = T.alloc_buffer((smem_elems,), "float16", scope="shared.dyn", align=1024)
         full = T.alloc_shared((S,), "uint64")
         empty = T.alloc_shared((S,), "uint64")
         acc = T.alloc_local((acc_n,), "float32")
@@ -305,7 +349,13 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                     T.ptx.wgmma.wait_group.sync.aligned(0)
                     if tid % 128 == 0:
                         T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
-                    store_tile(C, acc, tm, tn, bi, tid - 128)
+                    if tma_epi:
+                        store_tile_tma(C_map, smem, acc, tm, tn, bi, tid - 128)
+                    else:
+                        store_tile(C, acc, tm, tn, bi, tid - 128)
+            if tma_epi:
+                if tid == 128:
+                    T.ptx.cp.async_.bulk.wait_group(0)
     # fmt: on
     return specialized if ws else simple
 
@@ -360,7 +410,7 @@ class HopperGemmSpace(KnobSpace):
         return (Knob("block_n", (64, 128, 192, 256)), Knob("consumers", (1, 2)),
                 Knob("stages", (2, 3, 4, 5, 6)), Knob("warp_specialized", (False, True)),
                 Knob("persistent", (False, True)), Knob("group_m", (1, 4, 8, 16)),
-                Knob("l2_promotion", (0, 2, 3)))
+                Knob("l2_promotion", (0, 2, 3)), Knob("epilogue", ("direct", "tma")))
 
     def gemm_config(self, config: Config) -> GemmConfig:
         return GemmConfig(**config, out_dtype=self.op.output_dtype)

@@ -25,7 +25,8 @@ from energy_tuner.schedules.knobs import knob_spaces
 
 H100 = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024})
 BEST = dict(block_n=256, consumers=2, stages=4, warp_specialized=True, persistent=True, group_m=8,
-            l2_promotion=2)
+            l2_promotion=2, epilogue="direct")
+TMA_EPILOGUE = dict(BEST, stages=3, epilogue="tma")
 
 
 def _has_sm90_gpu() -> bool:
@@ -65,6 +66,8 @@ def test_registered_and_builds_for_sm90a():
     (dict(BEST, block_n=192), "4096,4096,4096", "does not divide"),
     (dict(BEST, consumers=2), "192,256,256", "does not divide"),           # block_m 128 vs m 192
     (dict(BEST, warp_specialized=False), "4096,4096,4096", "persistent needs"),
+    (TMA_EPILOGUE, "4096,4096,4096", "float16 output"),                  # fp32 output
+    (dict(TMA_EPILOGUE, stages=4), "4096,4096,4096", "shared memory"),    # 4 x 48 KB + 64 KB
 ])
 def test_reject_names_the_reason(config, shape, reason):
     got = HopperGemmSpace(_op(shape), H100).reject(config)
@@ -108,6 +111,7 @@ def test_sample_and_mutate_stay_in_the_knob_space():
 LOWERED = [
     ("4096,4096,4096", None, "matmul", BEST),
     ("4096,4096,4096", "float16", "matmul", dict(BEST, group_m=16)),
+    ("4096,4096,4096", "float16", "matmul", TMA_EPILOGUE),
     ("512,768,1024", None, "matmul", dict(BEST, block_n=128, consumers=1, stages=3,
                                           warp_specialized=False, persistent=False)),
     ("b=4,m=256,n=256,k=512", None, "batch_matmul", dict(BEST, block_n=64, persistent=False)),
@@ -131,6 +135,7 @@ def test_lowers_to_wgmma_and_tma(lowered_sources):
         assert "cp.async.bulk.tensor" in src and "mbarrier.try_wait.parity" in src
         assert "const __grid_constant__ CUtensorMap" in src
         assert ("setmaxnreg" in src) == config["warp_specialized"]
+        assert ("global.shared::cta.tile.bulk_group" in src) == (config["epilogue"] == "tma")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -231,6 +236,8 @@ CORRECT = [
     ("640,512,4096", None, "matmul", dict(BEST, block_n=64, consumers=2, warp_specialized=False,
                                           persistent=False, stages=3, l2_promotion=0)),
     ("b=3,m=256,n=512,k=512", None, "batch_matmul", BEST),
+    ("1024,1024,2048", "float16", "matmul", TMA_EPILOGUE),
+    ("768,512,1024", "float16", "matmul", dict(TMA_EPILOGUE, block_n=128, group_m=1)),
 ]
 
 
