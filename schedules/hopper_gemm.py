@@ -128,7 +128,6 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
     grid = min(num_tiles, NUM_SMS) if cfg.persistent else num_tiles
     tiles_per_batch = tiles_m * tiles_n
     group = max(1, min(cfg.group_m, tiles_m))
-    a_bytes, b_chunk_bytes = BM * BK * 2, BK * 64 * 2
     stage_elems = cfg.stage_bytes // 2
     n_chunks = BN // 64
     acc_n = cfg.acc_regs

@@ -274,3 +274,24 @@ def test_exported_kernel_runs_in_a_fresh_process(tmp_path):
 def test_module_reject_is_the_same_rule():
     assert reject(4096, 4096, 4096, GemmConfig(**BEST)) is None
     assert "divide" in reject(4096, 4096, 4000, GemmConfig(**BEST))
+
+
+def test_recorded_gpu_measurements_replay_in_the_space():
+    """The configs measured on the H200 are points of the space today (same knobs, accepted by
+    reject), so a search over the space can replay them; their best is the one the table reports."""
+    import json
+    from pathlib import Path
+    records = json.loads((Path(__file__).parent / "data" / "h200_hopper_gemm_measured.json").read_text())
+    assert len(records) >= 20
+    for r in records:
+        g = r["shape"]
+        name = "batch_matmul" if "b" in g else "matmul"
+        shape = ",".join(f"{k}={g[k]}" for k in ("b", "m", "n", "k") if k in g)
+        op = _op(shape, name, r["out_dtype"] if r["out_dtype"] == "float16" else None)
+        space = HopperGemmSpace(op, H100)
+        assert set(r["config"]) == {k.name for k in space.knobs}
+        assert space.reject(r["config"]) is None
+        assert r["rel_error"] <= op.tolerance and r["mj"] > 0
+    fp16_4096 = [r for r in records if r["shape"] == {"m": 4096, "n": 4096, "k": 4096}
+                 and r["out_dtype"] == "float16"]
+    assert min(fp16_4096, key=lambda r: r["mj"])["config"]["epilogue"] == "tma"
