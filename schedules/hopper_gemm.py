@@ -210,7 +210,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
 
     @T.macro
     def store_tile(C, acc, tm, tn, bi, ctid):
-        """The wgmma accumulator fragment of consumer thread ctid (0..64*WG) to C."""
+        """The wgmma accumulator fragment of consumer thread ctid (0 .. 128 * consumers) to C."""
         for i in T.unroll(BN // 8):
             for h in T.unroll(2):
                 for c in T.vectorized(2):
