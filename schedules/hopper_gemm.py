@@ -1,0 +1,445 @@
+"""A Hopper (sm_90a) GEMM kernel family written in TVM's TIRx: TMA + mbarrier pipeline + wgmma.
+
+C[m, n] = A[m, k] @ B[k, n] (all row-major, as schedules/matmul.py defines the op), fp16 inputs,
+fp32 accumulators in registers, fp32 or fp16 output; batch_matmul adds a leading batch axis.
+
+The kernel, for one output tile of BM x BN per CTA:
+- A tile (BM x BK, K-major) and B tile (BK x BN, N-major, so wgmma reads it transposed) are loaded by
+  TMA (`cp.async.bulk.tensor`) into 128-byte-swizzled shared memory, `stages` deep; each stage
+  completes on a "full" mbarrier (expect_tx bytes) and is released on an "empty" mbarrier;
+- each consumer warpgroup owns 64 rows of the tile and issues `wgmma.mma_async.m64n{BN}k16` with both
+  operands named by shared-memory matrix descriptors, keeping one k-step of wgmmas in flight
+  (`wait_group 1`) before it releases the previous stage;
+- `warp_specialized`: one extra producer warpgroup issues the TMA loads (`setmaxnreg` gives its
+  registers to the consumers); otherwise thread 0 of the first consumer also issues them;
+- `persistent`: a grid of at most one CTA per SM walks the tiles (the pipeline runs on across tiles,
+  so the producer loads the next tile while the consumers store this one); the tile order is
+  grouped by `group_m` rows of tiles (raster along n inside a group), for L2 reuse;
+- `epilogue`: `direct` stores the accumulators from registers with 8-byte (fp32) / 4-byte (fp16)
+  vector stores; `tma` (fp16 output, warp-specialized) writes them into 128B-swizzled shared memory
+  and one thread TMA-stores the tile, which drains while the next tile's mainloop runs.
+
+Shared-memory layouts (CUTLASS's canonical GMMA layouts, 128B swizzle):
+- A, K-major: rows of BK = 64 fp16 = 128 bytes, 8-row atoms of 1024 bytes (SBO = 1024 B, LBO unused);
+  the k16 slice kk starts 32*kk bytes into the row.
+- B, N-major: chunks of 64 columns (128 bytes) x BK rows, one TMA box each; within a chunk 8-row atoms
+  of 1024 B along k (SBO), chunks BK * 128 bytes apart along n (LBO); the k16 slice kk starts
+  kk * 16 rows = 2048 bytes into each chunk.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tvm
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from .knobs import Config, Knob, KnobSpace, register
+from .op import Op
+
+BK = 64                       # 64 fp16 = 128 bytes: one 128B-swizzle row
+SWIZZLE_128B = 3              # CUtensorMapSwizzle / descriptor swizzle code
+SMEM_LIMIT = 232448           # sm_90 opt-in shared memory per block (227 KB), static included
+SMEM_PER_SM = 233472          # shared memory of one SM (228 KB)
+STATIC_SMEM = 1024            # the mbarriers (ptxas reports 1 KB of static shared memory)
+REGS_PER_SM = 65536
+NUM_SMS = 132                 # H100 SXM / H200
+OVERHEAD_REGS = 40            # registers a consumer thread needs beside its accumulators (ptxas: ~154 - 128)
+PRODUCER_REGS = 40            # setmaxnreg.dec target of the producer warpgroup
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One point of the family. block_m = 64 * consumers (each consumer warpgroup owns 64 rows)."""
+    block_n: int = 256
+    consumers: int = 2
+    stages: int = 4
+    warp_specialized: bool = False
+    persistent: bool = False
+    group_m: int = 8
+    out_dtype: str = "float32"
+    l2_promotion: int = 2      # CUtensorMapL2promotion: 0 none, 1 64B, 2 128B, 3 256B
+    epilogue: str = "direct"   # direct: registers -> global; tma: registers -> swizzled smem -> TMA store
+
+    @property
+    def block_m(self) -> int:
+        return 64 * self.consumers
+
+    @property
+    def threads(self) -> int:
+        return 128 * (self.consumers + int(self.warp_specialized))
+
+    @property
+    def stage_bytes(self) -> int:
+        return (self.block_m + self.block_n) * BK * 2
+
+    @property
+    def c_tile_bytes(self) -> int:
+        """The output tile staged in shared memory by the tma epilogue."""
+        return self.block_m * self.block_n * 2 if self.epilogue == "tma" else 0
+
+    @property
+    def smem_bytes(self) -> int:
+        """Dynamic (the stages, the staged output tile) plus static (the mbarriers) shared memory."""
+        return self.stages * self.stage_bytes + self.c_tile_bytes + STATIC_SMEM
+
+    @property
+    def consumer_regs(self) -> int:
+        """Registers of a consumer thread: setmaxnreg's target when warp specialized, else the
+        accumulators plus what ptxas needed beside them (154 at block_n = 256)."""
+        if self.warp_specialized:
+            return 232 if self.consumers == 2 else 240
+        return min(255, self.acc_regs + OVERHEAD_REGS)
+
+    @property
+    def regs_per_cta(self) -> int:
+        producer = 128 * PRODUCER_REGS if self.warp_specialized else 0
+        return producer + 128 * self.consumers * self.consumer_regs
+
+    @property
+    def acc_regs(self) -> int:
+        """fp32 accumulator registers per consumer thread (64 x block_n per 128 threads)."""
+        return self.block_n // 2
+
+
+def reject(m: int, n: int, k: int, cfg: GemmConfig) -> str | None:
+    """Why the hardware (or this template) cannot run cfg on an m x n x k product, else None."""
+    if cfg.block_n % 64 or not 64 <= cfg.block_n <= 256:
+        return f"block_n {cfg.block_n} is not a multiple of 64 in [64, 256] (wgmma N, 128-byte B boxes)"
+    if m % cfg.block_m or n % cfg.block_n or k % BK:
+        return (f"tile {cfg.block_m}x{cfg.block_n}x{BK} does not divide the shape {m}x{n}x{k} "
+                "(no boundary handling)")
+    if cfg.smem_bytes > SMEM_LIMIT:
+        return f"shared memory {cfg.smem_bytes} B over the {SMEM_LIMIT} B a block can have"
+    if cfg.persistent and not cfg.warp_specialized:
+        return "persistent needs warp_specialized (the simple body computes one tile per CTA)"
+    if cfg.epilogue == "tma" and (cfg.out_dtype != "float16" or not cfg.warp_specialized):
+        return "the tma epilogue is written for float16 output and the warp-specialized body"
+    return None
+
+
+def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.tirx.PrimFunc:
+    """The TIRx PrimFunc main(A, B, C) for C = A @ B; batch > 0 makes it batched (b, m, k) x (b, k, n)."""
+    BM, BN, S, WG = cfg.block_m, cfg.block_n, cfg.stages, cfg.consumers
+    nb = max(batch, 1)
+    tiles_m, tiles_n, k_tiles = m // BM, n // BN, k // BK
+    num_tiles = nb * tiles_m * tiles_n
+    grid = min(num_tiles, NUM_SMS) if cfg.persistent else num_tiles
+    tiles_per_batch = tiles_m * tiles_n
+    group = max(1, min(cfg.group_m, tiles_m))
+    stage_elems = cfg.stage_bytes // 2
+    n_chunks = BN // 64
+    acc_n = cfg.acc_regs
+    out = cfg.out_dtype
+    ws = cfg.warp_specialized
+    threads = cfg.threads
+    l2p = cfg.l2_promotion
+    shape_a = (batch, m, k) if batch else (m, k)
+    shape_b = (batch, k, n) if batch else (k, n)
+    shape_c = (batch, m, n) if batch else (m, n)
+    rank = 3 if batch else 2
+    # TMA maps: dims innermost first, strides in bytes of the outer dims
+    a_map_args = ([k, m, nb, k * 2, m * k * 2, BK, BM, 1, 1, 1, 1] if batch
+                  else [k, m, k * 2, BK, BM, 1, 1])
+    b_map_args = ([n, k, nb, n * 2, k * n * 2, 64, BK, 1, 1, 1, 1] if batch
+                  else [n, k, n * 2, 64, BK, 1, 1])
+    tail = [0, SWIZZLE_128B, l2p, 0]
+    a_map_args, b_map_args = a_map_args + tail, b_map_args + tail
+    # the tma epilogue stores C in boxes of 64 columns (128 bytes of fp16) x BM rows
+    c_map_args = ([n, m, nb, n * 2, m * n * 2, 64, BM, 1, 1, 1, 1] if batch
+                  else [n, m, n * 2, 64, BM, 1, 1]) + [0, SWIZZLE_128B, 0, 0]
+    tma_epi = cfg.epilogue == "tma"
+    c_off = S * stage_elems                      # the staged C tile, after the stages (1024 B aligned)
+    smem_elems = S * stage_elems + cfg.c_tile_bytes // 2
+    consumer_threads = 128 * WG
+    tma_store = f"cp.async.bulk.tensor.{rank}d.global.shared::cta.tile.bulk_group"
+    n_pro = min(S, k_tiles)
+    a_elems, chunk_elems = BM * BK, BK * 64
+    stage_bytes = cfg.stage_bytes
+    tma = f"cp.async.bulk.tensor.{rank}d.shared::cluster.global.mbarrier::complete_tx::bytes"
+
+    def a_coords(kt, tm, bi):
+        return (kt * BK, tm * BM, bi) if batch else (kt * BK, tm * BM)
+
+    def b_coords(kt, col, bi):
+        return (col, kt * BK, bi) if batch else (col, kt * BK)
+
+    def c_batch(bi):
+        return (bi,) if batch else ()
+
+    def c_coords(col, row, bi):
+        return (col, row, bi) if batch else (col, row)
+
+    wgmma = f"wgmma.mma_async.sync.aligned.m64n{BN}k16.f32.f16.f16"
+    b_ldo = BK * 128 // 16          # chunk stride (LBO), 16-byte units
+    sdo = 1024 // 16                # 8-row atom stride (SBO), 16-byte units
+    max_tiles_per_cta = (num_tiles + grid - 1) // grid
+
+    nreg_producer, nreg_consumer = PRODUCER_REGS, cfg.consumer_regs
+
+    # fmt: off
+    @T.macro
+    def tile_coords(tile, tm, tn, bi):
+        """tile -> (tm, tn, bi): groups of `group` tile rows, raster along n inside a group."""
+        grp: T.let[T.int32] = (tile % tiles_per_batch) // (group * tiles_n)
+        first_m: T.let[T.int32] = grp * group
+        gsize: T.let[T.int32] = T.min(tiles_m - first_m, group)
+        in_grp: T.let[T.int32] = (tile % tiles_per_batch) % (group * tiles_n)
+        tm = first_m + in_grp % gsize
+        tn = in_grp // gsize
+        bi = tile // tiles_per_batch
+
+    @T.macro
+    def load_stage(smem, full, A_map, B_map, s, kt, tm, tn, bi):
+        """One elected thread: expect the stage's bytes on full[s], then issue its TMA copies."""
+        T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(full[s]), T.uint32(stage_bytes))
+        T.ptx[tma](smem.ptr_to([s * stage_elems]), T.address_of(A_map), *a_coords(kt, tm, bi), T.address_of(full[s]))
+        for j in T.unroll(n_chunks):
+            T.ptx[tma](smem.ptr_to([s * stage_elems + a_elems + j * chunk_elems]), T.address_of(B_map), *b_coords(kt, tn * BN + j * 64, bi), T.address_of(full[s]))
+
+    @T.macro
+    def mma_stage(smem, acc, desc_a, desc_b, s, cwg):
+        """Consumer warpgroup cwg: BK/16 wgmmas over stage s into acc, committed as one group."""
+        T.ptx.wgmma.fence.sync.aligned()
+        for kk in T.unroll(BK // 16):
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc_a), smem.ptr_to([s * stage_elems + cwg * 64 * BK + kk * 16]), 1, sdo, SWIZZLE_128B)
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc_b), smem.ptr_to([s * stage_elems + a_elems + kk * 16 * 64]), b_ldo, sdo, SWIZZLE_128B)
+            T.ptx[wgmma](*[acc[i] for i in range(acc_n)], desc_a, desc_b, True, 1, 1, 0, 1)
+        T.ptx.wgmma.commit_group.sync.aligned()
+
+    @T.macro
+    def store_tile(C, acc, tm, tn, bi, ctid):
+        """The wgmma accumulator fragment of consumer thread ctid (0 .. 128 * consumers) to C."""
+        for i in T.unroll(BN // 8):
+            for h in T.unroll(2):
+                for c in T.vectorized(2):
+                    C[(*c_batch(bi), tm * BM + ctid // 32 * 16 + ctid % 32 // 4 + h * 8, tn * BN + i * 8 + ctid % 4 * 2 + c)] = T.Cast(out, acc[i * 4 + h * 2 + c])
+
+    @T.macro
+    def store_tile_tma(C_map, smem, acc, tm, tn, bi, ctid):
+        """Consumers write the tile as fp16 into 128B-swizzled smem boxes (64 columns x BM rows,
+        conflict-free for the fragment layout), then one thread TMA-stores the boxes; the store
+        drains while the next tile's mainloop runs (waited for before the smem is written again)."""
+        if ctid == 0:
+            T.ptx["cp.async.bulk.wait_group.read"](0)
+        T.ptx.bar.sync(1, consumer_threads)
+        for i in T.unroll(BN // 8):
+            for h in T.unroll(2):
+                for c in T.vectorized(2):
+                    smem[c_off + i // 8 * (BM * 64) + (ctid // 32 * 16 + ctid % 32 // 4 + h * 8) * 64 + (i % 8 ^ ctid % 32 // 4) * 8 + ctid % 4 * 2 + c] = T.Cast("float16", acc[i * 4 + h * 2 + c])
+        T.ptx.fence.proxy.async_.shared__cta()
+        T.ptx.bar.sync(1, consumer_threads)
+        if ctid == 0:
+            for j in T.unroll(n_chunks):
+                T.ptx[tma_store](T.address_of(C_map), *c_coords(tn * BN + j * 64, tm * BM, bi), smem.ptr_to([c_off + j * BM * 64]))
+            T.ptx.cp.async_.bulk.commit_group()
+
+    @T.prim_func
+    def simple(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
+        A = T.match_buffer(A_ptr, shape_a, "float16", align=16)
+        B = T.match_buffer(B_ptr, shape_b, "float16", align=16)
+        C = T.match_buffer(C_ptr, shape_c, out, align=16)
+        A_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, "float16", rank, A.data, *a_map_args)
+        B_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
+
+        T.device_entry()
+        bid = T.cta_id([grid])
+        tid = T.thread_id([threads])
+        smem = T.alloc_buffer((S * stage_elems,), "float16", scope="shared.dyn", align=1024)
+        full = T.alloc_shared((S,), "uint64")
+        empty = T.alloc_shared((S,), "uint64")
+        acc = T.alloc_local((acc_n,), "float32")
+        desc_a: T.uint64
+        desc_b: T.uint64
+        tm: T.int32
+        tn: T.int32
+        bi: T.int32
+
+        if tid == 0:
+            for s in T.unroll(S):
+                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
+                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
+            T.ptx.fence.proxy.async_.shared__cta()
+        T.cuda.cta_sync()
+        tile_coords(bid, tm, tn, bi)
+        if tid == 0:
+            for s in T.unroll(n_pro):
+                load_stage(smem, full, A_map, B_map, s, s, tm, tn, bi)
+        for i in T.unroll(acc_n):
+            acc[i] = T.float32(0)
+        for kt in T.serial(k_tiles):
+            T.cuda.mbarrier_wait(T.address_of(full[kt % S]), kt // S % 2)
+            mma_stage(smem, acc, desc_a, desc_b, kt % S, tid // 128)
+            T.ptx.wgmma.wait_group.sync.aligned(1)
+            if kt > 0:
+                # the wgmmas of kt - 1 are done: release its stage and refill it with kt - 1 + S
+                if tid % 128 == 0:
+                    T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(kt - 1) % S]))
+                if tid == 0:
+                    if kt - 1 + S < k_tiles:
+                        T.cuda.mbarrier_wait(T.address_of(empty[(kt - 1) % S]), (kt - 1) // S % 2)
+                        load_stage(smem, full, A_map, B_map, (kt - 1) % S, kt - 1 + S, tm, tn, bi)
+        T.ptx.wgmma.wait_group.sync.aligned(0)
+        store_tile(C, acc, tm, tn, bi, tid)
+
+    @T.prim_func
+    def specialized(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
+        A = T.match_buffer(A_ptr, shape_a, "float16", align=16)
+        B = T.match_buffer(B_ptr, shape_b, "float16", align=16)
+        C = T.match_buffer(C_ptr, shape_c, out, align=16)
+        A_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, "float16", rank, A.data, *a_map_args)
+        B_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
+        C_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
+        if tma_epi:
+            T.call_packed("runtime.cuTensorMapEncodeTiled", C_map, "float16", rank, C.data, *c_map_args)
+
+        T.device_entry()
+        bid = T.cta_id([grid])
+        tid = T.thread_id([threads])
+        smem = T.alloc_buffer((smem_elems,), "float16", scope="shared.dyn", align=1024)
+        full = T.alloc_shared((S,), "uint64")
+        empty = T.alloc_shared((S,), "uint64")
+        acc = T.alloc_local((acc_n,), "float32")
+        desc_a: T.uint64
+        desc_b: T.uint64
+        tm: T.int32
+        tn: T.int32
+        bi: T.int32
+        it: T.int32
+
+        if tid == 0:
+            for s in T.unroll(S):
+                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
+                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
+            T.ptx.fence.proxy.async_.shared__cta()
+        T.cuda.cta_sync()
+        it = 0
+        if tid < 128:
+            # producer warpgroup: one thread streams every k-tile of every tile of this CTA
+            T.ptx["setmaxnreg.dec.sync.aligned.u32"](nreg_producer)
+            if tid == 0:
+                for t in T.serial(max_tiles_per_cta):
+                    if bid + t * grid < num_tiles:
+                        tile_coords(bid + t * grid, tm, tn, bi)
+                        for kt in T.serial(k_tiles):
+                            T.cuda.mbarrier_wait(T.address_of(empty[it % S]), it // S % 2 ^ 1)
+                            load_stage(smem, full, A_map, B_map, it % S, kt, tm, tn, bi)
+                            it = it + 1
+        else:
+            T.ptx["setmaxnreg.inc.sync.aligned.u32"](nreg_consumer)
+            for t in T.serial(max_tiles_per_cta):
+                if bid + t * grid < num_tiles:
+                    tile_coords(bid + t * grid, tm, tn, bi)
+                    for i in T.unroll(acc_n):
+                        acc[i] = T.float32(0)
+                    for kt in T.serial(k_tiles):
+                        T.cuda.mbarrier_wait(T.address_of(full[it % S]), it // S % 2)
+                        mma_stage(smem, acc, desc_a, desc_b, it % S, tid // 128 - 1)
+                        T.ptx.wgmma.wait_group.sync.aligned(1)
+                        if kt > 0:
+                            if tid % 128 == 0:
+                                T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                        it = it + 1
+                    T.ptx.wgmma.wait_group.sync.aligned(0)
+                    if tid % 128 == 0:
+                        T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                    if tma_epi:
+                        store_tile_tma(C_map, smem, acc, tm, tn, bi, tid - 128)
+                    else:
+                        store_tile(C, acc, tm, tn, bi, tid - 128)
+            if tma_epi:
+                if tid == 128:
+                    T.ptx.cp.async_.bulk.wait_group(0)
+    # fmt: on
+    return specialized if ws else simple
+
+
+def sm90a(target: tvm.target.Target | None = None) -> tvm.target.Target:
+    """The CUDA target with arch sm_90a (wgmma and setmaxnreg need the `a` target) and the opt-in
+    shared-memory limit; other attributes are kept from `target`."""
+    base = target.export() if target is not None else {"kind": "cuda", "max_threads_per_block": 1024}
+    return tvm.target.Target({**base, "arch": "sm_90a", "max_shared_memory_per_block": SMEM_LIMIT})
+
+
+def build(func: tvm.tirx.PrimFunc, target: tvm.target.Target | None = None) -> tvm.runtime.Executable:
+    """Compile one kernel of the family through the TIRx pipeline."""
+    return tvm.compile(tvm.IRModule({"main": func}), target=sm90a(target), tir_pipeline="tirx")
+
+
+def cuda_source(ex: tvm.runtime.Executable) -> str:
+    """The generated CUDA source of a built kernel (kept as source where no driver is present)."""
+    return ex.mod.imports[0].inspect_source()
+
+
+def _product_shape(op: Op) -> tuple[int, int, int, int]:
+    g = op.shape
+    return g["m"], g["n"], g["k"], g.get("b", 0)
+
+
+@register
+class HopperGemmSpace(KnobSpace):
+    """The TIRx wgmma + TMA GEMM family for matmul / batch_matmul with float16 inputs on sm_90.
+
+    The builder compiles `module(config)` with `target=self.target` (sm_90a, which wgmma and
+    setmaxnreg need; `main` also carries it as its "target" attribute) and `**compile_options`.
+    """
+
+    name = "hopper_gemm"
+    compile_options = {"tir_pipeline": "tirx"}
+
+    def __init__(self, op: Op, target: Target) -> None:
+        super().__init__(op, sm90a(target))
+
+    @classmethod
+    def applies(cls, op: Op, target: Target) -> bool:
+        if op.name not in ("matmul", "batch_matmul") or op.dtype != "float16":
+            return False
+        if target.kind.name != "cuda" or not str(target.attrs.get("arch", "")).startswith("sm_90"):
+            return False
+        m, n, k, _ = _product_shape(op)
+        return op.output_dtype in ("float32", "float16") and m % 64 == 0 and n % 64 == 0 and k % BK == 0
+
+    @property
+    def knobs(self) -> tuple[Knob, ...]:
+        return (Knob("block_n", (64, 128, 192, 256)), Knob("consumers", (1, 2)),
+                Knob("stages", (2, 3, 4, 5, 6)), Knob("warp_specialized", (False, True)),
+                Knob("persistent", (False, True)), Knob("group_m", (1, 4, 8, 16)),
+                Knob("l2_promotion", (0, 2, 3)), Knob("epilogue", ("direct", "tma")))
+
+    def gemm_config(self, config: Config) -> GemmConfig:
+        return GemmConfig(**config, out_dtype=self.op.output_dtype)
+
+    def reject(self, config: Config) -> str | None:
+        m, n, k, _ = _product_shape(self.op)
+        return reject(m, n, k, self.gemm_config(config))
+
+    def module(self, config: Config) -> tvm.IRModule:
+        m, n, k, b = _product_shape(self.op)
+        func = gemm_func(m, n, k, self.gemm_config(config), batch=b)
+        return tvm.IRModule({"main": func.with_attr("target", self.target)})
+
+    def features(self, config: Config) -> dict[str, float]:
+        cfg = self.gemm_config(config)
+        m, n, k, b = _product_shape(self.op)
+        tiles = max(b, 1) * (m // cfg.block_m) * (n // cfg.block_n)
+        ctas_per_sm = 1 if cfg.persistent else max(1, min(
+            SMEM_PER_SM // cfg.smem_bytes, REGS_PER_SM // cfg.regs_per_cta, 2048 // cfg.threads))
+        slots = NUM_SMS * ctas_per_sm
+        waves = tiles / slots
+        out_bytes = 4 if cfg.out_dtype == "float32" else 2
+        return {
+            "block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": BK, "stages": cfg.stages,
+            "consumers": cfg.consumers, "warp_specialized": float(cfg.warp_specialized),
+            "persistent": float(cfg.persistent), "group_m": cfg.group_m, "l2_promotion": cfg.l2_promotion,
+            "threads": cfg.threads, "smem_bytes": cfg.smem_bytes, "acc_regs": cfg.acc_regs,
+            "tiles": tiles, "k_tiles": k // BK, "ctas_per_sm": ctas_per_sm, "waves": waves,
+            "wave_efficiency": waves / math.ceil(waves), "occupancy_warps": ctas_per_sm * cfg.threads / 32,
+            # bytes moved from L2 into shared memory per FLOP, and the output bytes per FLOP
+            "l2_bytes_per_flop": (cfg.block_m + cfg.block_n) / (cfg.block_m * cfg.block_n),
+            "out_bytes_per_flop": out_bytes / (2 * k),
+        }
