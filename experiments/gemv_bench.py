@@ -1,0 +1,371 @@
+"""fp16 GEMV knob configs (schedules/gemv_knobs.py) against cuBLAS, weights from DRAM, no launch gaps.
+
+    PYTHONPATH=/tmp/site:$PWD python3 experiments/gemv_bench.py --out OUT      (on the GPU)
+    python3 experiments/gemv_bench.py --dry-run --out OUT                      (CPU: plan only)
+
+For each issue-10 shape (n x k = 4096x4096, 14336x4096, 4096x14336, 28672x8192): random normal
+fp16 W and x (torch, seeded), copied into R sets that together exceed 3x the L2
+(measure/l2.py `rotation_count`); `--configs` knob configs (a fixed list of hand-picked ones that
+are valid for the shape, then seeded random valid samples). Each config is built, checked
+against torch's fp32 product (output poisoned with NaN; once called directly, once through the
+rotated launcher), and timed and metered with the project's energy protocol
+(measure/protocol.py, NVML) through `l2.rotated_timer`: one compiled call runs the kernel over
+all R sets, round after round. cuBLAS (torch.mv fp16 out, and torch.mm with fp32 out where this
+torch has `out_dtype`) runs over the same R sets, captured in a CUDA graph, measured with the
+same protocol in the same process: before the first config of a shape, after every
+`--ref-every` configs, and after the last; its figure in the summary is the median of those.
+Writes OUT/results.json (every measurement, rewritten as it goes) and OUT/summary.json (GUIDE
+§6): per shape the least-energy config within 1.03x cuBLAS's time, else the least-energy one.
+`--budget-s` bounds the whole run (default 480 s, under the 9 minutes one device call allows):
+each shape gets an equal share of what is left, and configs that do not fit are not measured.
+
+--dry-run needs no GPU: it writes OUT/plan.json with the configs per shape, the reasons why
+random samples were rejected (counts), and whether each config builds to CUDA source.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm.target import Target
+
+from energy_tuner.measure import l2
+from energy_tuner.schedules import make_op
+from energy_tuner.schedules.gemv_knobs import GemvKnobs
+
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
+MAX_SLOWDOWN = 1.03
+BASE = {"threads_per_row": 32, "rows_per_cta": 4, "vector_bytes": 16, "unroll": 2,
+        "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
+        "split_k": 1, "split_reduce": "atomic"}
+CURATED = [  # changes to BASE: one knob family at a time, then combinations
+    {},
+    {"load": "nc"},
+    {"load": "nc_no_allocate"},
+    {"load": "nc_evict_first"},
+    {"load": "nc_no_allocate", "prefetch": "L2::256B"},
+    {"unroll": 4, "load": "nc_no_allocate"},
+    {"threads_per_row": 64, "rows_per_cta": 2, "unroll": 4, "load": "nc"},
+    {"threads_per_row": 128, "rows_per_cta": 1, "load": "nc_no_allocate"},
+    {"threads_per_row": 16, "rows_per_cta": 8, "unroll": 4, "load": "nc"},
+    {"rows_per_cta": 8, "unroll": 4, "ctas_per_sm": 4, "load": "nc_evict_first", "x_stage": "shared"},
+    {"threads_per_row": 64, "rows_per_cta": 8, "ctas_per_sm": 2, "load": "nc_no_allocate"},
+    {"threads_per_row": 64, "rows_per_cta": 16, "ctas_per_sm": 1, "x_stage": "shared", "load": "nc"},
+    {"split_k": 2, "load": "nc_no_allocate"},
+    {"split_k": 4, "split_reduce": "two_pass", "load": "nc"},
+]
+SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
+               "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
+
+
+# ---------------------------------------------------------------- the plan (CPU)
+def bench_configs(space: GemvKnobs, count: int, seed: int) -> tuple[list[dict], Counter]:
+    """`count` distinct valid configs (curated first, then random samples) and, over 2000 random
+    samples, how often each reject reason (numbers blanked) came up."""
+    configs, keys = [], set()
+    for changes in CURATED:
+        cfg = {**BASE, **changes}
+        if space.reject(cfg) is None and space.key(cfg) not in keys and len(configs) < count:
+            configs.append(cfg)
+            keys.add(space.key(cfg))
+    rng, reasons = np.random.default_rng(seed), Counter()
+    for _ in range(2000):
+        cfg = space.sample(rng)
+        why = space.reject(cfg)
+        reasons[re.sub(r"\d+", "N", why) if why else "valid"] += 1
+        if why is None and space.key(cfg) not in keys and len(configs) < count:
+            configs.append(cfg)
+            keys.add(space.key(cfg))
+    return configs, reasons
+
+
+def dry_run(args) -> int:
+    plan = []
+    for n, k in args.shapes:
+        space = GemvKnobs(make_op("gemv", f"{n},{k}", "float16"), SM90, sms=132)
+        configs, reasons = bench_configs(space, args.configs, args.seed)
+        built = []
+        for cfg in configs:
+            try:
+                ex = tvm.compile(space.module(cfg), target=SM90, **space.compile_options)
+                src = next(m.inspect_source() for m in ex.mod.imports if m.kind == "cuda")
+                built.append("__global__" in src or "binary")
+            except Exception as err:  # a build failure is a finding of the plan, not a crash
+                built.append(f"build error: {str(err).strip().splitlines()[-1][:200]}")
+        plan.append({"shape": {"n": n, "k": k}, "configs": configs, "builds": built,
+                     "sample_rejects": dict(reasons),
+                     "rotation_sets_h200": l2.rotation_count(n * k * 2 + k * 2, 60 << 20)})
+        print(f"{n}x{k}: {len(configs)} configs, {sum(b is True for b in built)} build to CUDA "
+              f"source; random samples valid {reasons['valid']}/2000", flush=True)
+    (args.out / "plan.json").write_text(json.dumps(plan, indent=1))
+    return 0 if all(b is True for p in plan for b in p["builds"]) else 1
+
+
+# ---------------------------------------------------------------- measuring (GPU)
+class Bench:
+    def __init__(self, args) -> None:
+        import torch
+
+        from energy_tuner.compiler.target import opt_in_shared_memory
+        from energy_tuner.measure.meters import NvmlMeter
+        from energy_tuner.measure.protocol import Precision, idle_power
+
+        self.torch, self.args = torch, args
+        self.dev = tvm.cuda(0)
+        self.target = opt_in_shared_memory(Target.from_device(self.dev))
+        self.sms, self.l2 = int(self.dev.multi_processor_count), l2.l2_bytes(self.dev)
+        self.meter = NvmlMeter(0)
+        self.state = self.meter.device_state()
+        self.precision = Precision()
+        self.idle_w = idle_power(self.meter)
+        self.results: list[dict] = []
+
+    def save(self) -> None:
+        (self.args.out / "results.json").write_text(json.dumps(self.results, indent=1))
+
+    def measure(self, run_batch) -> dict:
+        """Sustained latency samples and the energy protocol's figures for run_batch."""
+        from energy_tuner.measure.protocol import measure_energy
+
+        calls = 1
+        while run_batch(calls) * calls < 0.02 and calls < 1 << 20:
+            calls *= 2
+        samples = [run_batch(calls) for _ in range(5)]
+        latency = statistics.median(samples)
+        energy = measure_energy(self.meter, run_batch, latency, self.precision,
+                                self.state["sm_clock_max_mhz"], self.state["power_limit_w"])
+        return {"latency_s": latency, "latency_samples": samples,
+                **{k: v for k, v in asdict(energy).items() if k != "windows"},
+                "windows": energy.windows}
+
+    def rel_error(self, y, ref) -> float:
+        torch = self.torch
+        if not bool(torch.isfinite(y).all()):
+            return math.inf
+        return float(torch.linalg.norm(y.double() - ref) / torch.linalg.norm(ref))
+
+    def cublas(self, case: str, ws, xs, ref) -> list[dict]:
+        torch = self.torch
+        variants = {"cublas fp16->fp16": lambda w, x: torch.mv(w, x)}
+        try:
+            torch.mm(ws[0], xs[0][:, None], out_dtype=torch.float32)
+            variants["cublas fp16->fp32"] = \
+                lambda w, x: torch.mm(w, x[:, None], out_dtype=torch.float32)
+        except (TypeError, RuntimeError) as err:
+            print(f"fp32-out cuBLAS not available: {err}", flush=True)
+        rows = []
+        for name, fn in variants.items():
+            rel = self.rel_error(fn(ws[0], xs[0]).reshape(-1).float(), ref)
+            rows.append({"case": case, "kind": "ref", "name": name, "rel_error": rel,
+                         **self.measure(self._graph_batch(fn, ws, xs))})
+            self.results.append(rows[-1])
+            print(f"  {name}: {rows[-1]['sustained_latency_s'] * 1e6:.1f} us, "
+                  f"{(rows[-1]['energy_j'] or math.nan) * 1e3:.2f} mJ, "
+                  f"{rows[-1]['power_w'] or math.nan:.0f} W", flush=True)
+        return rows
+
+    def _graph_batch(self, fn, ws, xs):
+        """run_batch for a torch call over the rotated sets: a CUDA graph of whole rounds (at
+        least 20 calls per replay), replayed back to back, timed like l2.Launcher."""
+        torch = self.torch
+        rounds = math.ceil(20 / len(ws))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for w, x in zip(ws, xs):
+                fn(w, x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(rounds):
+                for w, x in zip(ws, xs):
+                    fn(w, x)
+        per_replay = rounds * len(ws)
+
+        def run_batch(calls: int) -> float:
+            reps = max(1, math.ceil(calls / per_replay))
+            start = time.perf_counter()
+            for _ in range(reps):
+                graph.replay()
+            torch.cuda.synchronize()
+            return (time.perf_counter() - start) / (reps * per_replay)
+        run_batch.graph = graph   # keep the graph alive as long as the closure
+        return run_batch
+
+    def ours(self, case: str, space: GemvKnobs, cfg: dict, ws, xs, y, ref) -> dict:
+        torch = self.torch
+        row = {"case": case, "kind": "ours", "name": space.name, "config": cfg,
+               "features": space.features(cfg)}
+        try:
+            ex = tvm.compile(space.module(cfg), target=self.target, **space.compile_options)
+        except Exception as err:  # a config that does not build is a result
+            return {**row, "status": "build_error", "error": str(err).strip().splitlines()[-1][:300]}
+        to_tvm = tvm.runtime.from_dlpack
+        tw, tx, ty = [to_tvm(w) for w in ws], [to_tvm(x) for x in xs], to_tvm(y)
+        y.fill_(math.nan)
+        torch.cuda.synchronize()
+        ex["main"](tw[0], tx[0], ty)
+        self.dev.sync()
+        direct = self.rel_error(y, ref)
+        launcher = l2.rotated_timer(ex.mod, [[w, x, ty] for w, x in zip(tw, tx)], self.dev)
+        y.fill_(math.nan)
+        torch.cuda.synchronize()
+        launcher(1)
+        rotated = self.rel_error(y, ref)
+        row.update(rel_error=max(direct, rotated), rel_error_direct=direct,
+                   rel_error_rotated=rotated)
+        if not row["rel_error"] <= space.op.tolerance:
+            return {**row, "status": "wrong"}
+        return {**row, "status": "ok", **self.measure(launcher)}
+
+    def case(self, n: int, k: int, deadline: float) -> None:
+        torch = self.torch
+        case = f"gemv{n}x{k}"
+        op = make_op("gemv", f"{n},{k}", "float16")
+        space = GemvKnobs(op, self.target, sms=self.sms)
+        configs, reasons = bench_configs(space, self.args.configs, self.args.seed)
+        sets = l2.rotation_count(n * k * 2 + k * 2, self.l2)
+        print(f"{case}: {len(configs)} configs, {sets} rotated sets "
+              f"({sets * (n * k * 2 + k * 2) / 1e6:.0f} MB, L2 {self.l2 / 1e6:.0f} MB)", flush=True)
+        gen = torch.Generator(device="cuda").manual_seed(self.args.seed)
+        w0 = torch.randn((n, k), device="cuda", dtype=torch.float16, generator=gen)
+        x0 = torch.randn((k,), device="cuda", dtype=torch.float16, generator=gen)
+        ws, xs = [w0] + [w0.clone() for _ in range(sets - 1)], [x0] + [x0.clone() for _ in range(sets - 1)]
+        ref = (w0.double() @ x0.double())
+        y = torch.empty((n,), device="cuda", dtype=torch.float32)
+        self.results.append({"case": case, "kind": "plan", "sets": sets, "configs": len(configs),
+                             "sample_rejects": dict(reasons)})
+        self.cublas(case, ws, xs, ref)
+        for i, cfg in enumerate(configs):
+            if time.monotonic() > deadline:
+                self.results.append({"case": case, "kind": "skipped", "configs_left": len(configs) - i,
+                                     "why": "time budget"})
+                break
+            try:
+                row = self.ours(case, space, cfg, ws, xs, y, ref)
+            except Exception as err:  # a kernel that fails on the GPU may poison the context
+                row = {"case": case, "kind": "ours", "config": cfg, "status": "run_error",
+                       "error": str(err).strip().splitlines()[-1][:300]}
+                self.results.append(row)
+                self.save()
+                torch.cuda.synchronize()  # raises if the context is gone: the run ends here
+                continue
+            self.results.append(row)
+            self.save()
+            print(f"  [{i}] {row['status']} {space.key(cfg)}" + (
+                f": {row['sustained_latency_s'] * 1e6:.1f} us, {(row['energy_j'] or math.nan) * 1e3:.2f} mJ, "
+                f"{row['power_w'] or math.nan:.0f} W" if row["status"] == "ok" else
+                f": {row.get('error') or row.get('rel_error')}"), flush=True)
+            if (i + 1) % self.args.ref_every == 0 and i + 1 < len(configs):
+                self.cublas(case, ws, xs, ref)
+        self.cublas(case, ws, xs, ref)
+        self.save()
+        del ws, xs, w0, x0, y, ref
+        torch.cuda.empty_cache()
+
+
+def summary(results: list[dict], state: dict, args, gpu: str, driver: str) -> dict:
+    rows = []
+    for n, k in args.shapes:
+        case = f"gemv{n}x{k}"
+        ours = [r for r in results if r["case"] == case and r["kind"] == "ours"
+                and r.get("status") == "ok" and r.get("energy_j")]
+        refs = [r for r in results if r["case"] == case and r["kind"] == "ref" and r.get("energy_j")]
+        ref_name = "cublas fp16->fp32" if any(r["name"] == "cublas fp16->fp32" for r in refs) \
+            else "cublas fp16->fp16"
+        refs = [r for r in refs if r["name"] == ref_name]
+        row = {"case": case, "op": "gemv", "shape": {"n": n, "k": k}, "dtype": "float16",
+               "out_dtype": "float32", "params": {}}
+        if refs:
+            row["ref"] = {"name": ref_name, "repeats": len(refs),
+                          "ms": statistics.median(r["sustained_latency_s"] for r in refs) * 1e3,
+                          "mj": statistics.median(r["energy_j"] for r in refs) * 1e3,
+                          "w": statistics.median(r["power_w"] for r in refs)}
+        if ours:
+            bound = row["ref"]["ms"] / 1e3 * MAX_SLOWDOWN if refs else math.inf
+            within = [r for r in ours if r["sustained_latency_s"] <= bound]
+            best = min(within or ours, key=lambda r: r["energy_j"])
+            row["ours"] = {"ms": best["sustained_latency_s"] * 1e3, "mj": best["energy_j"] * 1e3,
+                           "w": best["power_w"], "rel_error": best["rel_error"],
+                           "objective": f"energy, latency <= {MAX_SLOWDOWN}x ref" if within
+                           else "energy (none within 1.03x ref latency)",
+                           "trials": len(ours), "config": best["config"], "space": best["name"]}
+        rows.append(row)
+    return {"gpu": gpu, "driver": driver, "date": datetime.date.today().isoformat(),
+            "commit": args.commit, "command": " ".join(["python3", *sys.argv]), "l2": "rotate",
+            "l2_note": "inputs rotated over sets totalling > 3x L2; launches from compiled code "
+                       "(ours) or CUDA graphs (cuBLAS); no launch gaps",
+            "idle_w": state.get("idle_w"), "rows": rows}
+
+
+def gpu_run(args) -> int:
+    import pynvml
+
+    bench = Bench(args)
+    start = time.monotonic()
+    for i, (n, k) in enumerate(args.shapes):
+        left = args.budget_s - (time.monotonic() - args.t0)
+        bench.case(n, k, deadline=time.monotonic() + left / (len(args.shapes) - i))
+    bench.save()
+    gpu = bench.torch.cuda.get_device_name()
+    driver = pynvml.nvmlSystemGetDriverVersion()
+    state = {**bench.state, "idle_w": bench.idle_w}
+    (args.out / "summary.json").write_text(json.dumps(summary(bench.results, state, args, gpu, driver),
+                                                      indent=1))
+    bench.meter.close()
+    print(f"done in {time.monotonic() - start:.0f} s; {args.out / 'summary.json'}", flush=True)
+    return 0
+
+
+def shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        out = [tuple(int(v) for v in part.split("x")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shapes must look like 4096x4096,14336x4096, got {text!r}")
+    if any(len(s) != 2 or min(s) < 1 for s in out):
+        raise argparse.ArgumentTypeError(f"shapes must look like 4096x4096,14336x4096, got {text!r}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--shapes", type=shapes, default=SHAPES, help="NxK,NxK,... (default: issue 10's)")
+    ap.add_argument("--configs", type=int, default=14, help="knob configs per shape")
+    ap.add_argument("--ref-every", type=int, default=5, help="re-measure cuBLAS after this many configs")
+    ap.add_argument("--budget-s", type=float, default=480.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--commit", default=os.environ.get("COMMIT", "unknown"))
+    ap.add_argument("--dry-run", action="store_true", help="plan and build to CUDA source only (no GPU)")
+    args = ap.parse_args(argv)
+    args.t0 = time.monotonic()
+    if args.configs < 1 or args.ref_every < 1:
+        print("--configs and --ref-every must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"cannot create --out {args.out}: {err.strerror}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return dry_run(args)
+    if not tvm.cuda(0).exist:
+        print("no CUDA device visible to TVM (use --dry-run on a CPU)", file=sys.stderr)
+        return 2
+    return gpu_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
