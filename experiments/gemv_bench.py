@@ -277,9 +277,12 @@ class Bench:
 
 
 def summary(results: list[dict], state: dict, args, gpu: str, driver: str) -> dict:
+    """GUIDE §6 rows for the shapes that have results."""
     rows = []
     for n, k in args.shapes:
         case = f"gemv{n}x{k}"
+        if not any(r["case"] == case for r in results):
+            continue
         ours = [r for r in results if r["case"] == case and r["kind"] == "ours"
                 and r.get("status") == "ok" and r.get("energy_j")]
         refs = [r for r in results if r["case"] == case and r["kind"] == "ref" and r.get("energy_j")]
@@ -314,18 +317,16 @@ def gpu_run(args) -> int:
     import pynvml
 
     bench = Bench(args)
-    start = time.monotonic()
+    gpu, driver = bench.torch.cuda.get_device_name(), pynvml.nvmlSystemGetDriverVersion()
+    state = {**bench.state, "idle_w": bench.idle_w}
     for i, (n, k) in enumerate(args.shapes):
         left = args.budget_s - (time.monotonic() - args.t0)
         bench.case(n, k, deadline=time.monotonic() + left / (len(args.shapes) - i))
-    bench.save()
-    gpu = bench.torch.cuda.get_device_name()
-    driver = pynvml.nvmlSystemGetDriverVersion()
-    state = {**bench.state, "idle_w": bench.idle_w}
-    (args.out / "summary.json").write_text(json.dumps(summary(bench.results, state, args, gpu, driver),
-                                                      indent=1))
+        # after every shape, so that a run cut short still leaves the shapes it finished
+        (args.out / "summary.json").write_text(
+            json.dumps(summary(bench.results, state, args, gpu, driver), indent=1))
     bench.meter.close()
-    print(f"done in {time.monotonic() - start:.0f} s; {args.out / 'summary.json'}", flush=True)
+    print(f"done in {time.monotonic() - args.t0:.0f} s; {args.out / 'summary.json'}", flush=True)
     return 0
 
 
