@@ -25,11 +25,12 @@ L1::no_allocate: streamed weights do not displace x in L1), `nc_evict_first` (ld
 with an L2::cache_hint policy from createpolicy evict_first: weights leave L2 first).
 `prefetch` adds the L2::128B/256B prefetch-size qualifier to the PTX loads.
 
-Not (yet) in the space: bulk asynchronous copies (cp.async.bulk into shared memory, completed
-on an mbarrier, sm_90): one elected thread would move a CTA's whole tile per instruction, the
-fewest instructions per byte there are; it needs a multi-stage ring of shared tiles with
-mbarrier arrive/expect-tx/try-wait parity per stage, which `T.ptx` has (cp.async.bulk,
-mbarrier_*), but it is not written here. Products in fp16 (HFMA2, half the FMAs) are left out
+`bulk2`/`bulk3`/`bulk4` (sm_90): each step's tile (rows_per_cta row segments of a step's
+columns) is moved into a ring of 2-4 shared tiles by one thread's cp.async.bulk copies, one
+instruction per row segment instead of one load per 16 bytes per thread, completing on an
+mbarrier per stage that all threads wait on; they then read the tile with shared vector loads.
+The ring runs across row blocks (one sequence of steps per CTA), so the grid must divide them.
+Products in fp16 (HFMA2, half the FMAs) are left out
 because their rounding (2^-11 per product) exceeds the op's float32 tolerance of 1e-4.
 
 The dequant twin (lut_mpgemm at m = 1, `--impl dequant`), design note: the same kernel with W
@@ -61,7 +62,7 @@ from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
 from .simt import WARP, Simt, prim_func, ramp
 
-LOADS = ("plain", "nc", "nc_no_allocate", "nc_evict_first")
+LOADS = ("plain", "nc", "nc_no_allocate", "nc_evict_first", "bulk2", "bulk3", "bulk4")
 PREFETCH = ("none", "L2::128B", "L2::256B")
 MAX_THREADS = 1024
 STATIC_SHARED = 48 * 1024            # static shared memory per block
@@ -83,6 +84,11 @@ def sm_count(target: Target) -> int:
     if dev.exist:
         return int(dev.multi_processor_count)
     return SM_COUNT_BY_ARCH.get(str(target.attrs.get("arch", "")).rstrip("af"), 132)
+
+
+def bulk_stages(load: str) -> int:
+    """Shared tiles in the ring of a bulk-copy load path ("bulk3" -> 3); 0 for the others."""
+    return int(load.removeprefix("bulk")) if load.startswith("bulk") else 0
 
 
 def _ld_chain(load: str, prefetch: str, lanes32: int) -> str:
@@ -155,9 +161,11 @@ class GemvKnobs(KnobSpace):
 
     def shared_bytes(self, config: Config) -> int:
         x_bytes = self.k_slice(config) * 2 if config["x_stage"] == "shared" else 0
-        tpr = int(config["threads_per_row"])
-        red = int(config["rows_per_cta"]) * (tpr // WARP) * 4 if tpr > WARP else 0
-        return x_bytes + red
+        tpr, rows = int(config["threads_per_row"]), int(config["rows_per_cta"])
+        red = rows * (tpr // WARP) * 4 if tpr > WARP else 0
+        stages = bulk_stages(str(config["load"]))
+        ring = stages * (rows * self.k_per_step(config) * 2 + 8)
+        return x_bytes + red + ring
 
     def reject(self, config: Config) -> str | None:
         threads, split = self.threads(config), int(config["split_k"])
@@ -174,8 +182,14 @@ class GemvKnobs(KnobSpace):
                     f"unroll) does not divide k/split_k={self.k_slice(config)}")
         if split == 1 and config["split_reduce"] != "atomic":
             return "split_reduce only matters with split_k > 1 (its canonical value is atomic)"
-        if config["load"] == "plain" and config["prefetch"] != "none":
-            return "prefetch qualifiers apply to the PTX loads only"
+        if config["load"] in ("plain", "bulk2", "bulk3", "bulk4") and config["prefetch"] != "none":
+            return "prefetch qualifiers apply to the ld.global.nc loads only"
+        if bulk_stages(str(config["load"])):
+            if sm_arch(self.target) < 90:
+                return "bulk copies (cp.async.bulk) need sm_90"
+            if self.row_blocks(config) % self.grid_x(config):
+                return (f"the bulk path needs the grid ({self.grid_x(config)} CTAs) to divide the "
+                        f"{self.row_blocks(config)} row blocks")
         if self.shared_bytes(config) > STATIC_SHARED:
             return f"{self.shared_bytes(config)} B of shared memory > {STATIC_SHARED} B"
         return None
@@ -200,6 +214,7 @@ class GemvKnobs(KnobSpace):
                 "steps": steps, "shared_bytes": self.shared_bytes(config),
                 "split_k": int(config["split_k"]),
                 "persistent": float(int(config["ctas_per_sm"]) > 0),
+                "bulk_stages": bulk_stages(str(config["load"])),
                 "load_" + str(config["load"]): 1.0, "x_shared": float(config["x_stage"] == "shared")}
 
     def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
@@ -211,112 +226,248 @@ class GemvKnobs(KnobSpace):
 
 
 def gemv_kernel(space: GemvKnobs, config: Config, emulate: bool) -> tirx.PrimFunc:
-    n, k = space.n, space.k
-    tpr, rows, unroll = int(config["threads_per_row"]), int(config["rows_per_cta"]), int(config["unroll"])
-    lanes, split, threads = space.lanes(config), int(config["split_k"]), space.threads(config)
-    k_slice, k_step = space.k_slice(config), space.k_per_step(config)
-    grid_x, blocks = space.grid_x(config), space.row_blocks(config)
-    visits = math.ceil(blocks / grid_x)
-    load, x_shared = str(config["load"]), config["x_stage"] == "shared"
-    two_pass = split > 1 and config["split_reduce"] == "two_pass"
-    atomic = split > 1 and not two_pass
+    return prim_func("main", _Writer(space, config, emulate).body)
 
-    def body() -> None:
-        W = T.arg("W", T.buffer((n, k), "float16"))
-        x = T.arg("x", T.buffer((k,), "float16"))
-        y = T.arg("y", T.buffer((n,), "float32"))
-        if atomic:
-            _elementwise(emulate, n, lambda i: T.buffer_store(y, tirx.const(0.0, "float32"), [i]))
-        part = T.alloc_buffer((split, n), "float32") if two_pass else None
-        simt = Simt(threads, emulate)
-        with simt.launch([("blockIdx.x", grid_x), ("blockIdx.y", split)]) as (bx, ks):
-            acc = simt.reg((unroll,), "float32")
-            w_reg = simt.reg((unroll * lanes,), "float16")
-            x_reg = simt.reg((unroll * lanes,), "float16")
-            policy = simt.reg((1,), "uint64") if load == "nc_evict_first" and not emulate else None
-            x_src, x_base = x, ks * k_slice
-            if x_shared:
-                x_src, x_base = simt.shared((k_slice,), "float16"), 0
-                chunks = math.ceil(k_slice / (threads * lanes))
-                with simt.threads() as t:
-                    with T.serial(0, chunks) as c:
-                        at = (c * threads + t) * lanes
-                        with T.If(at < k_slice):
-                            with T.Then():
-                                T.buffer_store(x_src, x[ramp(ks * k_slice + at, lanes)],
-                                               [ramp(at, lanes)])
-                simt.sync()
-            red = simt.shared((rows, tpr // WARP), "float32") if tpr > WARP else None
-            if policy is not None:
-                with simt.threads() as t:
-                    T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
-                        policy.load(t, 0), tirx.const(1.0, "float32")))
-            with T.serial(0, visits) as visit:
-                rb = bx + visit * grid_x
-                guard = T.If(rb < blocks) if blocks % grid_x else None
-                if guard is not None:
-                    guard.__enter__()
-                    then = T.Then()
-                    then.__enter__()
-                with simt.threads() as t:
-                    row, lane = rb * rows + t // tpr, t % tpr
-                    for u in range(unroll):
-                        acc.store(t, tirx.const(0.0, "float32"), u)
-                    with T.serial(0, k_slice // k_step) as s:
-                        for u in range(unroll):   # every load of the step before any arithmetic
-                            col = ks * k_slice + s * k_step + (u * tpr + lane) * lanes
-                            _load_w(W, w_reg, t, u * lanes, row, col, lanes, load,
-                                    str(config["prefetch"]), policy, emulate)
-                        for u in range(unroll):
-                            col = x_base + s * k_step + (u * tpr + lane) * lanes
-                            x_reg.store(t, x_src[ramp(col, lanes)], ramp(u * lanes, lanes))
-                        for u in range(unroll):
-                            for v in range(lanes):
-                                e = u * lanes + v
-                                acc.store(t, acc.load(t, u) + w_reg.load(t, e).astype("float32")
-                                          * x_reg.load(t, e).astype("float32"), u)
-                    for u in range(1, unroll):
-                        acc.store(t, acc.load(t, 0) + acc.load(t, u), 0)
-                simt.xor_sum(acc, min(tpr, WARP))
-                if red is not None:
-                    with simt.threads() as t:
-                        with T.If(t % WARP == 0):
-                            with T.Then():
-                                T.buffer_store(red, acc.load(t, 0), [t // tpr, (t % tpr) // WARP])
-                    simt.sync()
-                    with simt.threads() as t:
-                        lane = t % tpr
-                        acc.store(t, tirx.Select(lane < tpr // WARP,
-                                                 red[t // tpr, tirx.min(lane, tpr // WARP - 1)],
-                                                 tirx.const(0.0, "float32")), 0)
-                    simt.xor_sum(acc, tpr // WARP)
-                    simt.sync()       # red is written again by the next visit
-                with simt.threads() as t:
-                    row = rb * rows + t // tpr
-                    with T.If(t % tpr == 0):
-                        with T.Then():
-                            if two_pass:
-                                T.buffer_store(part, acc.load(t, 0), [ks, row])
-                            elif atomic and not emulate:
-                                T.evaluate(tirx.call_extern("float32", "atomicAdd",
-                                                            y.access_ptr("rw", offset=row),
-                                                            acc.load(t, 0)))
-                            elif atomic:
-                                T.buffer_store(y, y[row] + acc.load(t, 0), [row])
-                            else:
-                                T.buffer_store(y, acc.load(t, 0), [row])
-                if guard is not None:
-                    then.__exit__(None, None, None)
-                    guard.__exit__(None, None, None)
-        if two_pass:
+
+class _Writer:
+    """Writes the kernel of one config (see the module docstring for its structure)."""
+
+    def __init__(self, space: GemvKnobs, config: Config, emulate: bool) -> None:
+        self.n, self.k, self.emulate = space.n, space.k, emulate
+        self.tpr, self.rows = int(config["threads_per_row"]), int(config["rows_per_cta"])
+        self.unroll, self.lanes = int(config["unroll"]), space.lanes(config)
+        self.split, self.threads = int(config["split_k"]), space.threads(config)
+        self.k_slice, self.k_step = space.k_slice(config), space.k_per_step(config)
+        self.steps = self.k_slice // self.k_step
+        self.grid_x, self.blocks = space.grid_x(config), space.row_blocks(config)
+        self.visits = math.ceil(self.blocks / self.grid_x)
+        self.load, self.prefetch = str(config["load"]), str(config["prefetch"])
+        self.stages = bulk_stages(self.load)
+        self.x_shared = config["x_stage"] == "shared"
+        self.two_pass = self.split > 1 and config["split_reduce"] == "two_pass"
+        self.atomic = self.split > 1 and not self.two_pass
+
+    def body(self) -> None:
+        self.W = T.arg("W", T.buffer((self.n, self.k), "float16"))
+        self.x = T.arg("x", T.buffer((self.k,), "float16"))
+        self.y = T.arg("y", T.buffer((self.n,), "float32"))
+        if self.atomic:
+            _elementwise(self.emulate, self.n,
+                         lambda i: T.buffer_store(self.y, tirx.const(0.0, "float32"), [i]))
+        self.part = T.alloc_buffer((self.split, self.n), "float32") if self.two_pass else None
+        self.simt = simt = Simt(self.threads, self.emulate)
+        with simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
+            self.bx, self.ks = bx, ks
+            self.acc = simt.reg((self.unroll,), "float32")
+            self.w_reg = simt.reg((self.unroll * self.lanes,), "float16")
+            self.x_reg = simt.reg((self.unroll * self.lanes,), "float16")
+            self.stage_x()
+            self.red = simt.shared((self.rows, self.tpr // WARP), "float32") \
+                if self.tpr > WARP else None
+            if self.stages:
+                self.bulk_loop()
+            else:
+                self.register_loop()
+        if self.two_pass:
             def reduce(i):
-                total = part[0, i]
-                for s in range(1, split):
-                    total = total + part[s, i]
-                T.buffer_store(y, total, [i])
-            _elementwise(emulate, n, reduce)
+                total = self.part[0, i]
+                for s in range(1, self.split):
+                    total = total + self.part[s, i]
+                T.buffer_store(self.y, total, [i])
+            _elementwise(self.emulate, self.n, reduce)
 
-    return prim_func("main", body)
+    # -- pieces ---------------------------------------------------------------------------------
+    def stage_x(self) -> None:
+        """x_src[x_base + j] is x[ks * k_slice + j]: x itself, or the CTA's copy in shared memory."""
+        self.x_src, self.x_base = self.x, self.ks * self.k_slice
+        if not self.x_shared:
+            return
+        simt, lanes, k_slice = self.simt, self.lanes, self.k_slice
+        self.x_src, self.x_base = simt.shared((k_slice,), "float16"), 0
+        with simt.threads() as t:
+            with T.serial(0, math.ceil(k_slice / (self.threads * lanes))) as c:
+                at = (c * self.threads + t) * lanes
+                with T.If(at < k_slice):
+                    with T.Then():
+                        T.buffer_store(self.x_src, self.x[ramp(self.ks * k_slice + at, lanes)],
+                                       [ramp(at, lanes)])
+        simt.sync()
+
+    def column(self, t, u: int):
+        """First column (within a step) of thread t's u-th vector: neighbouring lanes read
+        neighbouring vectors, and the u-th vectors of a row's lanes follow each other."""
+        return (u * self.tpr + t % self.tpr) * self.lanes
+
+    def accumulate(self, t, s) -> None:
+        """acc[u] += w_reg . x_reg for step s (w_reg already loaded)."""
+        lanes = self.lanes
+        for u in range(self.unroll):
+            col = self.x_base + s * self.k_step + self.column(t, u)
+            self.x_reg.store(t, self.x_src[ramp(col, lanes)], ramp(u * lanes, lanes))
+        for u in range(self.unroll):
+            for v in range(lanes):
+                e = u * lanes + v
+                self.acc.store(t, self.acc.load(t, u) + self.w_reg.load(t, e).astype("float32")
+                               * self.x_reg.load(t, e).astype("float32"), u)
+
+    def zero(self, t) -> None:
+        for u in range(self.unroll):
+            self.acc.store(t, tirx.const(0.0, "float32"), u)
+
+    def reduce_and_write(self, rb) -> None:
+        """Sum acc over each row's threads and write (or add, or keep) the row's result."""
+        simt, tpr, acc = self.simt, self.tpr, self.acc
+        with simt.threads() as t:
+            for u in range(1, self.unroll):
+                acc.store(t, acc.load(t, 0) + acc.load(t, u), 0)
+        simt.xor_sum(acc, min(tpr, WARP))
+        if self.red is not None:
+            with simt.threads() as t:
+                with T.If(t % WARP == 0):
+                    with T.Then():
+                        T.buffer_store(self.red, acc.load(t, 0), [t // tpr, (t % tpr) // WARP])
+            simt.sync()
+            with simt.threads() as t:
+                lane, warps = t % tpr, tpr // WARP
+                # if_then_else, not Select: Select reads both sides, and the simplifier drops
+                # the clamp of an index under the condition (an out-of-bounds read otherwise)
+                acc.store(t, tirx.if_then_else(lane < warps, self.red[t // tpr, lane],
+                                               tirx.const(0.0, "float32")), 0)
+            simt.xor_sum(acc, tpr // WARP)
+            simt.sync()       # red is written again by the next row block
+        with simt.threads() as t:
+            row, y, value = rb * self.rows + t // tpr, self.y, acc.load(t, 0)
+            with T.If(t % tpr == 0):
+                with T.Then():
+                    if self.two_pass:
+                        T.buffer_store(self.part, value, [self.ks, row])
+                    elif self.atomic and not self.emulate:
+                        T.evaluate(tirx.call_extern("float32", "atomicAdd",
+                                                    y.access_ptr("rw", offset=row), value))
+                    elif self.atomic:
+                        T.buffer_store(y, y[row] + value, [row])
+                    else:
+                        T.buffer_store(y, value, [row])
+
+    # -- register path: every thread loads its own weights ---------------------------------------
+    def register_loop(self) -> None:
+        simt = self.simt
+        policy = simt.reg((1,), "uint64") if self.load == "nc_evict_first" and not self.emulate else None
+        if policy is not None:
+            with simt.threads() as t:
+                T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
+                    policy.load(t, 0), tirx.const(1.0, "float32")))
+        with T.serial(0, self.visits) as visit:
+            rb = self.bx + visit * self.grid_x
+            guard = _UniformIf(rb < self.blocks) if self.blocks % self.grid_x else None
+            with simt.threads() as t:
+                row = rb * self.rows + t // self.tpr
+                self.zero(t)
+                with T.serial(0, self.steps) as s:
+                    for u in range(self.unroll):   # every load of the step before any arithmetic
+                        col = self.ks * self.k_slice + s * self.k_step + self.column(t, u)
+                        self.load_w(t, u * self.lanes, row, col, policy)
+                    self.accumulate(t, s)
+            self.reduce_and_write(rb)
+            if guard is not None:
+                guard.close()
+
+    def load_w(self, t, at: int, row, col, policy) -> None:
+        """w_reg[at : at + lanes] = W[row, col : col + lanes] through the configured load path."""
+        lanes = self.lanes
+        if self.load == "plain" or self.emulate:
+            self.w_reg.store(t, self.W[row, ramp(col, lanes)], ramp(at, lanes))
+            return
+        words = T.decl_buffer((self.unroll * lanes // 2,), "uint32", data=self.w_reg.buffer.data,
+                              scope="local")
+        dst = [words[at // 2 + i] for i in range(lanes // 2)]
+        extra = [policy.load(t, 0)] if self.load == "nc_evict_first" else []
+        chain = _ld_chain(self.load, self.prefetch, lanes // 2)
+        T.evaluate(TS.ptx[chain](*dst, self.W.ptr_to([row, col]), *extra))
+
+    # -- bulk path: one thread moves each step's tile into shared memory -----------------------
+    def bulk_loop(self) -> None:
+        """Steps g = 0 .. visits * steps - 1 of all row blocks in one sequence, so that the ring
+        of `stages` shared tiles stays full across row blocks: thread 0 issues the copies of step
+        g + stages once every thread has read step g's tile (a barrier), and each step's tile
+        arrives on that stage's mbarrier (expect-tx bytes), which all threads wait on with the
+        parity of the step's round through the ring."""
+        simt, stages, rows, k_step = self.simt, self.stages, self.rows, self.k_step
+        tile = simt.shared((stages, rows, k_step), "float16")
+        full = None if self.emulate else simt.shared((stages,), "uint64")
+        total = self.visits * self.steps
+        if full is not None:
+            with simt.threads() as t:
+                with T.If(t == 0):
+                    with T.Then():
+                        for i in range(stages):
+                            T.evaluate(TS.ptx["mbarrier.init.shared.b64"](
+                                full.ptr_to([i]), tirx.const(1, "uint32")))
+                        T.evaluate(TS.ptx["fence.proxy.async.shared::cta"]())
+            simt.sync()
+        with simt.threads() as t:
+            with T.If(t == 0):
+                with T.Then():
+                    for i in range(min(stages, total)):
+                        self.issue(tile, full, i)
+        with T.serial(0, total) as g:
+            visit, s = g // self.steps, g % self.steps
+            rb = self.bx + visit * self.grid_x
+            stage = g % stages
+            with simt.threads() as t:
+                with T.If(s == 0):
+                    with T.Then():
+                        self.zero(t)
+                if full is not None:
+                    T.evaluate(TS.cuda.mbarrier_wait(full.ptr_to([stage]), (g // stages) % 2))
+                for u in range(self.unroll):
+                    at = ramp(u * self.lanes, self.lanes)
+                    self.w_reg.store(t, tile[stage, t // self.tpr, ramp(self.column(t, u), self.lanes)],
+                                     at)
+                self.accumulate(t, s)
+            simt.sync()        # every thread is done with this stage's tile
+            with simt.threads() as t:
+                with T.If(tirx.all(t == 0, g + stages < total)):
+                    with T.Then():
+                        self.issue(tile, full, g + stages)
+            with T.If(s == self.steps - 1):
+                with T.Then():
+                    self.reduce_and_write(rb)
+
+    def issue(self, tile, full, g) -> None:
+        """Thread 0: start the copies of step g's tile (rows_per_cta row segments of k_step)."""
+        stage, visit, s = g % self.stages, g // self.steps, g % self.steps
+        rb = self.bx + visit * self.grid_x
+        col = self.ks * self.k_slice + s * self.k_step
+        nbytes = self.k_step * 2
+        if full is not None:
+            T.evaluate(TS.ptx["mbarrier.arrive.expect_tx.shared.b64"](
+                full.ptr_to([stage]), tirx.const(self.rows * nbytes, "uint32")))
+        for r in range(self.rows):
+            row = rb * self.rows + r
+            if full is None:
+                with T.serial(0, self.k_step // self.lanes) as c:
+                    at = c * self.lanes
+                    T.buffer_store(tile, self.W[row, ramp(col + at, self.lanes)],
+                                   [stage, r, ramp(at, self.lanes)])
+            else:
+                T.evaluate(TS.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                    tile.ptr_to([stage, r, 0]), self.W.ptr_to([row, col]),
+                    tirx.const(nbytes, "uint32"), full.ptr_to([stage])))
+
+
+class _UniformIf:
+    """`if cond:` around phases (cond the same for every thread of the block)."""
+
+    def __init__(self, cond) -> None:
+        self.frames = [T.If(cond)]
+        self.frames[0].__enter__()
+        self.frames.append(T.Then())
+        self.frames[1].__enter__()
+
+    def close(self) -> None:
+        for frame in reversed(self.frames):
+            frame.__exit__(None, None, None)
 
 
 def _elementwise(emulate: bool, n: int, write) -> None:
@@ -328,16 +479,3 @@ def _elementwise(emulate: bool, n: int, write) -> None:
             with T.If(i < n):
                 with T.Then():
                     write(i)
-
-
-def _load_w(W, w_reg, t, at: int, row, col, lanes: int, load: str, prefetch: str, policy,
-            emulate: bool) -> None:
-    """w_reg[at : at + lanes] = W[row, col : col + lanes] through the configured load path."""
-    if load == "plain" or emulate:
-        w_reg.store(t, W[row, ramp(col, lanes)], ramp(at, lanes))
-        return
-    words = T.decl_buffer((w_reg.buffer.shape[-1] // 2,), "uint32", data=w_reg.buffer.data,
-                          scope="local")
-    dst = [words[at // 2 + i] for i in range(lanes // 2)]
-    extra = [policy.load(t, 0)] if load == "nc_evict_first" else []
-    T.evaluate(TS.ptx[_ld_chain(load, prefetch, lanes // 2)](*dst, W.ptr_to([row, col]), *extra))

@@ -33,6 +33,13 @@ PATHS = {
     "split-k two passes, persistent": {"split_k": 2, "split_reduce": "two_pass",
                                        "ctas_per_sm": 2, "x_stage": "shared"},
     "evict-first PTX path": {"load": "nc_evict_first", "prefetch": "L2::256B"},
+    "one row, 4 warps": {"threads_per_row": 128, "rows_per_cta": 1},   # the clamp bug, see below
+    "bulk copies, 2 stages": {"load": "bulk2"},
+    "bulk copies, ring across row blocks": {"load": "bulk3", "ctas_per_sm": 4, "rows_per_cta": 2,
+                                            "threads_per_row": 64, "x_stage": "shared",
+                                            "split_k": 2, "split_reduce": "two_pass"},
+    "bulk copies, more stages than steps": {"load": "bulk4", "threads_per_row": 128,
+                                            "rows_per_cta": 1, "ctas_per_sm": 8},
 }
 
 
@@ -60,11 +67,19 @@ def test_registered_for_fp16_gemv_on_sm80_plus_only():
     ({"split_k": 8, "threads_per_row": 256, "rows_per_cta": 1, "unroll": 2},
      "a step of 4096 elements"),
     ({"split_reduce": "two_pass"}, "split_reduce only matters with split_k > 1"),
-    ({"prefetch": "L2::128B"}, "prefetch qualifiers apply to the PTX loads only"),
+    ({"prefetch": "L2::128B"}, "prefetch qualifiers apply to the ld.global.nc loads only"),
+    ({"load": "bulk2", "rows_per_cta": 1, "ctas_per_sm": 8, "threads_per_row": 32},
+     "the bulk path needs the grid (16 CTAs) to divide the 4104 row blocks"),
 ])
 def test_reject_says_why(changes, reason):
     got = space(n=4104, k=4096).reject(config(**changes))
     assert got is not None and got.startswith(reason), got
+
+
+def test_bulk_needs_sm90():
+    sm80 = space(n=4096, k=4096, target=Target({"kind": "cuda", "arch": "sm_80"}))
+    assert sm80.reject(config(load="bulk3")) == "bulk copies (cp.async.bulk) need sm_90"
+    assert space(n=4096, k=4096).reject(config(load="bulk3")) is None
 
 
 def test_reject_shared_memory_and_accept_valid():
@@ -126,6 +141,18 @@ def test_emulated_kernel_matches_numpy(name):
     assert _run_emulated(s, cfg) <= s.op.tolerance
 
 
+def test_random_valid_configs_match_numpy():
+    """A seeded sweep beyond the hand-picked paths (one row with 4 warps read out of bounds
+    before the cross-warp step used if_then_else: found this way)."""
+    s, rng = space(), np.random.default_rng(7)
+    checked = 0
+    while checked < 12:
+        cfg = s.sample(rng)
+        if s.reject(cfg) is None:
+            assert _run_emulated(s, cfg, seed=checked) <= s.op.tolerance, cfg
+            checked += 1
+
+
 def test_emulation_catches_a_wrong_kernel(monkeypatch):
     """The check can fail: a kernel that skips the last step of k is caught."""
     s, cfg = space(), config()
@@ -163,6 +190,8 @@ def _ptx(source: str, tmp_path) -> str:
      r"ld\.global\.nc\.L2::cache_hint\.v4\.b32"),
     ({"threads_per_row": 128, "rows_per_cta": 2, "ctas_per_sm": 4, "x_stage": "shared",
       "split_k": 2, "unroll": 2}, r"red\.global\.add\.f32|atom\.global\.add\.f32"),
+    ({"load": "bulk3", "ctas_per_sm": 4, "threads_per_row": 64, "rows_per_cta": 8},
+     r"cp\.async\.bulk\.shared::cluster\.global\.mbarrier::complete_tx::bytes"),
 ])
 def test_cuda_source_compiles_with_the_requested_loads(changes, pattern, tmp_path):
     ptx = _ptx(_cuda_source(config(**changes)), tmp_path)
