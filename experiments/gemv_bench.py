@@ -5,19 +5,23 @@
 
 For each issue-10 shape (n x k = 4096x4096, 14336x4096, 4096x14336, 28672x8192): random normal
 fp16 W and x (torch, seeded), copied into R sets that together exceed 3x the L2
-(measure/l2.py `rotation_count`); `--configs` knob configs (a fixed list of hand-picked ones that
-are valid for the shape, then seeded random valid samples). Each config is built, checked
-against torch's fp32 product (output poisoned with NaN; once called directly, once through the
+(measure/l2.py `rotation_count`), and knob configs: a fixed list of hand-picked ones that are
+valid for the shape, then seeded random valid samples. Each config is built, checked against
+torch's product in float64 (output poisoned with NaN; once called directly, once through the
 rotated launcher), and timed and metered with the project's energy protocol
 (measure/protocol.py, NVML) through `l2.rotated_timer`: one compiled call runs the kernel over
 all R sets, round after round. cuBLAS (torch.mv fp16 out, and torch.mm with fp32 out where this
 torch has `out_dtype`) runs over the same R sets, captured in a CUDA graph, measured with the
 same protocol in the same process: before the first config of a shape, after every
 `--ref-every` configs, and after the last; its figure in the summary is the median of those.
-Writes OUT/results.json (every measurement, rewritten as it goes) and OUT/summary.json (GUIDE
-§6): per shape the least-energy config within 1.03x cuBLAS's time, else the least-energy one.
-`--budget-s` bounds the whole run (default 480 s, under the 9 minutes one device call allows):
-each shape gets an equal share of what is left, and configs that do not fit are not measured.
+Two passes: first `--configs` per shape with ld loads, then `--bulk-configs` per shape with
+bulk copies (the newest, least proven path: a kernel whose mbarrier never completes would hang,
+so it comes last and a watchdog process kills the run after `--hang-s` without progress,
+noting where in OUT/watchdog.txt). Writes OUT/results.json (every measurement, rewritten as it
+goes) and OUT/summary.json (GUIDE §6, rewritten after every shape): per shape the least-energy
+config within 1.03x cuBLAS's time, else the least-energy one. `--budget-s` bounds the whole run
+(default 480 s, under the 9 minutes one device call allows; `--bulk-share` of it for the bulk
+pass): each shape gets an equal share of what is left, and configs that do not fit are skipped.
 
 --dry-run needs no GPU: it writes OUT/plan.json with the configs per shape, the reasons why
 random samples were rejected (counts), and whether each config builds to CUDA source.
@@ -30,6 +34,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import time
@@ -47,6 +52,7 @@ from energy_tuner.schedules.gemv_knobs import GemvKnobs
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
 MAX_SLOWDOWN = 1.03
+PROGRESS = "progress.txt"
 BASE = {"threads_per_row": 32, "rows_per_cta": 4, "vector_bytes": 16, "unroll": 2,
         "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
         "split_k": 1, "split_reduce": "atomic"}
@@ -66,28 +72,41 @@ CURATED = [  # changes to BASE: one knob family at a time, then combinations
     {"split_k": 2, "load": "nc_no_allocate"},
     {"split_k": 4, "split_reduce": "two_pass", "load": "nc"},
 ]
+CURATED_BULK = [  # the bulk-copy path: ring depth, tile size, grid
+    {"load": "bulk2"},
+    {"load": "bulk3", "unroll": 4},
+    {"load": "bulk4", "threads_per_row": 64, "rows_per_cta": 2},
+    {"load": "bulk3", "rows_per_cta": 8, "ctas_per_sm": 4, "x_stage": "shared"},
+    {"load": "bulk4", "threads_per_row": 64, "rows_per_cta": 8, "ctas_per_sm": 2, "unroll": 4},
+    {"load": "bulk2", "threads_per_row": 128, "rows_per_cta": 4, "ctas_per_sm": 1,
+     "x_stage": "shared"},
+]
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 
 
 # ---------------------------------------------------------------- the plan (CPU)
-def bench_configs(space: GemvKnobs, count: int, seed: int) -> tuple[list[dict], Counter]:
-    """`count` distinct valid configs (curated first, then random samples) and, over 2000 random
-    samples, how often each reject reason (numbers blanked) came up."""
+def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
+                  ) -> tuple[list[dict], Counter]:
+    """`count` distinct valid configs of one pass (bulk copies or the others; curated first,
+    then random samples) and, over 2000 random samples, how often each reject reason (numbers
+    blanked) came up."""
     configs, keys = [], set()
-    for changes in CURATED:
-        cfg = {**BASE, **changes}
-        if space.reject(cfg) is None and space.key(cfg) not in keys and len(configs) < count:
+
+    def take(cfg: dict) -> None:
+        if (space.reject(cfg) is None and space.key(cfg) not in keys and len(configs) < count
+                and str(cfg["load"]).startswith("bulk") == bulk):
             configs.append(cfg)
             keys.add(space.key(cfg))
+
+    for changes in CURATED_BULK if bulk else CURATED:
+        take({**BASE, **changes})
     rng, reasons = np.random.default_rng(seed), Counter()
     for _ in range(2000):
         cfg = space.sample(rng)
         why = space.reject(cfg)
         reasons[re.sub(r"\d+", "N", why) if why else "valid"] += 1
-        if why is None and space.key(cfg) not in keys and len(configs) < count:
-            configs.append(cfg)
-            keys.add(space.key(cfg))
+        take(cfg)
     return configs, reasons
 
 
@@ -96,6 +115,7 @@ def dry_run(args) -> int:
     for n, k in args.shapes:
         space = GemvKnobs(make_op("gemv", f"{n},{k}", "float16"), SM90, sms=132)
         configs, reasons = bench_configs(space, args.configs, args.seed)
+        configs += bench_configs(space, args.bulk_configs, args.seed, bulk=True)[0]
         built = []
         for cfg in configs:
             try:
@@ -166,6 +186,7 @@ class Bench:
         except (TypeError, RuntimeError) as err:
             print(f"fp32-out cuBLAS not available: {err}", flush=True)
         rows = []
+        self.progress(f"{case} cuBLAS")
         for name, fn in variants.items():
             rel = self.rel_error(fn(ws[0], xs[0]).reshape(-1).float(), ref)
             rows.append({"case": case, "kind": "ref", "name": name, "rel_error": rel,
@@ -230,14 +251,21 @@ class Bench:
             return {**row, "status": "wrong"}
         return {**row, "status": "ok", **self.measure(launcher)}
 
-    def case(self, n: int, k: int, deadline: float) -> None:
+    def progress(self, text: str) -> None:
+        """What runs now, for the watchdog (its file's age is the time since progress)."""
+        (self.args.out / PROGRESS).write_text(text)
+
+    def case(self, n: int, k: int, deadline: float, bulk: bool) -> None:
         torch = self.torch
         case = f"gemv{n}x{k}"
         op = make_op("gemv", f"{n},{k}", "float16")
         space = GemvKnobs(op, self.target, sms=self.sms)
-        configs, reasons = bench_configs(space, self.args.configs, self.args.seed)
+        count = self.args.bulk_configs if bulk else self.args.configs
+        configs, reasons = bench_configs(space, count, self.args.seed, bulk)
+        if not configs:
+            return
         sets = l2.rotation_count(n * k * 2 + k * 2, self.l2)
-        print(f"{case}: {len(configs)} configs, {sets} rotated sets "
+        print(f"{case} ({'bulk' if bulk else 'ld'} pass): {len(configs)} configs, {sets} rotated sets "
               f"({sets * (n * k * 2 + k * 2) / 1e6:.0f} MB, L2 {self.l2 / 1e6:.0f} MB)", flush=True)
         gen = torch.Generator(device="cuda").manual_seed(self.args.seed)
         w0 = torch.randn((n, k), device="cuda", dtype=torch.float16, generator=gen)
@@ -245,14 +273,15 @@ class Bench:
         ws, xs = [w0] + [w0.clone() for _ in range(sets - 1)], [x0] + [x0.clone() for _ in range(sets - 1)]
         ref = (w0.double() @ x0.double())
         y = torch.empty((n,), device="cuda", dtype=torch.float32)
-        self.results.append({"case": case, "kind": "plan", "sets": sets, "configs": len(configs),
-                             "sample_rejects": dict(reasons)})
+        self.results.append({"case": case, "kind": "plan", "pass": "bulk" if bulk else "ld",
+                             "sets": sets, "configs": len(configs), "sample_rejects": dict(reasons)})
         self.cublas(case, ws, xs, ref)
         for i, cfg in enumerate(configs):
             if time.monotonic() > deadline:
                 self.results.append({"case": case, "kind": "skipped", "configs_left": len(configs) - i,
                                      "why": "time budget"})
                 break
+            self.progress(f"{case} config {i}: {space.key(cfg)}")
             try:
                 row = self.ours(case, space, cfg, ws, xs, y, ref)
             except Exception as err:  # a kernel that fails on the GPU may poison the context
@@ -313,18 +342,47 @@ def summary(results: list[dict], state: dict, args, gpu: str, driver: str) -> di
             "idle_w": state.get("idle_w"), "rows": rows}
 
 
+def _watchdog(parent: int, out: Path, hang_s: float) -> None:
+    """Kill the bench if it makes no progress for hang_s (a kernel that never finishes, e.g. a
+    bulk copy whose mbarrier never completes), noting where in OUT/watchdog.txt."""
+    progress = out / PROGRESS
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(parent, 0)
+        except OSError:
+            return                       # the bench has ended
+        try:
+            age = time.time() - progress.stat().st_mtime
+        except OSError:
+            continue
+        if age > hang_s:
+            (out / "watchdog.txt").write_text(
+                f"no progress for {age:.0f} s; killed the bench during: {progress.read_text()}\n")
+            os.kill(parent, signal.SIGKILL)
+            return
+
+
 def gpu_run(args) -> int:
+    import multiprocessing as mp
+
+    mp.get_context("fork").Process(target=_watchdog, args=(os.getpid(), args.out, args.hang_s),
+                                   daemon=True).start()   # forked before CUDA starts here
     import pynvml
 
     bench = Bench(args)
     gpu, driver = bench.torch.cuda.get_device_name(), pynvml.nvmlSystemGetDriverVersion()
     state = {**bench.state, "idle_w": bench.idle_w}
-    for i, (n, k) in enumerate(args.shapes):
-        left = args.budget_s - (time.monotonic() - args.t0)
-        bench.case(n, k, deadline=time.monotonic() + left / (len(args.shapes) - i))
-        # after every shape, so that a run cut short still leaves the shapes it finished
-        (args.out / "summary.json").write_text(
-            json.dumps(summary(bench.results, state, args, gpu, driver), indent=1))
+    # the ld pass over every shape first, then the bulk pass: a bulk kernel that hangs (killed
+    # by the watchdog) costs only what comes after it
+    passes = [(False, args.budget_s * (1 - args.bulk_share)), (True, args.budget_s)]
+    for bulk, pass_end in passes:
+        for i, (n, k) in enumerate(args.shapes):
+            left = pass_end - (time.monotonic() - args.t0)
+            bench.case(n, k, time.monotonic() + left / (len(args.shapes) - i), bulk)
+            # after every shape, so that a run cut short still leaves what it finished
+            (args.out / "summary.json").write_text(
+                json.dumps(summary(bench.results, state, args, gpu, driver), indent=1))
     bench.meter.close()
     print(f"done in {time.monotonic() - args.t0:.0f} s; {args.out / 'summary.json'}", flush=True)
     return 0
@@ -344,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", type=shapes, default=SHAPES, help="NxK,NxK,... (default: issue 10's)")
-    ap.add_argument("--configs", type=int, default=14, help="knob configs per shape")
+    ap.add_argument("--configs", type=int, default=12, help="configs per shape, ld loads")
+    ap.add_argument("--bulk-configs", type=int, default=5, help="configs per shape, bulk copies")
+    ap.add_argument("--bulk-share", type=float, default=0.3, help="of the budget, for bulk copies")
+    ap.add_argument("--hang-s", type=float, default=90.0, help="watchdog: kill after this long "
+                    "without progress")
     ap.add_argument("--ref-every", type=int, default=5, help="re-measure cuBLAS after this many configs")
     ap.add_argument("--budget-s", type=float, default=480.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -352,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="plan and build to CUDA source only (no GPU)")
     args = ap.parse_args(argv)
     args.t0 = time.monotonic()
-    if args.configs < 1 or args.ref_every < 1:
-        print("--configs and --ref-every must be >= 1", file=sys.stderr)
+    if args.configs < 1 or args.ref_every < 1 or args.bulk_configs < 0 \
+            or not 0 <= args.bulk_share < 1:
+        print("--configs and --ref-every must be >= 1, --bulk-configs >= 0, "
+              "--bulk-share in [0, 1)", file=sys.stderr)
         return 2
     try:
         args.out.mkdir(parents=True, exist_ok=True)

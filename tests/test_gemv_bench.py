@@ -3,6 +3,11 @@ summary's choice among measurements (synthetic rows: the bookkeeping, not GPU fi
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from tvm.target import Target
@@ -19,20 +24,34 @@ def test_configs_are_distinct_valid_and_curated_first():
     assert all(space.reject(c) is None for c in configs)
     assert len({space.key(c) for c in configs}) == 20
     assert configs[0] == gemv_bench.BASE
+    assert not any(str(c["load"]).startswith("bulk") for c in configs)
+    bulk, _ = gemv_bench.bench_configs(space, 4, seed=0, bulk=True)
+    assert len(bulk) == 4 and all(str(c["load"]).startswith("bulk") for c in bulk)
     assert sum(reasons.values()) == 2000 and 0 < reasons["valid"] < 2000
 
 
 def test_dry_run_builds_every_planned_config(tmp_path):
     rc = gemv_bench.main(["--dry-run", "--out", str(tmp_path), "--configs", "2",
-                          "--shapes", "4096x4096,28672x8192"])
+                          "--bulk-configs", "1", "--shapes", "4096x4096,28672x8192"])
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert rc == 0
     assert [p["shape"] for p in plan] == [{"n": 4096, "k": 4096}, {"n": 28672, "k": 8192}]
-    assert all(p["builds"] == [True, True] for p in plan)
+    assert all(p["builds"] == [True, True, True] for p in plan)
+    assert [str(c["load"]).startswith("bulk") for c in plan[0]["configs"]] == [False, False, True]
     assert plan[0]["rotation_sets_h200"] == 6 and plan[1]["rotation_sets_h200"] == 2
 
 
-@pytest.mark.parametrize("argv", [["--configs", "0"], ["--ref-every", "0"]])
+def test_watchdog_kills_a_run_without_progress(tmp_path):
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    progress = tmp_path / gemv_bench.PROGRESS
+    progress.write_text("gemv4096x4096 config 3: {...}")
+    os.utime(progress, (time.time() - 10, time.time() - 10))
+    gemv_bench._watchdog(stuck.pid, tmp_path, hang_s=5.0)
+    assert stuck.wait(timeout=10) == -signal.SIGKILL
+    assert "during: gemv4096x4096 config 3" in (tmp_path / "watchdog.txt").read_text()
+
+
+@pytest.mark.parametrize("argv", [["--configs", "0"], ["--ref-every", "0"], ["--bulk-share", "1"]])
 def test_bad_counts_exit_2(argv, tmp_path, capsys):
     assert gemv_bench.main(["--dry-run", "--out", str(tmp_path), *argv]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
