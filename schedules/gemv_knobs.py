@@ -194,23 +194,29 @@ class GemvKnobs(KnobSpace):
             return f"{self.shared_bytes(config)} B of shared memory > {STATIC_SHARED} B"
         return None
 
+    def bytes_per_thread_step(self, config: Config) -> int:
+        """Weight bytes one thread loads per step (its bytes in flight)."""
+        return int(config["unroll"]) * int(config["vector_bytes"])
+
+    def step_instructions(self, config: Config) -> float:
+        """Estimated instructions per thread and step: unroll W loads, unroll x loads, 2
+        converts and an FMA per element, ~3 for addresses and the loop."""
+        unroll = int(config["unroll"])
+        return 2 * unroll + 3 * unroll * self.lanes(config) + 3
+
     def features(self, config: Config) -> dict[str, float]:
-        threads, unroll, lanes = self.threads(config), int(config["unroll"]), self.lanes(config)
+        threads, per_thread = self.threads(config), self.bytes_per_thread_step(config)
         ctas = self.grid_x(config) * int(config["split_k"])
         resident = min(CTAS_PER_SM, THREADS_PER_SM // threads)
         steps = self.k_slice(config) // self.k_per_step(config)
         tpr = int(config["threads_per_row"])
-        # per thread and step: unroll W loads + unroll x loads + 2 converts and 1 FMA per element
-        # + ~3 address/loop instructions; per row: the shuffle tree and the store
-        step_instr = 2 * unroll + 3 * unroll * lanes + 3
-        row_instr = tpr * (steps * step_instr + 2 * math.log2(min(tpr, WARP)) + 2)
-        w_bytes_per_row = self.k_slice(config) * 2
+        # per row: its threads' steps, the shuffle tree and the store, over its weight bytes
+        row_instr = tpr * (steps * self.step_instructions(config) + 2 * math.log2(min(tpr, WARP)) + 2)
         return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
                 "rows_per_thread_block_visit": int(config["rows_per_cta"]),
-                "bytes_in_flight_per_thread": unroll * int(config["vector_bytes"]),
-                "bytes_in_flight_per_sm": unroll * int(config["vector_bytes"]) * threads
-                * min(resident, math.ceil(ctas / self.sms)),
-                "instructions_per_byte": row_instr / w_bytes_per_row,
+                "bytes_in_flight_per_thread": per_thread,
+                "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
+                "instructions_per_byte": row_instr / (steps * tpr * per_thread),
                 "steps": steps, "shared_bytes": self.shared_bytes(config),
                 "split_k": int(config["split_k"]),
                 "persistent": float(int(config["ctas_per_sm"]) > 0),
@@ -247,10 +253,18 @@ class _Writer:
         self.two_pass = self.split > 1 and config["split_reduce"] == "two_pass"
         self.atomic = self.split > 1 and not self.two_pass
 
-    def body(self) -> None:
+    def declare(self) -> None:
+        """The kernel's arguments: self.x (k,) and self.y (n,) as the kernel indexes them."""
         self.W = T.arg("W", T.buffer((self.n, self.k), "float16"))
         self.x = T.arg("x", T.buffer((self.k,), "float16"))
         self.y = T.arg("y", T.buffer((self.n,), "float32"))
+
+    def registers(self) -> None:
+        self.w_reg = self.simt.reg((self.unroll * self.lanes,), "float16")
+        self.x_reg = self.simt.reg((self.unroll * self.lanes,), "float16")
+
+    def body(self) -> None:
+        self.declare()
         if self.atomic:
             _elementwise(self.emulate, self.n,
                          lambda i: T.buffer_store(self.y, tirx.const(0.0, "float32"), [i]))
@@ -259,8 +273,7 @@ class _Writer:
         with simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
             self.bx, self.ks = bx, ks
             self.acc = simt.reg((self.unroll,), "float32")
-            self.w_reg = simt.reg((self.unroll * self.lanes,), "float16")
-            self.x_reg = simt.reg((self.unroll * self.lanes,), "float16")
+            self.registers()
             self.stage_x()
             self.red = simt.shared((self.rows, self.tpr // WARP), "float32") \
                 if self.tpr > WARP else None
@@ -282,7 +295,7 @@ class _Writer:
         self.x_src, self.x_base = self.x, self.ks * self.k_slice
         if not self.x_shared:
             return
-        simt, lanes, k_slice = self.simt, self.lanes, self.k_slice
+        simt, lanes, k_slice = self.simt, min(self.lanes, 8), self.k_slice   # 16-byte copies
         self.x_src, self.x_base = simt.shared((k_slice,), "float16"), 0
         with simt.threads() as t:
             with T.serial(0, math.ceil(k_slice / (self.threads * lanes))) as c:
@@ -360,6 +373,7 @@ class _Writer:
         with T.serial(0, self.visits) as visit:
             rb = self.bx + visit * self.grid_x
             guard = _UniformIf(rb < self.blocks) if self.blocks % self.grid_x else None
+            self.rb = rb
             with simt.threads() as t:
                 row = rb * self.rows + t // self.tpr
                 self.zero(t)
