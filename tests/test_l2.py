@@ -121,3 +121,36 @@ def test_cuda_wrapper_builds_without_a_gpu():
     target = Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     ex = tvm.compile(tvm.IRModule({l2.WRAPPER: l2._wrapper(arg_sets, "main", None)}), target=target)
     assert ex.mod.kind == "llvm" or ex.mod.kind == "library"
+
+
+def test_rotated_launcher_over_an_exported_library(kernel, tmp_path):
+    """The runner loads kernels from exported .so files: the wrapper finds `main` there too."""
+    path = str(tmp_path / "kernel.so")
+    kernel.export_library(path)
+    arg_sets = sets(2)
+    l2.rotated_timer(tvm.runtime.load_module(path), arg_sets, tvm.cpu())(4)
+    assert calls_per_set(arg_sets) == [2, 2]
+
+
+@pytest.mark.gpu
+def test_rotated_gemv_on_gpu_is_correct_for_every_set():
+    from energy_tuner.compiler.target import nvidia_gpu_name
+
+    if nvidia_gpu_name() is None:
+        pytest.skip("no NVIDIA GPU")
+    dev = tvm.cuda(0)
+    target = Target.from_device(dev)
+    space = GemvKnobs(make_op("gemv", "4096,4096", "float16"), target)
+    cfg = {"threads_per_row": 32, "rows_per_cta": 4, "vector_bytes": 16, "unroll": 2,
+           "ctas_per_sm": 0, "load": "nc_no_allocate", "prefetch": "none", "x_stage": "global",
+           "split_k": 1, "split_reduce": "atomic"}
+    ex = tvm.compile(space.module(cfg), target=target, **space.compile_options)
+    rng = np.random.default_rng(0)
+    host = [space.op.inputs(rng) for _ in range(3)]
+    arg_sets = [[tvm.runtime.tensor(a, dev) for a in inputs]
+                + [tvm.runtime.tensor(np.full(4096, np.nan, "float32"), dev)] for inputs in host]
+    timer = l2.rotated_timer(ex.mod, arg_sets, dev)
+    assert timer(30) > 0
+    for inputs, args in zip(host, arg_sets):
+        ref = space.op.reference(inputs)
+        assert np.linalg.norm(args[-1].numpy() - ref) / np.linalg.norm(ref) <= space.op.tolerance
