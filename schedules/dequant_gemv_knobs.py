@@ -11,10 +11,13 @@ copies), with the weight load and the multiply replaced: a thread's load unit is
 (`scale_apply=weight`: s (q - z) x) or, since a chunk lies inside one group, summed as
 s (sum q x - z sum x) once per chunk (`chunk`: two multiplies per chunk instead of per weight).
 
-What this space leaves out (issue 10): a lop3-based decode with weights interleaved offline so
-that one 32-bit word holds the bits of consecutive weights in the order the decode wants
-(a packing change, tested for round trips), the zero point folded into a precomputed activation
-sum, and bulk copies of the packed planes.
+What this space leaves out (issue 10): a lop3-based decode (one `lop3.b32` merges a masked plane
+into the assembled word, then the magic-number conversion `(q | 0x6400) - 1024.0` turns two
+values into two halves at once), which needs the planes interleaved offline so that one 32-bit
+word holds the bits of consecutive weights in the order the decode wants (a packing change, done
+once and tested for round trips); the zero point folded into a precomputed activation sum; bulk
+copies of the packed planes. The shift-and decode here costs ~3 instructions per weight and
+plane, which is what a lop3 decode would cut.
 """
 from __future__ import annotations
 

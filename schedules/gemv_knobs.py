@@ -30,23 +30,11 @@ columns) is moved into a ring of 2-4 shared tiles by one thread's cp.async.bulk 
 instruction per row segment instead of one load per 16 bytes per thread, completing on an
 mbarrier per stage that all threads wait on; they then read the tile with shared vector loads.
 The ring runs across row blocks (one sequence of steps per CTA), so the grid must divide them.
-Products in fp16 (HFMA2, half the FMAs) are left out
-because their rounding (2^-11 per product) exceeds the op's float32 tolerance of 1e-4.
 
-The dequant twin (lut_mpgemm at m = 1, `--impl dequant`), design note: the same kernel with W
-replaced by its packed form, uint8 [bits, n, k/8] (schedules/lut_mpgemm.py: bit b of weight j
-of row c is bit j%8 of packed[b, c, j//8]), scales and zero points [n, k/group]. A thread's step
-then loads, per bit plane, `vector_bytes` of packed bytes (128 weights per 16-byte load), so
-the bytes in flight shrink by 16/bits for the same k per step, and decode becomes the cost:
-extracting bit j of each plane and assembling q costs ~2 instructions per weight and plane with
-shifts and ands; a lop3-based decode (one `lop3.b32` merges a masked plane into the assembled
-word, then a magic-number fp16 conversion `(q | 0x6400) - 1024.0` turns 2 nibbles into 2 halves)
-needs the planes pre-interleaved offline so that one 32-bit word holds the bits of 8 (or 16)
-consecutive weights, which is a packing change (done once, offline, tested for round trips).
-Knobs beyond this space's: decode (shift-and vs lop3 with interleaved packing), scale application
-(per weight vs once per group on the partial sum: k/group multiplies per row instead of k),
-whether the zero point is folded into an activation-sum correction (one multiply per group), and
-how many groups a thread covers per step (a group of 128 at 16-byte loads is one load per plane).
+Left out: products in fp16 (HFMA2, half the FMAs), because their rounding (2^-11 per product)
+exceeds the op's float32 tolerance of 1e-4; tiles in dynamic shared memory (static shared
+memory caps x in shared memory plus the bulk ring at 48 KB). The dequant twin of this space is
+schedules/dequant_gemv_knobs.py.
 """
 from __future__ import annotations
 
@@ -139,8 +127,7 @@ class GemvKnobs(KnobSpace):
     def threads(config: Config) -> int:
         return int(config["threads_per_row"]) * int(config["rows_per_cta"])
 
-    @staticmethod
-    def lanes(config: Config) -> int:
+    def lanes(self, config: Config) -> int:
         """fp16 elements per vector load."""
         return int(config["vector_bytes"]) // 2
 
@@ -182,7 +169,8 @@ class GemvKnobs(KnobSpace):
                     f"unroll) does not divide k/split_k={self.k_slice(config)}")
         if split == 1 and config["split_reduce"] != "atomic":
             return "split_reduce only matters with split_k > 1 (its canonical value is atomic)"
-        if config["load"] in ("plain", "bulk2", "bulk3", "bulk4") and config["prefetch"] != "none":
+        if (config["load"] == "plain" or bulk_stages(str(config["load"]))) \
+                and config["prefetch"] != "none":
             return "prefetch qualifiers apply to the ld.global.nc loads only"
         if bulk_stages(str(config["load"])):
             if sm_arch(self.target) < 90:
