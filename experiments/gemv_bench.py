@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +47,12 @@ import tvm
 from tvm.target import Target
 
 from energy_tuner.measure import l2
-from energy_tuner.schedules import make_op
+from energy_tuner.schedules import OpError, make_op
+from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
+DEQUANT_SHAPES = SHAPES[1:]          # issue 10's W4/W2 table
 MAX_SLOWDOWN = 1.03
 PROGRESS = "progress.txt"
 BASE = {"threads_per_row": 32, "rows_per_cta": 4, "vector_bytes": 16, "unroll": 2,
@@ -81,11 +83,43 @@ CURATED_BULK = [  # the bulk-copy path: ring depth, tile size, grid
     {"load": "bulk2", "threads_per_row": 128, "rows_per_cta": 4, "ctas_per_sm": 1,
      "x_stage": "shared"},
 ]
+BASE_DEQUANT = {"threads_per_row": 32, "rows_per_cta": 4, "weights_per_load": 32, "unroll": 1,
+                "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
+                "split_k": 1, "split_reduce": "atomic", "scale_apply": "chunk"}
+CURATED_DEQUANT = [
+    {},
+    {"scale_apply": "weight"},
+    {"load": "nc_no_allocate"},
+    {"weights_per_load": 64, "threads_per_row": 16, "load": "nc"},
+    {"weights_per_load": 128, "threads_per_row": 8, "rows_per_cta": 8, "load": "nc_no_allocate"},
+    {"weights_per_load": 128, "threads_per_row": 16, "rows_per_cta": 4, "load": "nc_evict_first",
+     "x_stage": "shared"},
+    {"unroll": 2, "load": "nc_no_allocate", "ctas_per_sm": 4},
+    {"split_k": 2, "load": "nc"},
+]
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 
 
 # ---------------------------------------------------------------- the plan (CPU)
+def case_name(args, n: int, k: int) -> str:
+    return f"gemv{n}x{k}" if args.op == "gemv" else \
+        f"dequant{n}x{k}_w{args.wbits}g{args.group_size}" + ("z" if args.zero_points else "")
+
+
+def make_op_for(args, n: int, k: int):
+    if args.op == "gemv":
+        return make_op("gemv", f"{n},{k}", "float16")
+    return make_op("lut_mpgemm", f"m=1,n={n},k={k}", "float16",
+                   {"wbits": args.wbits, "group_size": args.group_size,
+                    "zero_points": args.zero_points, "impl": "dequant"})
+
+
+def make_space(args, n: int, k: int, target: Target, sms: int) -> GemvKnobs:
+    cls = GemvKnobs if args.op == "gemv" else DequantGemvKnobs
+    return cls(make_op_for(args, n, k), target, sms=sms)
+
+
 def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
                   ) -> tuple[list[dict], Counter]:
     """`count` distinct valid configs of one pass (bulk copies or the others; curated first,
@@ -99,8 +133,12 @@ def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
             configs.append(cfg)
             keys.add(space.key(cfg))
 
-    for changes in CURATED_BULK if bulk else CURATED:
-        take({**BASE, **changes})
+    if isinstance(space, DequantGemvKnobs):
+        base, curated = BASE_DEQUANT, ([] if bulk else CURATED_DEQUANT)
+    else:
+        base, curated = BASE, (CURATED_BULK if bulk else CURATED)
+    for changes in curated:
+        take({**base, **changes})
     rng, reasons = np.random.default_rng(seed), Counter()
     for _ in range(2000):
         cfg = space.sample(rng)
@@ -113,7 +151,7 @@ def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
 def dry_run(args) -> int:
     plan = []
     for n, k in args.shapes:
-        space = GemvKnobs(make_op("gemv", f"{n},{k}", "float16"), SM90, sms=132)
+        space = make_space(args, n, k, SM90, sms=132)
         configs, reasons = bench_configs(space, args.configs, args.seed)
         configs += bench_configs(space, args.bulk_configs, args.seed, bulk=True)[0]
         built = []
@@ -124,9 +162,11 @@ def dry_run(args) -> int:
                 built.append("__global__" in src or "binary")
             except Exception as err:  # a build failure is a finding of the plan, not a crash
                 built.append(f"build error: {str(err).strip().splitlines()[-1][:200]}")
-        plan.append({"shape": {"n": n, "k": k}, "configs": configs, "builds": built,
-                     "sample_rejects": dict(reasons),
-                     "rotation_sets_h200": l2.rotation_count(n * k * 2 + k * 2, 60 << 20)})
+        set_bytes = sum(math.prod(s) * np.dtype(d).itemsize
+                        for s, d in zip(space.op.input_shapes, space.op.input_dtypes))
+        plan.append({"case": case_name(args, n, k), "shape": {"n": n, "k": k}, "configs": configs,
+                     "builds": built, "sample_rejects": dict(reasons),
+                     "rotation_sets_h200": l2.rotation_count(set_bytes, 60 << 20)})
         print(f"{n}x{k}: {len(configs)} configs, {sum(b is True for b in built)} build to CUDA "
               f"source; random samples valid {reasons['valid']}/2000", flush=True)
     (args.out / "plan.json").write_text(json.dumps(plan, indent=1))
@@ -174,10 +214,11 @@ class Bench:
         torch = self.torch
         if not bool(torch.isfinite(y).all()):
             return math.inf
-        return float(torch.linalg.norm(y.double() - ref) / torch.linalg.norm(ref))
+        return float(torch.linalg.norm(y.reshape(-1).double() - ref) / torch.linalg.norm(ref))
 
-    def cublas(self, case: str, ws, xs, ref) -> list[dict]:
-        torch = self.torch
+    def cublas(self, case: str, problem: "Problem") -> list[dict]:
+        torch, ref = self.torch, problem.ref
+        ws, xs = [w for w, _ in problem.dense_sets], [x for _, x in problem.dense_sets]
         variants = {"cublas fp16->fp16": lambda w, x: torch.mv(w, x)}
         try:
             torch.mm(ws[0], xs[0][:, None], out_dtype=torch.float32)
@@ -225,8 +266,8 @@ class Bench:
         run_batch.graph = graph   # keep the graph alive as long as the closure
         return run_batch
 
-    def ours(self, case: str, space: GemvKnobs, cfg: dict, ws, xs, y, ref) -> dict:
-        torch = self.torch
+    def ours(self, case: str, space: GemvKnobs, cfg: dict, problem: "Problem") -> dict:
+        torch, out = self.torch, problem.out
         row = {"case": case, "kind": "ours", "name": space.name, "config": cfg,
                "features": space.features(cfg)}
         try:
@@ -234,17 +275,18 @@ class Bench:
         except Exception as err:  # a config that does not build is a result
             return {**row, "status": "build_error", "error": str(err).strip().splitlines()[-1][:300]}
         to_tvm = tvm.runtime.from_dlpack
-        tw, tx, ty = [to_tvm(w) for w in ws], [to_tvm(x) for x in xs], to_tvm(y)
-        y.fill_(math.nan)
+        t_out = to_tvm(out)
+        arg_sets = [[to_tvm(a) for a in args] + [t_out] for args in problem.ours_sets]
+        out.fill_(math.nan)
         torch.cuda.synchronize()
-        ex["main"](tw[0], tx[0], ty)
+        ex["main"](*arg_sets[0])
         self.dev.sync()
-        direct = self.rel_error(y, ref)
-        launcher = l2.rotated_timer(ex.mod, [[w, x, ty] for w, x in zip(tw, tx)], self.dev)
-        y.fill_(math.nan)
+        direct = self.rel_error(out, problem.ref)
+        launcher = l2.rotated_timer(ex.mod, arg_sets, self.dev)
+        out.fill_(math.nan)
         torch.cuda.synchronize()
         launcher(1)
-        rotated = self.rel_error(y, ref)
+        rotated = self.rel_error(out, problem.ref)
         row.update(rel_error=max(direct, rotated), rel_error_direct=direct,
                    rel_error_rotated=rotated)
         if not row["rel_error"] <= space.op.tolerance:
@@ -255,27 +297,48 @@ class Bench:
         """What runs now, for the watchdog (its file's age is the time since progress)."""
         (self.args.out / PROGRESS).write_text(text)
 
+    def problem(self, n: int, k: int) -> "Problem":
+        """Inputs in rotated sets (> 3x L2 each for ours and for cuBLAS), output and reference."""
+        torch, args = self.torch, self.args
+        gen = torch.Generator(device="cuda").manual_seed(args.seed)
+        if args.op == "gemv":
+            op = make_op_for(args, n, k)
+            w = torch.randn((n, k), device="cuda", dtype=torch.float16, generator=gen)
+            x = torch.randn((k,), device="cuda", dtype=torch.float16, generator=gen)
+            sets = l2.rotation_count(n * k * 2 + k * 2, self.l2)
+            dense = [(w, x)] + [(w.clone(), x.clone()) for _ in range(sets - 1)]
+            return Problem(op, [list(s) for s in dense], dense, torch.empty((n,), device="cuda"),
+                           w.double() @ x.double())
+        op = make_op_for(args, n, k)
+        host = op.inputs(np.random.default_rng(args.seed))     # x, packed planes, scales, zeros
+        inputs = [torch.from_numpy(a).cuda() for a in host]
+        w = torch.from_numpy(op.quantized(*host[1:]).dequantize()).cuda()   # float32 [n, k]
+        ref = w.double() @ inputs[0].reshape(-1).double()
+        sets = l2.rotation_count(sum(a.nbytes for a in host), self.l2)
+        ours = [inputs] + [[a.clone() for a in inputs] for _ in range(sets - 1)]
+        w16, x = w.half(), inputs[0].reshape(-1)
+        dense_sets = l2.rotation_count(n * k * 2 + k * 2, self.l2)
+        dense = [(w16, x)] + [(w16.clone(), x.clone()) for _ in range(dense_sets - 1)]
+        return Problem(op, ours, dense, torch.empty((1, n), device="cuda"), ref)
+
     def case(self, n: int, k: int, deadline: float, bulk: bool) -> None:
-        torch = self.torch
-        case = f"gemv{n}x{k}"
-        op = make_op("gemv", f"{n},{k}", "float16")
-        space = GemvKnobs(op, self.target, sms=self.sms)
-        count = self.args.bulk_configs if bulk else self.args.configs
-        configs, reasons = bench_configs(space, count, self.args.seed, bulk)
+        torch, args = self.torch, self.args
+        case = case_name(args, n, k)
+        problem = self.problem(n, k)
+        space = make_space(args, n, k, self.target, self.sms)
+        count = args.bulk_configs if bulk else args.configs
+        configs, reasons = bench_configs(space, count, args.seed, bulk)
         if not configs:
             return
-        sets = l2.rotation_count(n * k * 2 + k * 2, self.l2)
-        print(f"{case} ({'bulk' if bulk else 'ld'} pass): {len(configs)} configs, {sets} rotated sets "
-              f"({sets * (n * k * 2 + k * 2) / 1e6:.0f} MB, L2 {self.l2 / 1e6:.0f} MB)", flush=True)
-        gen = torch.Generator(device="cuda").manual_seed(self.args.seed)
-        w0 = torch.randn((n, k), device="cuda", dtype=torch.float16, generator=gen)
-        x0 = torch.randn((k,), device="cuda", dtype=torch.float16, generator=gen)
-        ws, xs = [w0] + [w0.clone() for _ in range(sets - 1)], [x0] + [x0.clone() for _ in range(sets - 1)]
-        ref = (w0.double() @ x0.double())
-        y = torch.empty((n,), device="cuda", dtype=torch.float32)
+        sets = len(problem.ours_sets)
+        set_bytes = sum(a.nbytes for a in problem.ours_sets[0])
+        print(f"{case} ({'bulk' if bulk else 'ld'} pass): {len(configs)} configs, {sets} rotated "
+              f"sets ({sets * set_bytes / 1e6:.0f} MB, L2 {self.l2 / 1e6:.0f} MB)", flush=True)
         self.results.append({"case": case, "kind": "plan", "pass": "bulk" if bulk else "ld",
-                             "sets": sets, "configs": len(configs), "sample_rejects": dict(reasons)})
-        self.cublas(case, ws, xs, ref)
+                             "op": problem.op.describe(), "sets": sets,
+                             "ref_sets": len(problem.dense_sets), "configs": len(configs),
+                             "sample_rejects": dict(reasons)})
+        self.cublas(case, problem)
         for i, cfg in enumerate(configs):
             if time.monotonic() > deadline:
                 self.results.append({"case": case, "kind": "skipped", "configs_left": len(configs) - i,
@@ -283,7 +346,7 @@ class Bench:
                 break
             self.progress(f"{case} config {i}: {space.key(cfg)}")
             try:
-                row = self.ours(case, space, cfg, ws, xs, y, ref)
+                row = self.ours(case, space, cfg, problem)
             except Exception as err:  # a kernel that fails on the GPU may poison the context
                 row = {"case": case, "kind": "ours", "config": cfg, "status": "run_error",
                        "error": str(err).strip().splitlines()[-1][:300]}
@@ -297,19 +360,28 @@ class Bench:
                 f": {row['sustained_latency_s'] * 1e6:.1f} us, {(row['energy_j'] or math.nan) * 1e3:.2f} mJ, "
                 f"{row['power_w'] or math.nan:.0f} W" if row["status"] == "ok" else
                 f": {row.get('error') or row.get('rel_error')}"), flush=True)
-            if (i + 1) % self.args.ref_every == 0 and i + 1 < len(configs):
-                self.cublas(case, ws, xs, ref)
-        self.cublas(case, ws, xs, ref)
+            if (i + 1) % args.ref_every == 0 and i + 1 < len(configs):
+                self.cublas(case, problem)
+        self.cublas(case, problem)
         self.save()
-        del ws, xs, w0, x0, y, ref
+        del problem
         torch.cuda.empty_cache()
+
+
+@dataclass
+class Problem:
+    op: object                       # the Op (gemv, or lut_mpgemm dequant at m = 1)
+    ours_sets: list[list]            # per rotated set: our kernel's inputs (torch, on the GPU)
+    dense_sets: list[tuple]          # per rotated set: (fp16 W, x) for cuBLAS
+    out: object                      # our kernel's output (poisoned before each check)
+    ref: object                      # float64 reference of the output, flattened
 
 
 def summary(results: list[dict], state: dict, args, gpu: str, driver: str) -> dict:
     """GUIDE §6 rows for the shapes that have results."""
     rows = []
     for n, k in args.shapes:
-        case = f"gemv{n}x{k}"
+        case = case_name(args, n, k)
         if not any(r["case"] == case for r in results):
             continue
         ours = [r for r in results if r["case"] == case and r["kind"] == "ours"
@@ -318,10 +390,12 @@ def summary(results: list[dict], state: dict, args, gpu: str, driver: str) -> di
         ref_name = "cublas fp16->fp32" if any(r["name"] == "cublas fp16->fp32" for r in refs) \
             else "cublas fp16->fp16"
         refs = [r for r in refs if r["name"] == ref_name]
-        row = {"case": case, "op": "gemv", "shape": {"n": n, "k": k}, "dtype": "float16",
-               "out_dtype": "float32", "params": {}}
+        desc = make_op_for(args, n, k).describe()
+        row = {"case": case, "op": desc["op"], "shape": desc["shape"], "dtype": "float16",
+               "out_dtype": "float32", "params": desc.get("params", {})}
         if refs:
-            row["ref"] = {"name": ref_name, "repeats": len(refs),
+            row["ref"] = {"name": ref_name + ("" if args.op == "gemv" else
+                                              " on the dequantized weights"), "repeats": len(refs),
                           "ms": statistics.median(r["sustained_latency_s"] for r in refs) * 1e3,
                           "mj": statistics.median(r["energy_j"] for r in refs) * 1e3,
                           "w": statistics.median(r["power_w"] for r in refs)}
@@ -401,7 +475,12 @@ def shapes(text: str) -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--shapes", type=shapes, default=SHAPES, help="NxK,NxK,... (default: issue 10's)")
+    ap.add_argument("--op", choices=("gemv", "dequant"), default="gemv",
+                    help="fp16 GEMV, or lut_mpgemm's dequant twin at m = 1 (low-bit weights)")
+    ap.add_argument("--wbits", type=int, choices=(1, 2, 3, 4), default=4)
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--zero-points", action="store_true")
+    ap.add_argument("--shapes", type=shapes, help="NxK,NxK,... (default: issue 10's for --op)")
     ap.add_argument("--configs", type=int, default=12, help="configs per shape, ld loads")
     ap.add_argument("--bulk-configs", type=int, default=5, help="configs per shape, bulk copies")
     ap.add_argument("--bulk-share", type=float, default=0.3, help="of the budget, for bulk copies")
@@ -414,10 +493,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="plan and build to CUDA source only (no GPU)")
     args = ap.parse_args(argv)
     args.t0 = time.monotonic()
+    args.shapes = args.shapes or (SHAPES if args.op == "gemv" else DEQUANT_SHAPES)
     if args.configs < 1 or args.ref_every < 1 or args.bulk_configs < 0 \
             or not 0 <= args.bulk_share < 1:
         print("--configs and --ref-every must be >= 1, --bulk-configs >= 0, "
               "--bulk-share in [0, 1)", file=sys.stderr)
+        return 2
+    try:
+        for n, k in args.shapes:
+            make_op_for(args, n, k)
+    except OpError as err:
+        print(f"bad problem: {err}", file=sys.stderr)
         return 2
     try:
         args.out.mkdir(parents=True, exist_ok=True)

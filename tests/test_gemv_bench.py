@@ -51,7 +51,17 @@ def test_watchdog_kills_a_run_without_progress(tmp_path):
     assert "during: gemv4096x4096 config 3" in (tmp_path / "watchdog.txt").read_text()
 
 
-@pytest.mark.parametrize("argv", [["--configs", "0"], ["--ref-every", "0"], ["--bulk-share", "1"]])
+def test_dry_run_of_the_dequant_twin(tmp_path):
+    rc = gemv_bench.main(["--dry-run", "--op", "dequant", "--wbits", "2", "--zero-points",
+                          "--out", str(tmp_path), "--configs", "3", "--shapes", "4096x14336"])
+    (plan,) = json.loads((tmp_path / "plan.json").read_text())
+    assert rc == 0 and plan["case"] == "dequant4096x14336_w2g128z"
+    assert plan["builds"] == [True, True, True]          # no bulk pass for the dequant twin
+    assert plan["configs"][0] == gemv_bench.BASE_DEQUANT
+
+
+@pytest.mark.parametrize("argv", [["--configs", "0"], ["--ref-every", "0"], ["--bulk-share", "1"],
+                                  ["--op", "dequant", "--group-size", "7"]])
 def test_bad_counts_exit_2(argv, tmp_path, capsys):
     assert gemv_bench.main(["--dry-run", "--out", str(tmp_path), *argv]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -74,7 +84,7 @@ def _row(kind, ms, mj, name="gemv-simt", config=None):
 
 def test_summary_takes_least_energy_within_the_latency_bound():
     class Args:
-        shapes, commit = [(64, 64)], "abc"
+        shapes, commit, op = [(64, 64)], "abc", "gemv"
 
     results = [_row("ref", 0.030, 17.0, "cublas fp16->fp32"), _row("ref", 0.031, 16.0, "cublas fp16->fp32"),
                _row("ref", 0.029, 15.0, "cublas fp16->fp16"),
