@@ -324,12 +324,13 @@ class Bench:
     def case(self, n: int, k: int, deadline: float, bulk: bool) -> None:
         torch, args = self.torch, self.args
         case = case_name(args, n, k)
-        problem = self.problem(n, k)
         space = make_space(args, n, k, self.target, self.sms)
         count = args.bulk_configs if bulk else args.configs
         configs, reasons = bench_configs(space, count, args.seed, bulk)
         if not configs:
             return
+        self.progress(f"{case}: preparing inputs")
+        problem = self.problem(n, k)
         sets = len(problem.ours_sets)
         set_bytes = sum(a.nbytes for a in problem.ours_sets[0])
         print(f"{case} ({'bulk' if bulk else 'ld'} pass): {len(configs)} configs, {sets} rotated "
