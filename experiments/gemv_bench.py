@@ -450,7 +450,9 @@ def gpu_run(args) -> int:
     state = {**bench.state, "idle_w": bench.idle_w}
     # the ld pass over every shape first, then the bulk pass: a bulk kernel that hangs (killed
     # by the watchdog) costs only what comes after it
-    passes = [(False, args.budget_s * (1 - args.bulk_share)), (True, args.budget_s)]
+    bulk_pass = args.op == "gemv" and args.bulk_configs > 0   # the dequant twin has no bulk path
+    passes = [(False, args.budget_s * (1 - args.bulk_share)), (True, args.budget_s)] if bulk_pass \
+        else [(False, args.budget_s)]
     for bulk, pass_end in passes:
         for i, (n, k) in enumerate(args.shapes):
             left = pass_end - (time.monotonic() - args.t0)
