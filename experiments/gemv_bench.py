@@ -1,6 +1,7 @@
 """fp16 GEMV knob configs (schedules/gemv_knobs.py) against cuBLAS, weights from DRAM, no launch gaps.
 
     PYTHONPATH=/tmp/site:$PWD python3 experiments/gemv_bench.py --out OUT      (on the GPU)
+    PYTHONPATH=/tmp/site:$PWD python3 experiments/gemv_bench.py --op dequant --wbits 4 --out OUT
     python3 experiments/gemv_bench.py --dry-run --out OUT                      (CPU: plan only)
 
 For each issue-10 shape (n x k = 4096x4096, 14336x4096, 4096x14336, 28672x8192): random normal
@@ -22,6 +23,12 @@ goes) and OUT/summary.json (GUIDE §6, rewritten after every shape): per shape t
 config within 1.03x cuBLAS's time, else the least-energy one. `--budget-s` bounds the whole run
 (default 480 s, under the 9 minutes one device call allows; `--bulk-share` of it for the bulk
 pass): each shape gets an equal share of what is left, and configs that do not fit are skipped.
+
+`--op dequant` measures lut_mpgemm's dequant twin at m = 1 instead (schedules/dequant_gemv_knobs.py;
+`--wbits`, `--group-size`, `--zero-points`; default shapes issue 10's three W4/W2 ones), with
+random normal weights quantized and packed as the op does, its output checked against the
+float64 product with the dequantized weights, and cuBLAS fp16 GEMV on those dequantized weights
+(fp16, in their own rotated sets) as the reference: the comparison issue 10 asks for.
 
 --dry-run needs no GPU: it writes OUT/plan.json with the configs per shape, the reasons why
 random samples were rejected (counts), and whether each config builds to CUDA source.
