@@ -134,7 +134,7 @@ class _DequantWriter(_Writer):
 
     def accumulate(self, t, s) -> None:
         chunk, per, bits = self.lanes, self.per_chunk, self.bits
-        row = self.rb * self.rows + t // self.tpr
+        row = self.rb * self.rows + self.slot(t)
         for u in range(self.unroll):
             col = self.x_base + s * self.k_step + self.column(t, u)
             for piece in range(chunk // X_VECTOR):

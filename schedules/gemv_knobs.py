@@ -113,6 +113,7 @@ class GemvKnobs(KnobSpace):
     def knobs(self) -> tuple[Knob, ...]:
         return (Knob("threads_per_row", (4, 8, 16, 32, 64, 128, 256)),
                 Knob("rows_per_cta", (1, 2, 4, 8, 16)),
+                Knob("rows_per_thread", (1, 2, 4)),
                 Knob("vector_bytes", (8, 16)),
                 Knob("unroll", (1, 2, 4)),
                 Knob("ctas_per_sm", (0, 1, 2, 4, 8)),
@@ -138,8 +139,16 @@ class GemvKnobs(KnobSpace):
         """Elements of a row the row's threads read per step."""
         return int(config["threads_per_row"]) * self.lanes(config) * int(config["unroll"])
 
+    @staticmethod
+    def rows_per_thread(config: Config) -> int:
+        return int(config.get("rows_per_thread", 1))
+
+    def rows_per_block(self, config: Config) -> int:
+        """Rows a CTA computes at a time: rows_per_cta thread groups x rows_per_thread."""
+        return int(config["rows_per_cta"]) * self.rows_per_thread(config)
+
     def row_blocks(self, config: Config) -> int:
-        return self.n // int(config["rows_per_cta"])
+        return self.n // self.rows_per_block(config)
 
     def grid_x(self, config: Config) -> int:
         per_sm = int(config["ctas_per_sm"])
@@ -148,7 +157,7 @@ class GemvKnobs(KnobSpace):
 
     def shared_bytes(self, config: Config) -> int:
         x_bytes = self.k_slice(config) * 2 if config["x_stage"] == "shared" else 0
-        tpr, rows = int(config["threads_per_row"]), int(config["rows_per_cta"])
+        tpr, rows = int(config["threads_per_row"]), self.rows_per_block(config)
         red = rows * (tpr // WARP) * 4 if tpr > WARP else 0
         stages = bulk_stages(str(config["load"]))
         ring = stages * (rows * self.k_per_step(config) * 2 + 8)
@@ -160,8 +169,9 @@ class GemvKnobs(KnobSpace):
             return f"{threads} threads per CTA > {MAX_THREADS}"
         if threads < WARP:
             return f"{threads} threads per CTA < one warp"
-        if self.n % int(config["rows_per_cta"]):
-            return f"rows_per_cta {config['rows_per_cta']} does not divide n={self.n}"
+        if self.n % self.rows_per_block(config):
+            return (f"{self.rows_per_block(config)} rows per CTA (rows_per_cta x rows_per_thread) "
+                    f"do not divide n={self.n}")
         if self.k % split:
             return f"split_k {split} does not divide k={self.k}"
         if self.k_slice(config) % self.k_per_step(config):
@@ -184,13 +194,14 @@ class GemvKnobs(KnobSpace):
 
     def bytes_per_thread_step(self, config: Config) -> int:
         """Weight bytes one thread loads per step (its bytes in flight)."""
-        return int(config["unroll"]) * int(config["vector_bytes"])
+        return self.rows_per_thread(config) * int(config["unroll"]) * int(config["vector_bytes"])
 
     def step_instructions(self, config: Config) -> float:
-        """Estimated instructions per thread and step: unroll W loads, unroll x loads, 2
-        converts and an FMA per element, ~3 for addresses and the loop."""
-        unroll = int(config["unroll"])
-        return 2 * unroll + 3 * unroll * self.lanes(config) + 3
+        """Estimated instructions per thread and step: a W load per row and vector and an x load
+        per vector; a convert per x element, and per row a convert and an FMA per element; ~3
+        for addresses and the loop."""
+        unroll, lanes, rpt = int(config["unroll"]), self.lanes(config), self.rows_per_thread(config)
+        return (rpt + 1) * unroll + unroll * lanes * (1 + 2 * rpt) + 3
 
     def features(self, config: Config) -> dict[str, float]:
         threads, per_thread = self.threads(config), self.bytes_per_thread_step(config)
@@ -199,9 +210,11 @@ class GemvKnobs(KnobSpace):
         steps = self.k_slice(config) // self.k_per_step(config)
         tpr = int(config["threads_per_row"])
         # per row: its threads' steps, the shuffle tree and the store, over its weight bytes
-        row_instr = tpr * (steps * self.step_instructions(config) + 2 * math.log2(min(tpr, WARP)) + 2)
+        row_instr = tpr * (steps * self.step_instructions(config)
+                           + self.rows_per_thread(config) * (2 * math.log2(min(tpr, WARP)) + 2))
         return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
-                "rows_per_thread_block_visit": int(config["rows_per_cta"]),
+                "rows_per_block": self.rows_per_block(config),
+                "rows_per_thread": self.rows_per_thread(config),
                 "bytes_in_flight_per_thread": per_thread,
                 "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
                 "instructions_per_byte": row_instr / (steps * tpr * per_thread),
@@ -228,7 +241,8 @@ class _Writer:
 
     def __init__(self, space: GemvKnobs, config: Config, emulate: bool) -> None:
         self.n, self.k, self.emulate = space.n, space.k, emulate
-        self.tpr, self.rows = int(config["threads_per_row"]), int(config["rows_per_cta"])
+        self.tpr, self.rpt = int(config["threads_per_row"]), space.rows_per_thread(config)
+        self.rows = space.rows_per_block(config)             # rows per row block
         self.unroll, self.lanes = int(config["unroll"]), space.lanes(config)
         self.split, self.threads = int(config["split_k"]), space.threads(config)
         self.k_slice, self.k_step = space.k_slice(config), space.k_per_step(config)
@@ -248,7 +262,7 @@ class _Writer:
         self.y = T.arg("y", T.buffer((self.n,), "float32"))
 
     def registers(self) -> None:
-        self.w_reg = self.simt.reg((self.unroll * self.lanes,), "float16")
+        self.w_reg = self.simt.reg((self.rpt * self.unroll * self.lanes,), "float16")
         self.x_reg = self.simt.reg((self.unroll * self.lanes,), "float16")
 
     def body(self) -> None:
@@ -260,7 +274,7 @@ class _Writer:
         self.simt = simt = Simt(self.threads, self.emulate)
         with simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
             self.bx, self.ks = bx, ks
-            self.acc = simt.reg((self.unroll,), "float32")
+            self.acc = simt.reg((self.rpt * self.unroll,), "float32")
             self.registers()
             self.stage_x()
             self.red = simt.shared((self.rows, self.tpr // WARP), "float32") \
@@ -299,56 +313,73 @@ class _Writer:
         neighbouring vectors, and the u-th vectors of a row's lanes follow each other."""
         return (u * self.tpr + t % self.tpr) * self.lanes
 
+    def slot(self, t, i: int = 0):
+        """Row (within the row block) of thread t's i-th row."""
+        return t // self.tpr * self.rpt + i
+
     def accumulate(self, t, s) -> None:
-        """acc[u] += w_reg . x_reg for step s (w_reg already loaded)."""
-        lanes = self.lanes
-        for u in range(self.unroll):
+        """acc[i, u] += w_reg[i, u] . x_reg[u] for step s (w_reg already loaded): x is loaded and
+        converted once for the thread's rows_per_thread rows."""
+        lanes, unroll = self.lanes, self.unroll
+        for u in range(unroll):
             col = self.x_base + s * self.k_step + self.column(t, u)
             self.x_reg.store(t, self.x_src[ramp(col, lanes)], ramp(u * lanes, lanes))
-        for u in range(self.unroll):
+        for u in range(unroll):
             for v in range(lanes):
-                e = u * lanes + v
-                self.acc.store(t, self.acc.load(t, u) + self.w_reg.load(t, e).astype("float32")
-                               * self.x_reg.load(t, e).astype("float32"), u)
+                xf = self.x_reg.load(t, u * lanes + v).astype("float32")
+                for i in range(self.rpt):
+                    a = i * unroll + u
+                    w = self.w_reg.load(t, a * lanes + v).astype("float32")
+                    self.acc.store(t, self.acc.load(t, a) + w * xf, a)
 
     def zero(self, t) -> None:
-        for u in range(self.unroll):
-            self.acc.store(t, tirx.const(0.0, "float32"), u)
+        for a in range(self.rpt * self.unroll):
+            self.acc.store(t, tirx.const(0.0, "float32"), a)
 
     def reduce_and_write(self, rb) -> None:
-        """Sum acc over each row's threads and write (or add, or keep) the row's result."""
-        simt, tpr, acc = self.simt, self.tpr, self.acc
+        """Sum acc over each row's threads and write (or add, or keep) the rows' results."""
+        simt, tpr, acc, unroll = self.simt, self.tpr, self.acc, self.unroll
+        sums = [i * unroll for i in range(self.rpt)]      # acc slot of row i's sum
         with simt.threads() as t:
-            for u in range(1, self.unroll):
-                acc.store(t, acc.load(t, 0) + acc.load(t, u), 0)
-        simt.xor_sum(acc, min(tpr, WARP))
+            for at in sums:
+                for u in range(1, unroll):
+                    acc.store(t, acc.load(t, at) + acc.load(t, at + u), at)
+        for at in sums:
+            simt.xor_sum(acc, min(tpr, WARP), at)
         if self.red is not None:
+            warps = tpr // WARP
             with simt.threads() as t:
                 with T.If(t % WARP == 0):
                     with T.Then():
-                        T.buffer_store(self.red, acc.load(t, 0), [t // tpr, (t % tpr) // WARP])
+                        for i, at in enumerate(sums):
+                            T.buffer_store(self.red, acc.load(t, at),
+                                           [self.slot(t, i), (t % tpr) // WARP])
             simt.sync()
             with simt.threads() as t:
-                lane, warps = t % tpr, tpr // WARP
-                # if_then_else, not Select: Select reads both sides, and the simplifier drops
-                # the clamp of an index under the condition (an out-of-bounds read otherwise)
-                acc.store(t, tirx.if_then_else(lane < warps, self.red[t // tpr, lane],
-                                               tirx.const(0.0, "float32")), 0)
-            simt.xor_sum(acc, tpr // WARP)
+                for i, at in enumerate(sums):
+                    # if_then_else, not Select: Select reads both sides, and the simplifier drops
+                    # the clamp of an index under the condition (an out-of-bounds read otherwise)
+                    acc.store(t, tirx.if_then_else(t % tpr < warps, self.red[self.slot(t, i), t % tpr],
+                                                   tirx.const(0.0, "float32")), at)
+            for at in sums:
+                simt.xor_sum(acc, warps, at)
             simt.sync()       # red is written again by the next row block
         with simt.threads() as t:
-            row, y, value = rb * self.rows + t // tpr, self.y, acc.load(t, 0)
             with T.If(t % tpr == 0):
                 with T.Then():
-                    if self.two_pass:
-                        T.buffer_store(self.part, value, [self.ks, row])
-                    elif self.atomic and not self.emulate:
-                        T.evaluate(tirx.call_extern("float32", "atomicAdd",
-                                                    y.access_ptr("rw", offset=row), value))
-                    elif self.atomic:
-                        T.buffer_store(y, y[row] + value, [row])
-                    else:
-                        T.buffer_store(y, value, [row])
+                    for i, at in enumerate(sums):
+                        self.write(rb * self.rows + self.slot(t, i), acc.load(t, at))
+
+    def write(self, row, value) -> None:
+        y = self.y
+        if self.two_pass:
+            T.buffer_store(self.part, value, [self.ks, row])
+        elif self.atomic and not self.emulate:
+            T.evaluate(tirx.call_extern("float32", "atomicAdd", y.access_ptr("rw", offset=row), value))
+        elif self.atomic:
+            T.buffer_store(y, y[row] + value, [row])
+        else:
+            T.buffer_store(y, value, [row])
 
     # -- register path: every thread loads its own weights ---------------------------------------
     def register_loop(self) -> None:
@@ -363,12 +394,13 @@ class _Writer:
             guard = _UniformIf(rb < self.blocks) if self.blocks % self.grid_x else None
             self.rb = rb
             with simt.threads() as t:
-                row = rb * self.rows + t // self.tpr
                 self.zero(t)
                 with T.serial(0, self.steps) as s:
-                    for u in range(self.unroll):   # every load of the step before any arithmetic
-                        col = self.ks * self.k_slice + s * self.k_step + self.column(t, u)
-                        self.load_w(t, u * self.lanes, row, col, policy)
+                    for i in range(self.rpt):      # every load of the step before any arithmetic
+                        for u in range(self.unroll):
+                            col = self.ks * self.k_slice + s * self.k_step + self.column(t, u)
+                            self.load_w(t, (i * self.unroll + u) * self.lanes,
+                                        rb * self.rows + self.slot(t, i), col, policy)
                     self.accumulate(t, s)
             self.reduce_and_write(rb)
             if guard is not None:
@@ -380,8 +412,8 @@ class _Writer:
         if self.load == "plain" or self.emulate:
             self.w_reg.store(t, self.W[row, ramp(col, lanes)], ramp(at, lanes))
             return
-        words = T.decl_buffer((self.unroll * lanes // 2,), "uint32", data=self.w_reg.buffer.data,
-                              scope="local")
+        words = T.decl_buffer((self.rpt * self.unroll * lanes // 2,), "uint32",
+                              data=self.w_reg.buffer.data, scope="local")
         dst = [words[at // 2 + i] for i in range(lanes // 2)]
         extra = [policy.load(t, 0)] if self.load == "nc_evict_first" else []
         chain = _ld_chain(self.load, self.prefetch, lanes // 2)
@@ -422,10 +454,11 @@ class _Writer:
                         self.zero(t)
                 if full is not None:
                     T.evaluate(TS.cuda.mbarrier_wait(full.ptr_to([stage]), (g // stages) % 2))
-                for u in range(self.unroll):
-                    at = ramp(u * self.lanes, self.lanes)
-                    self.w_reg.store(t, tile[stage, t // self.tpr, ramp(self.column(t, u), self.lanes)],
-                                     at)
+                for i in range(self.rpt):
+                    for u in range(self.unroll):
+                        at = ramp((i * self.unroll + u) * self.lanes, self.lanes)
+                        self.w_reg.store(t, tile[stage, self.slot(t, i),
+                                                 ramp(self.column(t, u), self.lanes)], at)
                 self.accumulate(t, s)
             simt.sync()        # every thread is done with this stage's tile
             with simt.threads() as t:

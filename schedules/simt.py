@@ -96,8 +96,8 @@ class Simt:
         if not self.emulate:
             T.evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", "shared"))
 
-    def xor_sum(self, reg: Reg, width: int) -> None:
-        """reg[0] of every thread becomes the sum over its aligned group of `width` lanes
+    def xor_sum(self, reg: Reg, width: int, at: int = 0) -> None:
+        """reg[at] of every thread becomes the sum over its aligned group of `width` lanes
         (a power of two up to 32), by a butterfly of xor shuffles."""
         assert width & (width - 1) == 0 and width <= WARP, width
         offsets = [width >> (i + 1) for i in range(width.bit_length() - 1)]
@@ -105,16 +105,16 @@ class Simt:
             with self.threads() as t:
                 for off in offsets:
                     other = tirx.call_intrin(reg.buffer.dtype, "tirx.tvm_warp_shuffle",
-                                             tirx.const(FULL_MASK, "uint32"), reg.load(t, 0),
+                                             tirx.const(FULL_MASK, "uint32"), reg.load(t, at),
                                              (t % WARP) ^ off, width, WARP)
-                    reg.store(t, reg.load(t, 0) + other, 0)
+                    reg.store(t, reg.load(t, at) + other, at)
             return
         swap = T.alloc_buffer((self.threads_per_block,), reg.buffer.dtype)
         for off in offsets:
             with self.threads() as t:
-                T.buffer_store(swap, reg.load(t ^ off, 0), [t])
+                T.buffer_store(swap, reg.load(t ^ off, at), [t])
             with self.threads() as t:
-                reg.store(t, reg.load(t, 0) + swap[t], 0)
+                reg.store(t, reg.load(t, at) + swap[t], at)
 
 
 def ramp(base, lanes: int) -> tirx.PrimExpr:

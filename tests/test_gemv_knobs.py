@@ -18,8 +18,8 @@ from energy_tuner.schedules.knobs import knob_spaces
 
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
-BASE = {"threads_per_row": 32, "rows_per_cta": 4, "vector_bytes": 16, "unroll": 1,
-        "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
+BASE = {"threads_per_row": 32, "rows_per_cta": 4, "rows_per_thread": 1, "vector_bytes": 16,
+        "unroll": 1, "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
         "split_k": 1, "split_reduce": "atomic"}
 # one config per structural path of the kernel (n = 96, k = 2048, 2 SMs in the emulation)
 PATHS = {
@@ -34,6 +34,10 @@ PATHS = {
                                        "ctas_per_sm": 2, "x_stage": "shared"},
     "evict-first PTX path": {"load": "nc_evict_first", "prefetch": "L2::256B"},
     "one row, 4 warps": {"threads_per_row": 128, "rows_per_cta": 1},   # the clamp bug, see below
+    "2 rows per thread": {"rows_per_thread": 2, "unroll": 2},
+    "4 rows per thread across warps, persistent": {"rows_per_thread": 4, "threads_per_row": 64,
+                                                   "rows_per_cta": 2, "ctas_per_sm": 1},
+    "2 rows per thread, bulk": {"rows_per_thread": 2, "load": "bulk2", "rows_per_cta": 2},
     "bulk copies, 2 stages": {"load": "bulk2"},
     "bulk copies, ring across row blocks": {"load": "bulk3", "ctas_per_sm": 4, "rows_per_cta": 2,
                                             "threads_per_row": 64, "x_stage": "shared",
@@ -63,7 +67,8 @@ def test_registered_for_fp16_gemv_on_sm80_plus_only():
 @pytest.mark.parametrize("changes, reason", [
     ({"threads_per_row": 256, "rows_per_cta": 8}, "2048 threads per CTA > 1024"),
     ({"threads_per_row": 4, "rows_per_cta": 4}, "16 threads per CTA < one warp"),
-    ({"rows_per_cta": 16, "threads_per_row": 4}, "rows_per_cta 16 does not divide n=4104"),
+    ({"rows_per_cta": 16, "threads_per_row": 4},
+     "16 rows per CTA (rows_per_cta x rows_per_thread) do not divide n=4104"),
     ({"split_k": 8, "threads_per_row": 256, "rows_per_cta": 1, "unroll": 2},
      "a step of 4096 elements"),
     ({"split_reduce": "two_pass"}, "split_reduce only matters with split_k > 1"),
@@ -184,6 +189,7 @@ def _ptx(source: str, tmp_path) -> str:
     ({}, r"ld\.global(\.nc)?\.v4\.(u|b)32"),
     ({"vector_bytes": 8}, r"ld\.global(\.nc)?\.(v2\.(u|b)32|v4\.u16)"),   # 8 bytes either way
     ({"load": "nc"}, r"ld\.global\.nc\.v4\.b32"),
+    ({"load": "nc", "rows_per_thread": 4, "threads_per_row": 64}, r"ld\.global\.nc\.v4\.b32"),
     ({"load": "nc_no_allocate", "prefetch": "L2::128B"},
      r"ld\.global\.nc\.L1::no_allocate\.L2::128B\.v4\.b32"),
     ({"load": "nc_evict_first", "split_k": 2, "split_reduce": "two_pass"},

@@ -75,7 +75,8 @@ def test_rotated_gemv_kernel_is_correct_for_every_set():
     """The emulated GEMV template over 3 sets of different weights, each with its own output."""
     space = GemvKnobs(make_op("gemv", "64,1024", "float16"), Target({"kind": "cuda", "arch": "sm_90"}),
                       sms=2)
-    cfg = {"threads_per_row": 16, "rows_per_cta": 4, "vector_bytes": 16, "unroll": 2,
+    cfg = {"threads_per_row": 16, "rows_per_cta": 4, "rows_per_thread": 1, "vector_bytes": 16,
+           "unroll": 2,
            "ctas_per_sm": 2, "load": "plain", "prefetch": "none", "x_stage": "shared",
            "split_k": 2, "split_reduce": "two_pass"}
     ex = tvm.compile(space.module(cfg, emulate=True), target="llvm", **space.compile_options)
@@ -141,7 +142,8 @@ def test_rotated_gemv_on_gpu_is_correct_for_every_set():
     dev = tvm.cuda(0)
     target = Target.from_device(dev)
     space = GemvKnobs(make_op("gemv", "4096,4096", "float16"), target)
-    cfg = {"threads_per_row": 32, "rows_per_cta": 4, "vector_bytes": 16, "unroll": 2,
+    cfg = {"threads_per_row": 32, "rows_per_cta": 4, "rows_per_thread": 1, "vector_bytes": 16,
+           "unroll": 2,
            "ctas_per_sm": 0, "load": "nc_no_allocate", "prefetch": "none", "x_stage": "global",
            "split_k": 1, "split_reduce": "atomic"}
     ex = tvm.compile(space.module(cfg), target=target, **space.compile_options)
