@@ -65,11 +65,15 @@ PROGRESS = "progress.txt"
 BASE = {"threads_per_row": 32, "rows_per_cta": 4, "rows_per_thread": 1, "vector_bytes": 16,
         "unroll": 2, "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
         "split_k": 1, "split_reduce": "atomic"}
-CURATED = [  # changes to BASE: one knob family at a time, then combinations
+CURATED = [  # changes to BASE: the load paths, rows per thread, then grid, tile and split-k
     {},
     {"load": "nc"},
     {"load": "nc_no_allocate"},
     {"load": "nc_evict_first"},
+    {"rows_per_thread": 2, "load": "nc_no_allocate"},          # x loaded once per 2 or 4 rows
+    {"rows_per_thread": 4, "rows_per_cta": 2, "unroll": 1, "load": "nc_no_allocate"},
+    {"rows_per_thread": 2, "threads_per_row": 64, "rows_per_cta": 4, "ctas_per_sm": 2,
+     "load": "nc"},
     {"load": "nc_no_allocate", "prefetch": "L2::256B"},
     {"unroll": 4, "load": "nc_no_allocate"},
     {"threads_per_row": 64, "rows_per_cta": 2, "unroll": 4, "load": "nc"},
@@ -80,10 +84,6 @@ CURATED = [  # changes to BASE: one knob family at a time, then combinations
     {"threads_per_row": 64, "rows_per_cta": 16, "ctas_per_sm": 1, "x_stage": "shared", "load": "nc"},
     {"split_k": 2, "load": "nc_no_allocate"},
     {"split_k": 4, "split_reduce": "two_pass", "load": "nc"},
-    {"rows_per_thread": 2, "load": "nc_no_allocate"},          # x loaded once per 2 or 4 rows
-    {"rows_per_thread": 4, "rows_per_cta": 2, "unroll": 1, "load": "nc_no_allocate"},
-    {"rows_per_thread": 2, "threads_per_row": 64, "rows_per_cta": 4, "ctas_per_sm": 2,
-     "load": "nc"},
 ]
 CURATED_BULK = [  # the bulk-copy path: ring depth, tile size, grid
     {"load": "bulk2"},
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--zero-points", action="store_true")
     ap.add_argument("--shapes", type=shapes, help="NxK,NxK,... (default: issue 10's for --op)")
-    ap.add_argument("--configs", type=int, default=14, help="configs per shape, ld loads")
+    ap.add_argument("--configs", type=int, default=16, help="configs per shape, ld loads")
     ap.add_argument("--bulk-configs", type=int, default=5, help="configs per shape, bulk copies")
     ap.add_argument("--bulk-share", type=float, default=0.3, help="of the budget, for bulk copies")
     ap.add_argument("--hang-s", type=float, default=90.0, help="watchdog: kill after this long "
