@@ -197,7 +197,8 @@ class Bench:
         self.torch, self.args = torch, args
         self.dev = tvm.cuda(0)
         self.target = opt_in_shared_memory(Target.from_device(self.dev))
-        self.sms, self.l2 = int(self.dev.multi_processor_count), l2.l2_bytes(self.dev)
+        self.sms = int(self.dev.multi_processor_count)
+        self.l2 = l2.l2_bytes(self.dev, default=torch.cuda.get_device_properties(0).L2_cache_size)
         self.meter = NvmlMeter(0)
         self.state = self.meter.device_state()
         self.precision = Precision()
