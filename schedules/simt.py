@@ -1,0 +1,136 @@
+"""Write a CUDA thread block's program once and get it twice: for the GPU, and emulated on a CPU.
+
+Hand-written kernels (schedules/gemv_knobs.py) are built with TVM's IR builder through `Simt`.
+On CUDA, blocks and threads are `launch_thread` environments, registers are `local` buffers,
+`sync()` is `__syncthreads()` and `xor_sum` a warp-shuffle butterfly. With `emulate=True` the same
+calls build a serial CPU program with identical indexing: blocks become loops, every
+`threads()` region ("phase") becomes a loop over the block's threads, a register becomes an
+array with one row per thread, shared memory an ordinary buffer, and a shuffle an exchange
+through a buffer between two phases. A phase ends where the GPU program would synchronize or
+exchange registers, so running the phases one after another is exactly the GPU semantics. This
+lets the CPU check a kernel's index arithmetic (rows, columns, split-k, grid-stride loops, the
+cross-thread reduction) for real on llvm; what it cannot check are the CUDA-only instructions
+(cache-qualified PTX loads, atomics), which it replaces by plain loads and serial adds.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import tvm
+from tvm import tirx
+from tvm.script.ir_builder import tirx as T
+
+FULL_MASK = 0xFFFFFFFF
+WARP = 32
+
+
+class Reg:
+    """A per-thread register array: `shape` values per thread (one row per thread when emulated)."""
+
+    def __init__(self, simt: "Simt", shape: tuple[int, ...], dtype: str) -> None:
+        self.emulate = simt.emulate
+        rows = (simt.threads_per_block,) if simt.emulate else ()
+        self.buffer = T.alloc_buffer((*rows, *shape), dtype, scope="global" if simt.emulate else "local")
+
+    def _index(self, t, idx) -> list:
+        return [t, *idx] if self.emulate else list(idx)
+
+    def load(self, t, *idx) -> tirx.PrimExpr:
+        return tirx.BufferLoad(self.buffer, self._index(t, idx))
+
+    def store(self, t, value, *idx) -> None:
+        T.buffer_store(self.buffer, value, self._index(t, idx))
+
+
+class Simt:
+    """Builder context for one kernel launch of `threads_per_block` threads."""
+
+    def __init__(self, threads_per_block: int, emulate: bool) -> None:
+        self.threads_per_block, self.emulate = threads_per_block, emulate
+        self._tx = None
+
+    @contextmanager
+    def launch(self, grid: list[tuple[str, int]]) -> Iterator[list[tirx.Var]]:
+        """Blocks over `grid` ([("blockIdx.x", extent), ...]); yields the block indices."""
+        frames, ids = [], []
+        for tag, extent in grid:
+            if self.emulate:
+                frame = T.serial(0, extent)
+                ids.append(frame.__enter__())
+            else:
+                var = T.env_thread(tag)
+                frame = T.launch_thread(var, extent)
+                frame.__enter__()
+                ids.append(var)
+            frames.append(frame)
+        if not self.emulate:
+            self._tx = T.env_thread("threadIdx.x")
+            frame = T.launch_thread(self._tx, self.threads_per_block)
+            frame.__enter__()
+            frames.append(frame)
+        try:
+            yield ids
+        finally:
+            for frame in reversed(frames):
+                frame.__exit__(None, None, None)
+            self._tx = None
+
+    @contextmanager
+    def threads(self) -> Iterator[tirx.PrimExpr]:
+        """One phase: code every thread of the block runs; yields the thread index."""
+        if not self.emulate:
+            yield self._tx
+            return
+        with T.serial(0, self.threads_per_block) as t:
+            yield t
+
+    def reg(self, shape: tuple[int, ...], dtype: str) -> Reg:
+        return Reg(self, shape, dtype)
+
+    def shared(self, shape: tuple[int, ...], dtype: str) -> tirx.Buffer:
+        return T.alloc_buffer(shape, dtype, scope="global" if self.emulate else "shared")
+
+    def sync(self) -> None:
+        """__syncthreads() between phases (phases already run one after another when emulated)."""
+        if not self.emulate:
+            T.evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", "shared"))
+
+    def xor_sum(self, reg: Reg, width: int, at: int = 0) -> None:
+        """reg[at] of every thread becomes the sum over its aligned group of `width` lanes
+        (a power of two up to 32), by a butterfly of xor shuffles."""
+        assert width & (width - 1) == 0 and width <= WARP, width
+        offsets = [width >> (i + 1) for i in range(width.bit_length() - 1)]
+        if not self.emulate:
+            with self.threads() as t:
+                for off in offsets:
+                    other = tirx.call_intrin(reg.buffer.dtype, "tirx.tvm_warp_shuffle",
+                                             tirx.const(FULL_MASK, "uint32"), reg.load(t, at),
+                                             (t % WARP) ^ off, width, WARP)
+                    reg.store(t, reg.load(t, at) + other, at)
+            return
+        swap = T.alloc_buffer((self.threads_per_block,), reg.buffer.dtype)
+        for off in offsets:
+            with self.threads() as t:
+                T.buffer_store(swap, reg.load(t ^ off, at), [t])
+            with self.threads() as t:
+                reg.store(t, reg.load(t, at) + swap[t], at)
+
+
+def ramp(base, lanes: int) -> tirx.PrimExpr:
+    """Indices base .. base + lanes - 1, as one vector index (a vector load or store)."""
+    return tirx.Ramp(base, 1, lanes) if lanes > 1 else base
+
+
+def prim_func(name: str, body) -> tirx.PrimFunc:
+    """Build a PrimFunc: `body()` declares its arguments with T.arg and writes the program."""
+    from tvm.script.ir_builder import IRBuilder
+
+    with IRBuilder() as builder:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tir.noalias": True})
+            body()
+    func = builder.get()
+    assert isinstance(func, tvm.tirx.PrimFunc)
+    return func
