@@ -82,8 +82,16 @@ def tuning_curve(records: Sequence[Record], ax: Axes | None = None) -> Axes:
     ax.set_yscale("log")
     ax.set_xlabel("trial")
     ax.set_ylabel("objective / final best (log)")
-    ax.legend(fontsize="small")
+    _legend_or_note(ax, "no correct, fully measured kernel")
     return ax
+
+
+def _legend_or_note(ax: Axes, note: str) -> None:
+    """A legend, or `note` in the middle of an Axes that has nothing to label."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center")
 
 
 def latency_energy(records: Sequence[Record], ax: Axes | None = None,
@@ -123,7 +131,7 @@ def latency_energy(records: Sequence[Record], ax: Axes | None = None,
     ax.set_ylabel("energy per call (mJ)")
     if title:
         ax.set_title(title, fontsize="medium")
-    ax.legend(fontsize="small")
+    _legend_or_note(ax, "no correct kernel with measured energy")
     return ax
 
 

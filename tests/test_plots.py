@@ -136,3 +136,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "no records for workload nosuchkey" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
+
+
+def test_latency_only_database_gets_a_note_instead_of_a_front(records, tmp_path):
+    from dataclasses import replace
+
+    db = TuningDatabase(tmp_path / "latency_only.sqlite")
+    for r in records[:16]:
+        db.add(replace(r, id=None, energy_j=None, power_w=None))
+    db.close()
+    fig, ax = plt.subplots()
+    plots.latency_energy(read_records(tmp_path / "latency_only.sqlite"), ax=ax)
+    assert [t.get_text() for t in ax.texts] == ["no correct kernel with measured energy"]
+    plt.close(fig)
+    assert main([str(tmp_path / "latency_only.sqlite"), "--out", str(tmp_path / "out")]) == 0
