@@ -9,7 +9,8 @@ cross-validated predictions of every candidate beside its measured latency and e
 folds (candidate indices).
 `--replay`: per database and objective (energy, EDP, energy within 1.03x of the fastest), the
 dynamic energy policy replayed as experiments/policy_replay.py does; measuring everything is the
-reference it is compared with. CPU only; minutes on two cores.
+reference it is compared with. CPU only: tens of minutes on two busy cores (each replay retrains
+the model once per candidate); the file is rewritten after each step.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def model_predictions(paths: list[str], min_candidates: int = 30) -> list[dict]:
     return out
 
 
-def policy_replays(paths: list[str]) -> list[dict]:
+def policy_replays(paths: list[str], done=lambda result: None) -> list[dict]:
+    """Replays of the dynamic policy per database and objective; `done` sees each result."""
     out = []
     for path in paths:
         records = [r for r in load_records(Path(path)) if r.status == "ok"]
@@ -50,7 +52,7 @@ def policy_replays(paths: list[str]) -> list[dict]:
         for objective in OBJECTIVES:
             result = replay(records, x, objective, "dynamic")
             out.append({"db": path, "objective": objective.label, **result})
-            print(out[-1], flush=True)
+            done(out)
     return out
 
 
@@ -62,8 +64,14 @@ def main() -> None:
     args = ap.parse_args()
     result = {"command": "python -m experiments.model_predictions " + " ".join(
                   [args.out, "--models", *args.models, "--replay", *args.replay]),
-              "models": model_predictions(args.models), "replays": policy_replays(args.replay)}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+              "models": model_predictions(args.models), "replays": []}
+
+    def write(replays: list[dict]) -> None:  # after each step, so a long run can be cut
+        result["replays"] = replays
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+    write([])
+    policy_replays(args.replay, write)
 
 
 if __name__ == "__main__":
