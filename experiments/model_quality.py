@@ -49,11 +49,14 @@ def featurize(records):
     return op, candidate_features(ctx, cands, op)
 
 
-def evaluate(x, lat, energy, weighted, kernel_features):
+PREDICTED = ("latency", "energy", "energy (latency measured)")
+
+
+def cross_val_predictions(x, lat, energy, weighted, kernel_features):
+    """Held-out predictions of every candidate ({quantity: array}, see PREDICTED) and the folds."""
     if not kernel_features:
         x = x[:, :-6]
-    names = ("latency", "energy", "energy (latency measured)")
-    pred = {name: np.zeros(len(lat)) for name in names}
+    pred = {name: np.zeros(len(lat)) for name in PREDICTED}
     folds = np.array_split(np.random.default_rng(0).permutation(len(lat)), FOLDS)
     for test in folds:
         train = np.setdiff1d(np.arange(len(lat)), test)
@@ -63,8 +66,18 @@ def evaluate(x, lat, energy, weighted, kernel_features):
         pred["latency"][test] = np.exp(p["latency"])
         pred["energy"][test] = np.exp(p["energy"])
         pred["energy (latency measured)"][test] = np.exp(p["power"]) * lat[test]
+    return pred, folds
+
+
+def evaluate(x, lat, energy, weighted, kernel_features):
+    return scores(*cross_val_predictions(x, lat, energy, weighted, kernel_features), lat, energy)
+
+
+def scores(pred, folds, lat, energy):
+    """Per predicted quantity: Spearman, MAPE, both on the best quarter, regret of the predicted
+    best of each fold."""
     out = {}
-    for name, truth in zip(names, (lat, energy, energy)):
+    for name, truth in zip(PREDICTED, (lat, energy, energy)):
         p = pred[name]
         top = truth <= np.quantile(truth, 0.25)
         regrets = [truth[t][np.argmin(p[t])] / truth[t].min() - 1 for t in folds]
