@@ -56,6 +56,13 @@ def sha256(path: Path) -> str:
 
 # ---- export (needs the compiler) --------------------------------------------------------------
 
+def target_dict(text: str) -> dict:
+    """A TVM target's export as the db and export.py store it (its Python repr) as a dict."""
+    import ast
+
+    return ast.literal_eval(text)
+
+
 def export_library(kernels: list[tuple], objective: str, out_dir: str | Path
                    ) -> tuple[Path, list[str]]:
     """Write each (op, target, schedule, record) into out_dir and the manifest; returns the
@@ -74,7 +81,8 @@ def export_library(kernels: list[tuple], objective: str, out_dir: str | Path
         entry = json.loads(path.read_text())
         if any(e["library"] == entry["library"] for e in entries):
             raise LibraryError(f"two kernels would be written as {entry['library']}")
-        entries.append({**entry, "manifest": path.name})
+        entries.append({**entry, "target": target_dict(str(target.export())),
+                        "manifest": path.name})
     files = sorted({e["library"] for e in entries} | {e["manifest"] for e in entries})
     manifest = {"format": FORMAT, "tvm_version": tvm.__version__, "machine": platform.machine(),
                 "kernels": entries, "sha256": {f: sha256(out / f) for f in files}}
@@ -86,8 +94,6 @@ def export_library(kernels: list[tuple], objective: str, out_dir: str | Path
 def db_kernels(db, objective, keys: list[str] | None = None) -> list[tuple]:
     """(op, target, schedule, record) of the record `objective` chooses for each workload in
     the db (`keys`: only these workloads); workloads with no such record are left out."""
-    import ast
-
     import tvm
     from tvm.target import Target
 
@@ -101,7 +107,7 @@ def db_kernels(db, objective, keys: list[str] | None = None) -> list[tuple]:
         if chosen is None:
             continue
         op = op_from_description(chosen.workload)
-        target = Target(ast.literal_eval(chosen.target))
+        target = Target(target_dict(chosen.target))
         device = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
         plat = Platform(target.kind.name, target, device, chosen.device)
         out.append((op, target, Tuner(op, plat, None, db, objective).schedule(chosen), chosen))
@@ -145,6 +151,7 @@ class Kernel:
     device_type: str                # torch's: "cpu" | "cuda"
     entry: dict                     # its manifest entry
     func: Any = None                # the loaded TVM function
+    calls: int = 0                  # how often it has served a call
 
     @property
     def key(self) -> tuple:
@@ -155,6 +162,7 @@ class Kernel:
         import tvm
         import tvm_ffi
 
+        self.calls += 1
         out = torch.empty(self.entry["arguments"][-1]["shape"], dtype=getattr(torch, self.out_dtype),
                           device=inputs[0].device)
         args = [tvm.runtime.from_dlpack(t.contiguous()) for t in inputs]
@@ -197,31 +205,23 @@ def _register_ops() -> None:
     if _REGISTERED:
         return
     import torch
-    from torch import Tensor
 
-    def define(op: str, fn):
-        custom = torch.library.custom_op(f"energy_tuner::{op}", mutates_args=())(fn)
+    schemas = {"matmul": "(Tensor a, Tensor b, ScalarType out_dtype) -> Tensor",
+               "batch_matmul": "(Tensor a, Tensor b, ScalarType out_dtype) -> Tensor",
+               "gemv": "(Tensor w, Tensor x, ScalarType out_dtype) -> Tensor",
+               "conv2d": "(Tensor x, Tensor w, int stride, int pad, ScalarType out_dtype) -> Tensor"}
+    for op, schema in schemas.items():
+        def run(a, b, *rest, op=op):
+            *extra, out_dtype = rest
+            return _dispatch(op, [a, b], tuple(extra), out_dtype)
 
-        @custom.register_fake
-        def _(a, b, *rest):
+        def fake(a, b, *rest, op=op):
             *extra, out_dtype = rest
             return a.new_empty(_out_shape(op, [tuple(a.shape), tuple(b.shape)], *extra),
                                dtype=out_dtype)
 
-    def matmul(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
-        return _dispatch("matmul", [a, b], (), out_dtype)
-
-    def batch_matmul(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
-        return _dispatch("batch_matmul", [a, b], (), out_dtype)
-
-    def gemv(w: Tensor, x: Tensor, out_dtype: torch.dtype) -> Tensor:
-        return _dispatch("gemv", [w, x], (), out_dtype)
-
-    def conv2d(x: Tensor, w: Tensor, stride: int, pad: int, out_dtype: torch.dtype) -> Tensor:
-        return _dispatch("conv2d", [x, w], (stride, pad), out_dtype)
-
-    for fn in (matmul, batch_matmul, gemv, conv2d):
-        define(fn.__name__, fn)
+        torch.library.custom_op(f"energy_tuner::{op}", run, mutates_args=(),
+                                schema=schema).register_fake(fake)
     _REGISTERED = True
 
 
