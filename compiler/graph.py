@@ -240,11 +240,18 @@ def module_graph(module, example_inputs: tuple) -> nx.DiGraph:
         after = [a.name for a in node.all_input_nodes if a.name in g.graph]
         found = _fx_task(traced, node)
         if found is None:
-            g.torch(node.name, str(node.target).split(".")[-1] if node.op != "call_module"
-                    else type(traced.get_submodule(node.target)).__name__, after)
+            g.torch(node.name, _fx_name(traced, node), after)
         else:
             g.task(node.name, *found, after)
     return g.graph
+
+
+def _fx_name(traced, node) -> str:
+    """What a torch node does: its module class, function or method name."""
+    if node.op == "call_module":
+        return type(traced.get_submodule(node.target)).__name__
+    return node.target if isinstance(node.target, str) else \
+        getattr(node.target, "__name__", str(node.target))
 
 
 def _meta(arg) -> tuple[tuple[int, ...], str] | None:
