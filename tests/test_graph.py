@@ -147,3 +147,15 @@ class Branchy(torch.nn.Module):
 def test_untraceable_module_is_one_clear_error():
     with pytest.raises(GraphError, match="cannot trace Branchy with torch.fx"):
         module_graph(Branchy(), (torch.randn(3),))
+
+
+@pytest.mark.parametrize("phase,batch", [("decode", 1), ("decode", 4), ("prefill", 2)])
+def test_fx_trace_of_the_example_decoder_matches_the_spec(phase, batch):
+    """experiments/decoder_layer.py's torch module has the tasks graph.decoder_layer predicts."""
+    from experiments.decoder_layer import SMALL, DecoderLayer, example_inputs
+
+    layer = DecoderLayer(**SMALL).eval()
+    inputs = example_inputs(layer, batch, 16, phase, torch.float32, "cpu")
+    traced = sorted((t.key, t.count) for t in tasks(module_graph(layer, inputs)))
+    spec = {"model": "decoder_layer", **SMALL, "batch": batch, "seq": 16, "phase": phase}
+    assert traced == sorted((t.key, t.count) for t in tasks(spec_graph(spec, "float32")))
