@@ -150,3 +150,21 @@ def test_bad_input_is_one_line(args, fragment, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tune-model: error:"), proc.stderr
     assert fragment in lines[0]
+
+
+def test_api_tunes_one_op_and_reads_the_db(tmp_path):
+    from energy_tuner.compiler import api
+
+    db = tmp_path / "op.sqlite"
+    run = api.tune_op("gemv", "32,32", target="llvm", trials=2, db=db, baseline=False,
+                      population=32, batch=2)
+    [result] = run.results
+    assert result.trials == 2 and result.task.count == 1 and result.torch is None
+    found = api.records(db)
+    assert [r.id for r in found] == [1, 2] and api.records(db, op="matmul") == []
+    assert result.ours.id in {r.id for r in found if r.status == "ok"}
+    assert run.per_pass("ours", "latency_s") == pytest.approx(result.ours.latency_s)
+    with pytest.raises(api.ERRORS, match="unknown op"):
+        api.tune_op("conv9", target="llvm")
+    with pytest.raises(api.ERRORS, match="--max-slowdown must be at least 1"):
+        api.make_objective("energy", 0.5)
