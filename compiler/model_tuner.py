@@ -11,6 +11,7 @@ same budget continues an interrupted run and a larger budget extends a finished 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -319,15 +320,7 @@ def live_progress(tuner: ModelTuner, console: Console, title: str):
             console.print(f"{state.task.label}: trial {state.done(tuner.settings.objective)}/"
                           f"{state.planned} {record.status}"
                           + (f" {fmt(record.latency_s, 1e3)} ms" if record.latency_s else ""))
-    return (live if console.is_terminal else _Quiet()), on_record
-
-
-class _Quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
+    return (live if console.is_terminal else contextlib.nullcontext()), on_record
 
 
 def tune_tasks(tasks: list[Task], plat: Platform, db: TuningDatabase, settings: Settings,
