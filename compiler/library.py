@@ -235,6 +235,15 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _check_entry(path: Path, entry: dict) -> None:
+    """The manifest's entry must say what the kernel's own (hashed) JSON file says."""
+    own = json.loads((path / entry["manifest"]).read_text())
+    own["target"] = json.loads(json.dumps(target_dict(own.get("target", "None"))))
+    if any(entry.get(k) != v for k, v in own.items()):
+        raise LibraryError(f"{path}: {MANIFEST} disagrees with {entry['manifest']} "
+                           "(modified after export)")
+
+
 def _device_problem(entry: dict) -> str | None:
     """Why this machine cannot run the kernel, or None."""
     import torch
@@ -294,6 +303,7 @@ def load(path: str | Path) -> "Library":
             raise LibraryError(f"{path}: {name} does not match its sha256 in {MANIFEST} "
                                "(modified after export)")
     for entry in manifest["kernels"]:
+        _check_entry(path, entry)
         if (problem := _device_problem(entry)) is not None:
             raise LibraryError(f"{path}: {entry['library']} {problem}")
     kernels = [_kernel(path, entry) for entry in manifest["kernels"]]

@@ -110,6 +110,7 @@ def loaded_keys():
     ("tvm", "built with TVM 0.1.0"),
     ("gpu", "but torch sees no CUDA GPU" if not torch.cuda.is_available() else "this GPU is"),
     ("manifest", "cannot read manifest.json"),
+    ("entry", "manifest.json disagrees with"),
 ])
 def test_bad_library_is_one_error_and_loads_nothing(lib_dir, damage, fragment):
     manifest_path = lib_dir / "manifest.json"
@@ -125,12 +126,18 @@ def test_bad_library_is_one_error_and_loads_nothing(lib_dir, damage, fragment):
         (lib_dir / manifest["kernels"][-1]["library"]).unlink()
     elif damage == "tvm":
         manifest["tvm_version"] = "0.1.0"
-    elif damage == "gpu":
-        manifest["kernels"][-1]["target"] = {"kind": "cuda", "arch": "sm_1"}
-        manifest["kernels"][-1]["device"] = "NVIDIA Z1"
+    elif damage == "gpu":                      # a consistent library, built for another GPU
+        entry = manifest["kernels"][-1]
+        entry.update(target={"kind": "cuda", "arch": "sm_1"}, device="NVIDIA Z1")
+        own = json.loads((lib_dir / entry["manifest"]).read_text())
+        own.update(target=repr(entry["target"]), device=entry["device"])
+        (lib_dir / entry["manifest"]).write_text(json.dumps(own))
+        manifest["sha256"][entry["manifest"]] = sha256(lib_dir / entry["manifest"])
+    elif damage == "entry":
+        manifest["kernels"][0]["arguments"][0]["shape"] = [400, 16]
     elif damage == "manifest":
         manifest_path.unlink()
-    if damage in ("tvm", "gpu"):
+    if damage in ("tvm", "gpu", "entry"):
         manifest_path.write_text(json.dumps(manifest))
     before = loaded_keys()
     with pytest.raises(LibraryError, match=fragment) as err:
