@@ -4,6 +4,7 @@
     tune-model --model spec.json --trials 256 --objective energy --export lib/
     tune-model --module mymodel.py:build --target llvm      # build() -> (nn.Module, example inputs)
     tune-model --export lib/ --db tuning.sqlite             # no model: every workload in the db
+    tune-model --verify lib/                                # check a library loads here, list it
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "resnet50_stage (stage, batch, image)")
     src.add_argument("--module", metavar="FILE.py:FUNC",
                      help="FUNC() returns (nn.Module, example inputs); traced with torch.fx")
+    src.add_argument("--verify", type=Path, metavar="DIR",
+                     help="load the library in DIR as torch would (hashes, TVM version, device) "
+                          "and list its kernels")
     p.add_argument("--dtype", choices=("float16", "float32"),
                    help="dtype of a spec's ops (default: float16 on cuda, float32 on llvm)")
     p.add_argument("--target", choices=("auto", "cuda", "llvm"), default="auto")
@@ -83,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, flag) < 1:
                 raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, "
                                  f"got {getattr(args, flag)}")
-        if args.model is None and args.module is None and args.export is None:
-            raise UsageError("give --model or --module (or --export alone to export the db)")
+        if args.model is None and args.module is None and args.export is None \
+                and args.verify is None:
+            raise UsageError("give --model or --module (or --export alone to export the db, "
+                             "or --verify DIR)")
     except UsageError as err:
         fail(str(err))
     from rich.console import Console
@@ -94,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
     err = Console(stderr=True)
     try:
+        if args.verify is not None:
+            _print_library(api.load(args.verify))
+            return 0
         objective = api.make_objective(args.objective, args.max_slowdown)
         if args.model is None and args.module is None:
             manifest, skipped = api.export(args.db, args.export, objective, target=args.target)
@@ -128,6 +137,23 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"no kernel (budget spent elsewhere, or no correct candidate), left to torch: "
                   f"{', '.join(missing)}")
     return 1 if missing else 0
+
+
+def _print_library(lib) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import fmt
+
+    table = Table(title=f"{lib.path}: verified, {len(lib.kernels)} kernels")
+    for col in ("kernel", "inputs", "device", "objective", "ms", "mJ", "db record"):
+        table.add_column(col)
+    for k in lib.kernels:
+        m = k.entry["measured"]
+        table.add_row(k.entry["library"], " x ".join(map(str, k.inputs)), k.entry["device"],
+                      k.entry["objective"], fmt(m["latency_ms"]), fmt(m["energy_mj"]),
+                      str(k.entry["db_record_id"]))
+    Console().print(table)
 
 
 def _print_export(console, manifest: Path, skipped: list[str]) -> None:

@@ -146,6 +146,18 @@ def test_bad_library_is_one_error_and_loads_nothing(lib_dir, damage, fragment):
     assert loaded_keys() == before             # nothing was loaded or replaced
 
 
+def test_cli_verifies_a_library(lib_dir, capsys):
+    assert main(["--verify", str(lib_dir)]) == 0
+    assert "verified, 2 kernels" in capsys.readouterr().out
+    (lib_dir / json.loads((lib_dir / "manifest.json").read_text())["kernels"][0]["library"]) \
+        .write_bytes(b"not a library")
+    proc = subprocess.run([sys.executable, "-m", "energy_tuner.compiler.model_cli", "--verify",
+                           str(lib_dir)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("tune-model: error:") and "does not match its sha256" in line
+
+
 def test_cli_exports_a_db_alone_and_fails_in_one_line(model_tune, tmp_path):
     db, _, _, _ = model_tune
     assert main(["--export", str(tmp_path / "from_db"), "--db", str(db), "--target", "llvm"]) == 0
