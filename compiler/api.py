@@ -54,6 +54,10 @@ def make_objective(kind: str | None = None, max_slowdown: float | None = None) -
     return Objective(kind or ("energy" if max_slowdown else "latency"), max_slowdown)
 
 
+def _objective(objective: Objective | str | None) -> Objective:
+    return objective if isinstance(objective, Objective) else make_objective(objective)
+
+
 def graph(model, example_inputs: tuple | None = None, dtype: str = "float32"):
     """A model's operator graph: `model` is a spec (dict, JSON file path or inline
     `name:key=value,...`, see graph.parse_spec) or an nn.Module traced on `example_inputs`."""
@@ -121,12 +125,13 @@ def _check_dtypes(found: list[Task], kind: str) -> None:
                              f"(supported: {', '.join(DTYPES_FOR_TARGET[kind])})")
 
 
-def tune_tasks_on(found: list[Task], *, target: str = "auto", objective: Objective | None = None,
+def tune_tasks_on(found: list[Task], *, target: str = "auto",
+                  objective: Objective | str | None = None,
                   trials: int = 64, db: str | Path | None = None, export: str | Path | None = None,
                   baseline: bool = True, console: Console | None = None, title: str = "model",
                   **settings) -> ModelRun:
     """Tune `found` from one budget (see compiler/model_tuner.py), report, optionally export."""
-    objective = objective or Objective("latency")
+    objective = _objective(objective)
     if trials < 1:
         raise UsageError(f"--trials must be at least 1, got {trials}")
     if not found:
@@ -153,7 +158,7 @@ def tune_tasks_on(found: list[Task], *, target: str = "auto", objective: Objecti
 def tune_model(model, example_inputs: tuple | None = None, *, dtype: str | None = None,
                target: str = "auto", **kwargs) -> ModelRun:
     """Tune every task of a model (spec or nn.Module, as `graph` takes) from one budget.
-    Keyword arguments: objective (an Objective), trials, db, export, baseline, console, and
+    Keyword arguments: objective (an Objective or its name), trials, db, export, baseline, console, and
     Settings' fields (l2, energy_policy, seed, overlap, round_trials, first_trials, ...)."""
     from .target import resolve
 
@@ -192,7 +197,7 @@ def records(db: str | Path, op: str | None = None) -> list:
                   key=lambda r: r.id)
 
 
-def export(db: str | Path, out_dir: str | Path, objective: Objective | None = None,
+def export(db: str | Path, out_dir: str | Path, objective: Objective | str | None = None,
            model=None, example_inputs: tuple | None = None, target: str = "auto",
            dtype: str | None = None) -> tuple[Path, list[str]]:
     """The chosen kernel of every workload in the db (or of `model`'s tasks only) as a library
@@ -201,7 +206,7 @@ def export(db: str | Path, out_dir: str | Path, objective: Objective | None = No
     from .search import workload_key
     from .target import resolve
 
-    objective = objective or Objective("latency")
+    objective = _objective(objective)
     if not Path(db).is_file():
         raise DatabaseError(f"no tuning database at {db}")
     database = TuningDatabase(db)
