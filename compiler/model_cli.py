@@ -145,7 +145,8 @@ def _print_library(lib) -> None:
 
     from .report import fmt
 
-    table = Table(title=f"{lib.path}: verified, {len(lib.kernels)} kernels")
+    print(f"{lib.path}: verified, {len(lib.kernels)} kernels")
+    table = Table()
     for col in ("kernel", "inputs", "device", "objective", "ms", "mJ", "db record"):
         table.add_column(col)
     for k in lib.kernels:
