@@ -109,6 +109,11 @@ class TuningDatabase:
             out.append(Record(**row))
         return out
 
+    def workload_keys(self) -> list[str]:
+        """Every workload with a measured candidate, in the order first measured."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT workload_key FROM candidates GROUP BY workload_key ORDER BY MIN(id)")]
+
     def save_model(self, workload_key: str, family: str, blobs: dict[str, bytes],
                    samples: int) -> None:
         with self.conn:

@@ -27,3 +27,17 @@ def gpu_records() -> list[dict]:
     """The 128 candidates measured on an H200 (see tests/data/README.md)."""
     with gzip.open(DATA / "h200_matmul4096_fp16_records.jsonl.gz", "rt") as f:
         return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def model_tune(tmp_path_factory):
+    """`tune-model` on tests/data/tiny_model.py (two matmul tasks) for 6 trials on llvm, exported
+    as a library; returns (db path, library dir, JSON report path, rc)."""
+    from energy_tuner.compiler.model_cli import main
+
+    work = tmp_path_factory.mktemp("model")
+    db, lib, report = work / "tune.sqlite", work / "lib", work / "report.json"
+    rc = main(["--module", f"{DATA / 'tiny_model.py'}:build", "--target", "llvm",
+               "--trials", "6", "--first-trials", "2", "--round-trials", "2", "--db", str(db),
+               "--export", str(lib), "--json", str(report)])
+    return db, lib, report, rc

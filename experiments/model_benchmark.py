@@ -1,0 +1,135 @@
+"""GPU benchmark: a decoder layer's energy and latency per forward pass, our library vs torch eager.
+
+    python -m experiments.model_benchmark OUT [--trials 256] [--objective energy]
+                                              [--cases decode1,decode16,prefill2048]
+
+The issue's layer (hidden 4096, FFN 14336, 32 heads, 8 KV heads, float16) in decode at batch 1
+and 16 (one token after a 2047-token KV cache) and in prefill (2048 tokens). Per case:
+1. `api.tune_model` tunes the layer's tasks from one budget (db OUT/tune.sqlite, shared by the
+   cases, so re-running resumes) and measures each task's torch call in the same run
+   (model_tuner.torch_baseline: Python-launched, energy by measure/protocol.py): kernel by
+   kernel, and summed per forward pass (tasks only);
+2. the chosen kernels are exported to OUT/<case>/lib, loaded, and served to the torch layer
+   (experiments/decoder_layer.py; nn.Linear only, attention stays with torch); the whole layer,
+   eager and served, is measured as back-to-back forward passes, interleaved A/B/A/B, with the
+   same energy protocol; the served output is checked against eager.
+Writes OUT/summary.json (GUIDE §6 format; `ms` is the sustained per-call time of the energy
+windows) and OUT/<case>/report.json. Needs a CUDA GPU with NVML.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from energy_tuner.compiler import api
+from energy_tuner.measure.meters import open_meter
+from energy_tuner.measure.protocol import Precision, measure_energy
+from experiments.decoder_layer import FULL, DecoderLayer, example_inputs
+
+CASES = {"decode1": (1, 2048, "decode"), "decode16": (16, 2048, "decode"),
+         "prefill2048": (1, 2048, "prefill")}
+
+
+def measure_forward(layer, inputs, meter) -> dict:
+    """Sustained ms, mJ and W per forward pass (Python-launched back-to-back passes)."""
+    def run_batch(calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            layer(*inputs)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / calls
+
+    run_batch(3)
+    latency = min(run_batch(20) for _ in range(3))
+    energy = measure_energy(meter, run_batch, latency, Precision())
+    return {"ms": energy.sustained_latency_s * 1e3, "mj": energy.energy_j * 1e3,
+            "w": energy.power_w, "flags": energy.flags}
+
+
+def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
+    batch, seq, phase = CASES[name]
+    spec = {"model": "decoder_layer", **FULL, "batch": batch, "seq": seq, "phase": phase}
+    run = api.tune_model(spec, target="cuda", dtype="float16", objective=args.objective,
+                         trials=args.trials, db=out / "tune.sqlite", export=out / name / "lib")
+    rows = []
+    for r in run.results:
+        row = {"case": f"{name}/{r.task.label}", "op": r.task.op, "shape": r.task.shape,
+               "dtype": r.task.dtype, "out_dtype": "float32", "count": r.task.count}
+        if r.ours:
+            row["ours"] = {"ms": r.ours.latency_s * 1e3, "objective": args.objective.label,
+                           "trials": r.trials, "db_record": r.ours.id, "rel_error": r.ours.rel_error}
+            if r.ours.energy_j is not None:
+                row["ours"].update(mj=r.ours.energy_j * 1e3, w=r.ours.power_w)
+        if r.torch:
+            row["ref"] = {"name": r.torch.name, "ms": r.torch.latency_s * 1e3}
+            if r.torch.energy_j is not None:
+                row["ref"].update(mj=r.torch.energy_j * 1e3, w=r.torch.power_w)
+        rows.append(row)
+    torch.manual_seed(0)
+    layer = DecoderLayer(**FULL).to("cuda", torch.float16).eval()
+    inputs = example_inputs(layer, batch, seq, phase, torch.float16, "cuda")
+    served = DecoderLayer(**FULL).to("cuda", torch.float16).eval()
+    served.load_state_dict(layer.state_dict())
+    lib = api.load(out / name / "lib")
+    with torch.inference_mode():
+        lib.serve(served)
+        expected, got = layer(*inputs), served(*inputs)
+        rel = float((got.float() - expected.float()).norm() / expected.float().norm())
+        windows = {"eager": [], "served": []}
+        for _ in range(2):                           # A/B/A/B within one run
+            windows["eager"].append(measure_forward(layer, inputs, meter))
+            windows["served"].append(measure_forward(served, inputs, meter))
+    tokens = batch * (seq if phase == "prefill" else 1)
+    best = {k: min(v, key=lambda w: w["mj"]) for k, v in windows.items()}
+    rows.append({"case": f"{name}/layer", "op": "decoder_layer", "shape": spec, "dtype": "float16",
+                 "ours": {**best["served"], "mj_per_token": best["served"]["mj"] / tokens,
+                          "rel_error": rel, "objective": args.objective.label},
+                 "ref": {"name": f"torch {torch.__version__} eager", **best["eager"],
+                         "mj_per_token": best["eager"]["mj"] / tokens}})
+    report = {**run.to_dict(), "layer_windows": windows, "rel_error_vs_eager": rel,
+              "kernel_calls": {k.entry["library"]: k.calls for k in lib.kernels}}
+    (out / name / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return rows, report
+
+
+def main() -> None:
+    import pynvml
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--trials", type=int, default=256)
+    ap.add_argument("--objective", default="energy")
+    ap.add_argument("--cases", default=",".join(CASES))
+    args = ap.parse_args()
+    args.objective = api.make_objective(args.objective)
+    if not torch.cuda.is_available():
+        sys.exit("model_benchmark: needs a CUDA GPU")
+    args.out.mkdir(parents=True, exist_ok=True)
+    pynvml.nvmlInit()
+    meter = open_meter("cuda", 0)
+    rows = []
+    try:
+        for name in args.cases.split(","):
+            (args.out / name).mkdir(exist_ok=True)
+            rows += run_case(name, args.out, args, meter)[0]
+    finally:
+        meter.close()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    summary = {"gpu": torch.cuda.get_device_name(), "driver": pynvml.nvmlSystemGetDriverVersion(),
+               "date": datetime.date.today().isoformat(), "commit": commit or None,
+               "command": "python -m experiments.model_benchmark " + " ".join(sys.argv[1:]),
+               "l2": "resident", "rows": rows}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps([{k: r.get(k) for k in ("case", "ours", "ref")} for r in rows
+                      if r["case"].endswith("/layer")], indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
