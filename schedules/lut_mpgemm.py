@@ -103,6 +103,22 @@ class LutMpGemm(Product):
         x, packed, scales, zeros = inputs
         return x.astype("float32") @ self.quantized(packed, scales, zeros).dequantize().T
 
+    @property
+    def accumulation_dtype(self) -> str:
+        """The dtype whose rounding dominates: the tables' (LUT) or dequantized weights' (op.dtype);
+        sums are float32."""
+        return self.dtype
+
+    def magnitude(self, inputs):
+        """|X| times the largest magnitude each weight's term can take in either implementation:
+        scale * ((2^bits - 1) / 2 + |midpoint - zero|) (the bit planes' table lookups plus the offset
+        correction), per weight."""
+        x, _, scales, zeros = inputs
+        midpoint = (2 ** self.bits - 1) / 2
+        reach = np.repeat(np.abs(scales) * (midpoint + np.abs(midpoint - zeros)), self.group_size,
+                          axis=1)
+        return np.abs(x.astype("float32")) @ reach.T.astype("float32")
+
     def compute(self, x, packed, scales, zeros):
         if self.params["impl"] == "lut":
             return self._lut(x, packed, scales, zeros)
