@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import threading
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -74,6 +75,19 @@ def _serve(conn, spec: WorkerSpec) -> None:
             meter.close()
 
 
+def start_ignoring_sigint(proc: mp.Process) -> None:
+    """Start a child that ignores Ctrl-C from its first instruction (Python keeps an inherited
+    SIG_IGN), so an interrupt while it imports prints no traceback from it."""
+    if threading.current_thread() is not threading.main_thread():
+        proc.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class IsolatedRunner:
     """`run(artifact) -> Measurement`, like `Runner`, with the kernel in a separate process."""
 
@@ -89,7 +103,7 @@ class IsolatedRunner:
     def _start(self) -> float | None:
         self._conn, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=_serve, args=(child, self.spec))
-        self._proc.start()
+        start_ignoring_sigint(self._proc)
         child.close()
         if not self._conn.poll(self.start_timeout_s):
             self._kill()

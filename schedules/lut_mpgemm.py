@@ -70,9 +70,9 @@ class LutMpGemm(Product):
                           f"got {self.params['impl']!r}")
         if self.bits not in (1, 2, 3, 4):
             raise OpError(f"--wbits must be 1, 2, 3 or 4, got {self.bits}")
-        if self.group_size % K_PER_BYTE or k % self.group_size:
-            raise OpError(f"--group-size {self.group_size} must be a multiple of {K_PER_BYTE} "
-                          f"that divides k={k}")
+        if self.group_size < 1 or self.group_size % K_PER_BYTE or k % self.group_size:
+            raise OpError(f"--group-size {self.group_size} must be a positive multiple of "
+                          f"{K_PER_BYTE} that divides k={k}")
         if self.params["impl"] == "lut" and self.group_size < LUT_MIN_GROUP:
             raise OpError(f"the LUT implementation needs --group-size >= {LUT_MIN_GROUP}, got "
                           f"{self.group_size} (--impl dequant supports it)")

@@ -131,10 +131,11 @@ def register(cls: type[Op]) -> type[Op]:
 
 def _size(key: str, text: str, whole: str, cls: type[Op]) -> int:
     """A shape value: a positive integer, or non-negative for the op's `may_be_zero` keys."""
+    digits = text.isascii() and text.isdigit()
     if key.lower() in cls.may_be_zero:
-        if not text.isdigit():
+        if not digits:
             raise OpError(f"shape {whole!r}: {key} must be a non-negative integer, got {text!r}")
-    elif not text.isdigit() or int(text) < 1:
+    elif not digits or int(text) < 1:
         raise OpError(f"shape {whole!r}: {key} must be a positive integer, got {text!r}")
     return int(text)
 
