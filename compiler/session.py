@@ -89,7 +89,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     try:
         runner = IsolatedRunner(spec)
     except WorkerError as error:
-        err.print(f"tune: error: {error}")
+        err.print(escape(f"tune: error: {error}"), soft_wrap=True)
         raise TuneStopped(1) from error
     if runner.idle_w is not None:
         err.print(f"idle power {runner.idle_w:.1f} W")
@@ -110,7 +110,8 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
                   "re-run the same command to continue")
         raise TuneStopped(130) from None
     except WorkerError as error:
-        err.print(f"tune: error: {error}; every measured candidate is in the db")
+        err.print(escape(f"tune: error: {error}; every measured candidate is in the db"),
+                  soft_wrap=True)
         raise TuneStopped(1) from error
     finally:
         runner.close()
