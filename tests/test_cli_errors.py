@@ -184,3 +184,17 @@ def test_fuzzed_arguments_are_accepted_or_refused_in_one_line(argv, fuzz_dir, ca
         assert err.startswith("tune: error:") and "Traceback" not in err
         return
     plan.db.close()                                     # valid: tuning would start here
+
+
+def test_sizes_beyond_the_gpus_memory_are_refused():
+    """The GPU branch of the memory check with a device that reports 1 GiB (no GPU needed)."""
+    from types import SimpleNamespace
+
+    from energy_tuner.compiler.cli import memory_problem
+    from energy_tuner.schedules import make_op
+
+    gpu = SimpleNamespace(kind="cuda", device=SimpleNamespace(total_global_memory=2 ** 30),
+                          device_name="a 1 GiB GPU")
+    big = make_op("matmul", "16384,16384,16384", "float16")
+    assert "GiB of GPU memory, a 1 GiB GPU has 1 GiB" in memory_problem(big, gpu, "resident")
+    assert memory_problem(make_op("matmul", "1024,1024,1024", "float16"), gpu, "resident") is None
