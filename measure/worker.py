@@ -43,21 +43,23 @@ def _serve(conn, spec: WorkerSpec) -> None:
     from ..schedules import op_from_description
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    meter = None
     try:
-        device = tvm.cuda(spec.device_index) if spec.kind == "cuda" else tvm.cpu(spec.device_index)
-        meter = (open_meter(spec.kind, spec.device_index, spec.powercap)
-                 if spec.powercap is not None else None)
-        runner = Runner(op_from_description(spec.op), device, meter, spec.config, spec.seed)
-    except Exception as err:
-        conn.send({"error": f"{type(err).__name__}: {err}"})
-        return
-    conn.send({"idle_w": runner.idle_w, "measurement": runner.measurement})
+        try:
+            device = (tvm.cuda(spec.device_index) if spec.kind == "cuda"
+                      else tvm.cpu(spec.device_index))
+            meter = (open_meter(spec.kind, spec.device_index, spec.powercap)
+                     if spec.powercap is not None else None)
+            runner = Runner(op_from_description(spec.op), device, meter, spec.config, spec.seed)
+        except Exception as err:
+            conn.send({"error": f"{type(err).__name__}: {err}"})
+            return
+        conn.send({"idle_w": runner.idle_w, "measurement": runner.measurement})
 
-    def ask_parent(measurement: Measurement) -> bool:
-        conn.send({"ask": asdict(measurement)})
-        return bool(conn.recv())
+        def ask_parent(measurement: Measurement) -> bool:
+            conn.send({"ask": asdict(measurement)})
+            return bool(conn.recv())
 
-    try:
         while (artifact := conn.recv()) is not None:
             try:
                 result = runner.run(artifact, ask_parent,
