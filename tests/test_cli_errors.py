@@ -30,6 +30,11 @@ def assert_one_line(returncode, stderr, fragment):
     assert "Traceback" not in stderr
 
 
+def assert_one_line_error(proc, fragment):
+    """`assert_one_line` for a finished subprocess."""
+    assert_one_line(proc.returncode, proc.stderr, fragment)
+
+
 def tune_in_process(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -114,8 +119,8 @@ def test_energy_objective_without_meter(tmp_path, objective, capsys, monkeypatch
     (["--op", "lut_mpgemm", "--group-size", "0"], "--group-size 0 must be"),  # after TVM
 ])
 def test_a_real_process_prints_one_line(args, fragment, tmp_path):
-    proc = run_tune(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")])
-    assert_one_line(proc.returncode, proc.stderr, fragment)
+    assert_one_line_error(run_tune(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")]),
+                          fragment)
 
 
 @pytest.mark.skipif(nvidia_gpu_name() is not None, reason="this machine has a GPU")
