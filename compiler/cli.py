@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+import numpy as np
 
 from .objective import KINDS, Objective
 from .policy import POLICIES
+
+if TYPE_CHECKING:
+    from .database import TuningDatabase
+    from .target import Platform
 
 DTYPES_FOR_TARGET = {"cuda": ("float16", "float32"), "llvm": ("float32",)}
 DEFAULT_DTYPE = {"cuda": "float16", "llvm": "float32"}
@@ -111,47 +119,124 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def check_arguments(args: argparse.Namespace) -> Objective:
+    """Checks that need no TVM; the objective the arguments ask for."""
+    if args.trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    if not 0 <= args.seed < 2 ** 31:
+        raise UsageError(f"--seed must be in [0, 2^31), got {args.seed}")
+    if args.shape is not None and not args.shape.strip():
+        raise UsageError("--shape is empty (leave it out for the default shape)")
+    if args.max_slowdown is not None:
+        if not (math.isfinite(args.max_slowdown) and args.max_slowdown >= 1):
+            raise UsageError(f"--max-slowdown must be at least 1, got {args.max_slowdown:g}")
+        if args.objective not in (None, "energy"):
+            raise UsageError(f"--max-slowdown bounds the energy objective, not "
+                             f"--objective {args.objective}")
+    return Objective(args.objective or ("energy" if args.max_slowdown else "latency"),
+                     args.max_slowdown)
+
+
+# Host memory a tune needs besides the inputs: two output-sized float32 arrays (reference and
+# bound) per input set, and about four for checking an output.
+HOST_OUTPUTS = 8
+
+
+def memory_problem(op, plat, l2: str) -> str | None:
+    """Why the op's data does not fit (the device's memory for inputs and output, the host's for
+    the numpy reference and the checks, two input sets each), or None if it fits."""
+    import psutil
+
+    from ..measure.runner import ROTATE_BYTES
+
+    inputs = sum(math.prod(s) * np.dtype(d).itemsize
+                 for s, d in zip(op.input_shapes, op.input_dtypes))
+    output = math.prod(op.output_shape) * np.dtype(op.output_dtype).itemsize
+    host = 2 * inputs + HOST_OUTPUTS * math.prod(op.output_shape) * 4
+    device = 2 * inputs + output + (ROTATE_BYTES if l2 == "rotate" else 0)
+    available = psutil.virtual_memory().available
+    if plat.kind == "cuda":
+        memory = plat.device.total_global_memory
+        if device > memory:
+            return (f"--shape {op.shape_text()}: needs about {device / 2**30:.3g} GiB of GPU memory, "
+                    f"{plat.device_name} has {memory / 2**30:.3g} GiB")
+    else:
+        host += device
+    if host > available:
+        return (f"--shape {op.shape_text()}: needs about {host / 2**30:.3g} GiB of host memory, "
+                f"{available / 2**30:.3g} GiB is available")
+    return None
+
+
+@dataclass
+class Plan:
+    """A validated `tune` invocation."""
+    args: argparse.Namespace
+    objective: Objective
+    plat: "Platform"
+    ops: list
+    no_meter: str | None
+    db: "TuningDatabase"
+
+
+def prepare(argv: list[str] | None = None) -> Plan:
+    """Parse and validate everything before tuning; raises one of BAD_INPUT on bad input."""
+    args = build_parser().parse_args(argv)
+    objective = check_arguments(args)
+    # TVM is imported only after the arguments are known to be sane: it takes seconds.
+    from .database import TuningDatabase
+    from .export import check_export_dir
+    from .target import resolve
+    from ..measure.meters import meter_problem, powercap_root
+    from ..schedules import OPS, make_op
+
+    if args.export is not None and (problem := check_export_dir(args.export)):
+        raise UsageError(problem)
+    plat = resolve(args.target)
+    dtype = args.dtype or DEFAULT_DTYPE[plat.kind]
+    if dtype not in DTYPES_FOR_TARGET[plat.kind]:
+        raise UsageError(f"dtype {dtype} is not supported on target {plat.kind} "
+                         f"(supported: {', '.join(DTYPES_FOR_TARGET[plat.kind])})")
+    if args.op not in OPS:
+        raise UsageError(f"unknown op {args.op!r} (known: {', '.join(sorted(OPS))})")
+    shape = args.shape if args.shape is not None else OPS[args.op].default_shape[plat.kind]
+    ops = [make_op(args.op, shape, dtype, params) for params in op_params(args) or [None]]
+    for op in ops:
+        if problem := memory_problem(op, plat, args.l2):
+            raise UsageError(problem)
+    no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
+    if no_meter and objective.needs_energy:
+        raise UsageError(f"--objective {objective.kind} needs an energy meter, but "
+                         f"{no_meter}; use --objective latency")
+    return Plan(args, objective, plat, ops, no_meter, TuningDatabase(args.db))
+
+
+def bad_input() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input (one line, exit code 2)."""
+    from .database import DatabaseError
+    from .target import TargetError
+    from ..schedules import OpError
+
+    return UsageError, OpError, TargetError, DatabaseError
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        if args.trials < 1:
-            raise UsageError(f"--trials must be at least 1, got {args.trials}")
-        if args.max_slowdown is not None:
-            if not args.max_slowdown >= 1:
-                raise UsageError(f"--max-slowdown must be at least 1, got {args.max_slowdown:g}")
-            if args.objective not in (None, "energy"):
-                raise UsageError(f"--max-slowdown bounds the energy objective, not "
-                                 f"--objective {args.objective}")
-        objective = Objective(args.objective or ("energy" if args.max_slowdown else "latency"),
-                              args.max_slowdown)
-    except UsageError as err:
-        fail(str(err))
-    # TVM is imported only after the arguments are known to be sane: it takes seconds.
-    from .database import DatabaseError, TuningDatabase
-    from .target import TargetError, resolve
-    from ..measure.meters import meter_problem, powercap_root
-    from ..schedules import OPS, OpError, make_op
+        try:
+            plan = prepare(argv)
+        except UsageError as err:
+            fail(str(err))
+        except bad_input() as err:
+            fail(str(err))
+        from .session import run_session
+        from .workdir import run_folder
 
-    try:
-        plat = resolve(args.target)
-        dtype = args.dtype or DEFAULT_DTYPE[plat.kind]
-        if dtype not in DTYPES_FOR_TARGET[plat.kind]:
-            raise UsageError(f"dtype {dtype} is not supported on target {plat.kind} "
-                             f"(supported: {', '.join(DTYPES_FOR_TARGET[plat.kind])})")
-        if args.op not in OPS:
-            raise UsageError(f"unknown op {args.op!r} (known: {', '.join(sorted(OPS))})")
-        shape = args.shape or OPS[args.op].default_shape[plat.kind]
-        ops = [make_op(args.op, shape, dtype, params) for params in op_params(args) or [None]]
-        no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
-        if no_meter and objective.needs_energy:
-            raise UsageError(f"--objective {objective.kind} needs an energy meter, but "
-                             f"{no_meter}; use --objective latency")
-        db = TuningDatabase(args.db)
-    except (UsageError, OpError, TargetError, DatabaseError) as err:
-        fail(str(err))
-    from .session import run_session
-
-    return run_session(args, objective, plat, ops, no_meter, db)
+        with run_folder(plan.db.path):
+            return run_session(plan.args, plan.objective, plan.plat, plan.ops, plan.no_meter,
+                               plan.db)
+    except KeyboardInterrupt:
+        print("tune: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

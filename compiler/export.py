@@ -7,6 +7,7 @@ process needs only `tvm.runtime.load_module(path)["main"](*inputs, output)`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,16 +16,52 @@ from tvm.s_tir import meta_schedule as ms
 
 from .builder import build_to_file
 from .database import Record
-from .report import kernel_figures
-from ..schedules import Op
+from .report import kernel_figures, param_tags
+from ..schedules import Op, design_space
 
 
-def export_kernel(op: Op, target: tvm.target.Target, sch: tvm.s_tir.Schedule, record: Record,
-                  objective: str, out_dir: str | Path) -> Path:
-    """Write `<name>.so` and `<name>.json` into out_dir; returns the manifest's path."""
+def export_name(op: Op) -> str:
+    """File name stem: op, shape, dtype and the op's parameters (e.g. wbits, group size, zero
+    points, implementation, accumulation), so that differently parameterized kernels of one shape
+    do not overwrite each other."""
+    shape = "x".join(str(v) for v in op.shape.values())
+    return "_".join([op.name, shape, op.dtype, *param_tags(op)])
+
+
+def check_export_dir(path: Path) -> str | None:
+    """Why `path` cannot be (made) a writable folder, or None if it can (nothing is created)."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            return f"--export {path}: exists and is not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"--export {path}: not writable"
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"--export {path}: cannot be a folder, {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--export {path}: cannot create it, {parent} is not writable"
+    return None
+
+
+def replay(op: Op, target: tvm.target.Target, trace) -> tvm.s_tir.Schedule:
+    """The schedule a stored trace describes. The op's design space is built first: building it
+    registers the tensor intrinsics its traces name (the LUT-mpGEMM instruction), which a fresh
+    process that measured nothing has not done."""
+    design_space(op, target)
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": op.prim_func()}))
+    tvm.s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
+    return sch
+
+
+def export_kernel(op: Op, target: tvm.target.Target, record: Record, objective: str,
+                  out_dir: str | Path) -> Path:
+    """Write `<export_name>.so` and `.json` into out_dir; returns the manifest's path."""
+    sch = replay(op, target, record.trace)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{op.name}_{'x'.join(str(v) for v in op.shape.values())}_{op.dtype}"
+    name = export_name(op)
     library = out / f"{name}.so"
     build_to_file(sch.mod, target, str(library))
     args = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])

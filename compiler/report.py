@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -59,24 +60,44 @@ class LiveProgress:
             self.console.print(f"trial {self.done}: {status}")
 
 
+def param_tags(op: Op) -> list[str]:
+    """The op's parameters as short tags (wbits, group size, zero points, implementation,
+    accumulation): in export names and the summary, so W2 and W4, or float16 and float32
+    accumulation, of one shape are told apart."""
+    p = op.params
+    tags = [f"w{p['wbits']}"] if "wbits" in p else []
+    tags += [f"g{p['group_size']}"] if "group_size" in p else []
+    tags += [("zp" if p["zero_points"] else "sym")] if "zero_points" in p else []
+    tags += [str(p["impl"])] if "impl" in p else []
+    tags += [f"acc-{p['accum']}"] if p.get("accum") else []
+    known = {"wbits", "group_size", "zero_points", "impl", "accum"}
+    return tags + [f"{k}-{v}" for k, v in sorted(p.items()) if k not in known]
+
+
+def op_title(op: Op, with_impl: bool = True) -> str:
+    """e.g. "lut_mpgemm m=1,n=4096,k=4096 float16 w2 g128 sym lut"."""
+    tags = [t for t in param_tags(op) if with_impl or t != op.params.get("impl")]
+    return " ".join([op.name, op.shape_text(), op.dtype, *tags])
+
+
 def kernel_figures(op: Op, record: Record) -> dict[str, float | None]:
     """Latency, energy, power and efficiency of one measured kernel."""
     lat, energy = record.latency_s, record.energy_j
     return {
         "latency_ms": lat * 1e3,
-        "energy_mj": None if energy is None else energy * 1e3,
+        "energy_mj": None if not energy else energy * 1e3,
         "power_w": record.power_w,
         "tflops": op.flops / lat / 1e12,
-        "gflop_per_j": None if energy is None else op.flops / energy / 1e9,
+        "gflop_per_j": None if not energy else op.flops / energy / 1e9,
     }
 
 
 def summary_table(op: Op, rows: list[tuple[str, Record]]) -> Table:
-    table = Table(title=f"{op.name} {op.shape_text()} {op.dtype} (- = not measured)")
+    table = Table(title=escape(f"{op_title(op, with_impl=False)} (- = not measured)"))
     for col in ("kernel", "id", "ms", "mJ/call", "W", "TFLOP/s", "GFLOP/J"):
         table.add_column(col, justify="left" if col == "kernel" else "right")
     for label, record in rows:
         f = kernel_figures(op, record)
-        table.add_row(label, str(record.id), fmt(f["latency_ms"]), fmt(f["energy_mj"]),
+        table.add_row(escape(label), str(record.id), fmt(f["latency_ms"]), fmt(f["energy_mj"]),
                       fmt(f["power_w"]), fmt(f["tflops"]), fmt(f["gflop_per_j"]))
     return table

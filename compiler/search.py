@@ -14,8 +14,6 @@ notify_runner_results) instead of writing our own genetic loop or calling `ms.tu
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import tempfile
@@ -34,6 +32,7 @@ from tvm.ir.utils import derived_object
 
 from .builder import Builder
 from .database import Record, TuningDatabase
+from .identity import measurement_config, target_json, workload_key
 from .objective import Objective
 from .policy import EnergyPolicy
 from .target import Platform
@@ -53,11 +52,6 @@ def plain_json(obj):
     if isinstance(obj, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
         return obj.value
     return obj
-
-
-def workload_key(op: Op, plat: Platform) -> str:
-    ident = {"workload": op.describe(), "target": str(plat.target.export()), "device": plat.device_name}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def module_hash(mod: tvm.IRModule) -> str:
@@ -149,7 +143,7 @@ class Tuner:
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population
         self.overlap = overlap
         self.mod = tvm.IRModule({"main": op.prim_func()})
-        self.key = workload_key(op, plat)
+        self.key = workload_key(op, plat, measurement_config(runner.measurement, energy_policy))
         self.family = f"{op.name}/{op.dtype}/{plat.device_name}"
         self.args_info = ms.arg_info.ArgInfo.from_prim_func(self.mod["main"])
         self.model = KernelModel(seed)
@@ -163,7 +157,7 @@ class Tuner:
 
     def _record(self, sch: tvm.s_tir.Schedule, status: str, **fields) -> Record:
         return Record(id=None, workload_key=self.key, workload=self.op.describe(),
-                      target=str(self.plat.target.export()), device=self.plat.device_name,
+                      target=target_json(self.plat.target), device=self.plat.device_name,
                       objective=self.objective.key, mod_hash=module_hash(sch.mod),
                       trace=plain_json(sch.trace.as_json()), status=status, **fields)
 

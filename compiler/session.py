@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
+from rich.markup import escape
 
 from .database import TuningDatabase
 from .export import export_kernel
 from .objective import Objective, pareto_front
-from .report import LiveProgress, summary_table
+from .report import LiveProgress, op_title, summary_table
 from .search import Tuner, TuneResult
 from .target import Platform
 from ..measure.meters import powercap_root
@@ -35,9 +36,9 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
     out, err = Console(), Console(stderr=True)
     op = ops[0]
     impls = f", implementations {' + '.join(o.params['impl'] for o in ops)}" if len(ops) > 1 else ""
-    err.print(f"{op.name} {op.shape_text()} {op.dtype} on {plat.device_name} ({plat.kind}), "
-              f"objective {objective.label}, {args.trials} trials{impls}, L2 {args.l2}, "
-              f"energy policy {args.energy_policy}, db {db.path}")
+    err.print(escape(f"{op_title(op, with_impl=len(ops) == 1)} on {plat.device_name} "
+                     f"({plat.kind}), objective {objective.label}, {args.trials} trials{impls}, "
+                     f"L2 {args.l2}, energy policy {args.energy_policy}, db {db.path}"))
     if no_meter:
         err.print(f"energy: not measured ({no_meter})")
     records, tuners = [], {}
@@ -59,7 +60,8 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
         err.print("tune: no correct kernel with the measurements this objective needs was found; "
                   "see the errors in the db")
         return 1
-    label = (lambda r: f" [{r.workload['params']['impl']}]") if len(ops) > 1 else (lambda r: "")
+    label = (lambda r: f" [{r.workload['params']['impl']}]") if "impl" in op.params \
+        else (lambda r: "")
     if objective.kind == "pareto":
         rows = [(f"front {i + 1}{label(r)}", r) for i, r in enumerate(pareto_front(records))]
     else:
@@ -73,8 +75,7 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
                      if chosen.energy_j and fastest.energy_j else "energy not measured"))
     if args.export:
         tuner = tuners[chosen.workload_key]
-        manifest = export_kernel(tuner.op, plat.target, tuner.schedule(chosen), chosen,
-                                 objective.label, args.export)
+        manifest = export_kernel(tuner.op, plat.target, chosen, objective.label, args.export)
         out.print(f"exported {manifest.with_suffix('.so')} and {manifest}")
     return 0
 
@@ -88,7 +89,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     try:
         runner = IsolatedRunner(spec)
     except WorkerError as error:
-        err.print(f"tune: error: {error}")
+        err.print(escape(f"tune: error: {error}"), soft_wrap=True)
         raise TuneStopped(1) from error
     if runner.idle_w is not None:
         err.print(f"idle power {runner.idle_w:.1f} W")
@@ -109,7 +110,8 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
                   "re-run the same command to continue")
         raise TuneStopped(130) from None
     except WorkerError as error:
-        err.print(f"tune: error: {error}; every measured candidate is in the db")
+        err.print(escape(f"tune: error: {error}; every measured candidate is in the db"),
+                  soft_wrap=True)
         raise TuneStopped(1) from error
     finally:
         runner.close()
@@ -125,8 +127,9 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
                   f"({s.energy_skipped} left to the model by the {args.energy_policy} policy)")
     if s.proposal_s:
         mean_s = sum(s.proposal_s) / len(s.proposal_s)
+        hidden = (f"{s.search_wait_s:.1f} s of {sum(s.proposal_s):.1f} s not overlapped with "
+                  "measuring" if tuner.overlap else "search and measurement took turns")
         err.print(f"search: {len(s.proposal_s)} generations, {mean_s:.1f} s each on average to "
-                  f"propose and score a batch, {s.search_wait_s:.1f} s of {sum(s.proposal_s):.1f} s "
-                  "not overlapped with measuring"
+                  f"propose and score a batch, {hidden}"
                   + (f"; model warm-started from workload {s.warm_start}" if s.warm_start else ""))
     return tuner, result

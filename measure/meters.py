@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ Tick = tuple[float, float]          # (time.monotonic() seconds, value)
 
 
 class MeterError(RuntimeError):
-    """The meter cannot give a reading at all (no counters, unreadable, sampler gone)."""
+    """The meter cannot give a reading at all (no counters, unreadable, frozen, sampler gone):
+    a failure of the harness, never blamed on the kernel being measured."""
 
 
 @dataclass
@@ -133,6 +135,7 @@ def _nvml_sampler(index: int, conn, what: str, poll_s: float, keep_s: float) -> 
     would blur the timestamps of the counter's ticks."""
     import pynvml
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the tune, which closes us
     pynvml.nvmlInit()
     handle = nvml_handle(index)
     line, last, loops = Timeline(), -1, 0
@@ -204,9 +207,12 @@ class NvmlMeter:
 
     def timeline(self, t0: float, t1: float) -> Timeline:
         """Everything the samplers saw between two time.monotonic() instants."""
-        for conn, _ in self._samplers:
-            conn.send((t0, t1))
-        energy, power = (conn.recv() for conn, _ in self._samplers)
+        try:
+            for conn, _ in self._samplers:
+                conn.send((t0, t1))
+            energy, power = (conn.recv() for conn, _ in self._samplers)
+        except (EOFError, OSError) as err:
+            raise MeterError(f"an NVML sampler process is gone ({type(err).__name__})") from err
         return Timeline(energy.ticks, power.power, power.sm_clock)
 
     def power_during(self, run: Callable[[], float]) -> PowerReading:
@@ -214,12 +220,22 @@ class NvmlMeter:
         result = run()
         t1 = time.monotonic()
         time.sleep(0.002)  # let the sampler catch up with the end of the window
-        return reading_from_timeline(self.timeline(t0, t1), t0, t1, self._settle_s, result)
+        reading = reading_from_timeline(self.timeline(t0, t1), t0, t1, self._settle_s, result)
+        if reading.watts is not None and reading.watts <= 0:
+            raise MeterError(f"NVML energy counter gave {reading.watts:.3g} W over "
+                             f"{reading.span_s:.3g} s")
+        return reading
 
     def device_state(self) -> dict:
         """Temperature, clocks and power limit: recorded next to every energy figure."""
         import pynvml
 
+        try:
+            return self._device_state(pynvml)
+        except pynvml.NVMLError as err:
+            raise MeterError(f"NVML device query failed: {err}") from err
+
+    def _device_state(self, pynvml) -> dict:
         h = self._handle
         return {
             "temperature_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
@@ -257,32 +273,69 @@ def rapl_domains(root: str | os.PathLike = DEFAULT_POWERCAP) -> list[Path]:
 class RaplMeter:
     """CPU package energy from the RAPL counters under /sys/class/powercap (summed over packages).
 
-    RAPL has no instant-power field and no clock readings: those parts of a reading are None.
+    The counters advance in steps (about every millisecond on Intel CPUs; measured at start as
+    the median gap between steps). A reading starts and ends on a step: the counters are polled
+    until the first package's changes, and the change is timed as the midpoint of the two polls around it (a
+    change seen only after a longer gap, e.g. when the poller was preempted, is not used; the
+    next one is), so energy and time span exactly the same whole number of steps. Counters that
+    do not advance, or a non-positive power, raise MeterError. RAPL has no instant-power field
+    and no clock readings: those parts of a reading are None.
     """
 
     name = "rapl"
-    tick_period_s = 0.001  # RAPL counters update about every millisecond
 
-    def __init__(self, root: str | os.PathLike = DEFAULT_POWERCAP) -> None:
+    def __init__(self, root: str | os.PathLike = DEFAULT_POWERCAP, patience_s: float = 1.0) -> None:
+        self._root = root
         self._domains = rapl_domains(root)
         if not self._domains:
             raise MeterError(f"no RAPL energy counters under {root}")
         try:
             self._read()
             self._ranges = [int((d / "max_energy_range_uj").read_text()) for d in self._domains]
-        except OSError as err:
-            raise MeterError(f"RAPL counters under {root} are not readable ({err.strerror})") from err
+        except (OSError, ValueError) as err:
+            raise MeterError(f"RAPL counters under {root} are not readable ({err})") from err
+        self._patience_s = patience_s
+        self._bracket_s = 1e-3
+        self.tick_period_s = self._measure_tick_period()
+        self._bracket_s = max(self.tick_period_s / 4, 50e-6)
 
     def _read(self) -> list[int]:
-        return [int((d / "energy_uj").read_text()) for d in self._domains]
+        try:
+            return [int((d / "energy_uj").read_text()) for d in self._domains]
+        except (OSError, ValueError) as err:
+            raise MeterError(f"RAPL counters under {self._root} are not readable ({err})") from err
+
+    def _step(self) -> tuple[float, list[int]]:
+        """The time of the first package counter's next change and all counters after it (other
+        packages step on their own clocks: at most one step off at each end of a reading)."""
+        old, before = self._read(), time.monotonic()
+        deadline = before + self._patience_s
+        while True:
+            values, now = self._read(), time.monotonic()
+            if values[0] != old[0]:
+                if now - before <= self._bracket_s:
+                    return (before + now) / 2, values
+                old = values  # seen late: its time is uncertain, wait for the next change
+            elif now > deadline:
+                raise MeterError(f"RAPL counters under {self._root} did not advance in "
+                                 f"{self._patience_s:g} s")
+            before = now
+
+    def _measure_tick_period(self, steps: int = 8) -> float:
+        times = [self._step()[0] for _ in range(steps)]
+        return statistics.median(b - a for a, b in zip(times, times[1:]))
 
     def power_during(self, run: Callable[[], float]) -> PowerReading:
-        before, t0 = self._read(), time.monotonic()
+        t0, before = self._step()
         result = run()
-        after, t1 = self._read(), time.monotonic()
+        t1, after = self._step()
         joules = sum((a - b) % r for a, b, r in zip(after, before, self._ranges)) / 1e6
-        return PowerReading(watts=joules / (t1 - t0), watts_sampled=None, span_s=t1 - t0,
-                            busy_s=t1 - t0, ticks=2, min_sm_clock_mhz=None, result=result)
+        span = t1 - t0
+        if not joules > 0:
+            raise MeterError(f"RAPL counters under {self._root} did not move in {span:.3g} s")
+        return PowerReading(watts=joules / span, watts_sampled=None, span_s=span, busy_s=span,
+                            ticks=round(span / self.tick_period_s), min_sm_clock_mhz=None,
+                            result=result)
 
     def device_state(self) -> dict:
         return {}

@@ -25,6 +25,10 @@ from typing import Callable
 
 from .meters import EnergyMeter, PowerReading
 
+# Bump when a change to this protocol (or to a meter's reading) changes what its figures mean:
+# records measured under another version are not mixed with new ones (compiler/identity.py).
+PROTOCOL_VERSION = 2
+
 
 @dataclass
 class Precision:
@@ -63,6 +67,15 @@ def window_seconds(meter: EnergyMeter, latency_s: float, precision: Precision,
     """Long enough for `min_ticks` counter ticks inside (plus one for alignment) and `min_calls`."""
     return scale * max((precision.min_ticks + 1) * meter.tick_period_s,
                        precision.min_calls * latency_s)
+
+
+def energy_seconds(meter: EnergyMeter, latency_s: float, precision: Precision) -> float:
+    """The longest `measure_energy` can take: warm-up, then every attempt at its most windows."""
+    total = precision.warmup_s + latency_s
+    for attempt in range(1 + precision.remeasure):
+        window = window_seconds(meter, latency_s, precision, scale=2.0 ** attempt)
+        total += precision.max_windows * (window + latency_s + 4 * meter.tick_period_s + 0.05)
+    return total
 
 
 def relative_spread(values: list[float]) -> float:

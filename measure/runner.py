@@ -3,6 +3,13 @@
 Inputs are drawn once per tuning run (seeded, uniform in [-1, 1]) and reused for every candidate,
 so candidates are compared on identical data. The output is poisoned with NaN before the
 correctness call so that elements a kernel never writes are caught; a wrong kernel is never timed.
+Correctness (measure/correctness.py: finite, relative norm, element-wise bound) is checked before
+timing and again after the timing and energy runs: the output those runs left behind, and one call
+on a second, fresh set of inputs (a kernel that races under load, or that only looks right on one
+input, is caught there).
+
+A failure of the harness itself (the energy meter or its sampler: `MeterError`) is raised, not
+recorded: it is not the kernel's fault, and the tune must stop rather than blame candidates.
 
 L2 policy (it changes joules per call):
 - `resident` (default): every call reads the same input buffers, which stay in L2 where they fit;
@@ -23,8 +30,9 @@ from typing import Callable, Protocol
 import numpy as np
 import tvm
 
-from .meters import EnergyMeter
-from .protocol import Precision, idle_power, measure_energy
+from .correctness import Expected, Verdict, judge
+from .meters import EnergyMeter, MeterError
+from .protocol import PROTOCOL_VERSION, Precision, energy_seconds, idle_power, measure_energy
 from ..schedules import Op
 
 L2_POLICIES = ("resident", "rotate")
@@ -55,9 +63,20 @@ class Measurement:
 class CandidateRunner(Protocol):
     """Anything that measures a built kernel: `Runner` in-process, `IsolatedRunner` in a worker."""
 
+    measurement: dict   # how it measures (`measurement_identity`): part of a record's identity
+
     def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...) -> Measurement:
         """Check and time the kernel; measure its energy if there is a meter and
         `decide(measurement so far)` says so."""
+
+
+def measurement_identity(config: MeasureConfig, meter: str | None) -> dict:
+    """What makes two measurements comparable: the L2 policy, the meter and, with a meter, the
+    energy protocol's version and precision (latency repeat counts only change the noise)."""
+    ident: dict = {"l2": config.l2, "meter": meter}
+    if meter is not None:
+        ident.update(protocol=PROTOCOL_VERSION, precision=asdict(config.precision))
+    return ident
 
 
 def last_line(err: BaseException) -> str:
@@ -71,13 +90,16 @@ class Runner:
         if config.l2 not in L2_POLICIES:
             raise ValueError(f"unknown L2 policy {config.l2!r} (known: {', '.join(L2_POLICIES)})")
         self.op, self.device, self.meter, self.config = op, device, meter, config
-        host_inputs = op.inputs(np.random.default_rng(seed))
-        self.expected = op.reference(host_inputs)
+        self.measurement = measurement_identity(config, meter.name if meter else None)
+        self.expected = Expected.draw(op, np.random.default_rng(seed))
+        self.fresh = Expected.draw(op, np.random.default_rng([seed, 1]))  # for the re-check
         copies = 1
         if config.l2 == "rotate":
-            set_bytes = sum(x.nbytes for x in host_inputs)
+            set_bytes = sum(x.nbytes for x in self.expected.inputs)
             copies = min(MAX_ROTATE_SETS, max(2, math.ceil(ROTATE_BYTES / set_bytes)))
-        self.arg_sets = [[tvm.runtime.tensor(x, device) for x in host_inputs] for _ in range(copies)]
+        self.arg_sets = [[tvm.runtime.tensor(x, device) for x in self.expected.inputs]
+                         for _ in range(copies)]
+        self.fresh_args = [tvm.runtime.tensor(x, device) for x in self.fresh.inputs]
         self.poison = np.full(op.output_shape, np.nan, dtype=op.output_dtype)
         self.out = tvm.runtime.tensor(self.poison, device)
         self.idle_w = idle_power(meter) if meter is not None else None
@@ -85,15 +107,20 @@ class Runner:
         self.max_clock_mhz = state.get("sm_clock_max_mhz")
         self.power_limit_w = state.get("power_limit_w")
 
-    def check(self, func) -> float:
-        """Relative Frobenius error of one call's output (inf if any element is not finite)."""
+    def check(self, func, fresh: bool = False) -> Verdict:
+        """Poison the output, call once (on the fresh inputs if `fresh`), judge the output."""
         self.out.copyfrom(self.poison)
-        func(*self.arg_sets[0], self.out)
+        func(*(self.fresh_args if fresh else self.arg_sets[0]), self.out)
         self.device.sync()
-        got = self.out.numpy()
-        if not np.all(np.isfinite(got)):
-            return float("inf")
-        return float(np.linalg.norm(got - self.expected) / max(np.linalg.norm(self.expected), 1e-30))
+        return judge(self.op, self.fresh if fresh else self.expected, self.out.numpy())
+
+    def seconds_needed(self, call_s: float) -> float:
+        """A generous bound on how long timing, energy and the re-check take for a kernel whose
+        one call took `call_s` (what the worker's timeout scales with)."""
+        cfg = self.config
+        timing = cfg.latency_repeats * (2 * max(cfg.latency_min_repeat_ms / 1e3, call_s) + call_s)
+        energy = energy_seconds(self.meter, call_s, cfg.precision) if self.meter else 0.0
+        return 2 * (timing + energy + 3 * call_s)
 
     def _timers(self, module) -> tuple[Callable[[], list[float]], Callable[[int], float]]:
         """(latency samples, run_batch(n) -> seconds per call) under the L2 policy."""
@@ -128,20 +155,41 @@ class Runner:
             return [run_batch(calls) for _ in range(cfg.latency_repeats)]
         return samples, run_batch
 
-    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True
-            ) -> Measurement:
+    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
+            expect: Callable[[float], None] = lambda seconds: None) -> Measurement:
+        """`expect(seconds)` is told, after the first call, how long the rest may take."""
         try:
             module = tvm.runtime.load_module(artifact)
-            rel_error = self.check(module["main"])
+            started = time.perf_counter()
+            verdict = self.check(module["main"])
         except Exception as err:  # a candidate that cannot load or run is a result, not a crash
             return Measurement("run_error", error=last_line(err))
-        if not rel_error <= self.op.tolerance:
-            return Measurement("wrong", error=f"relative error {rel_error:.3g} > {self.op.tolerance:g}",
-                               rel_error=rel_error)
+        if not verdict.ok:
+            return Measurement("wrong", error=verdict.problem, rel_error=verdict.rel_error,
+                               meta={"bound_ratio": verdict.bound_ratio})
+        expect(self.seconds_needed(time.perf_counter() - started))
+        try:
+            result = self._time_and_measure(module, verdict, decide)
+            after = judge(self.op, self.expected, self.out.numpy())  # what the timed runs left
+            if after.ok:
+                after = self.check(module["main"], fresh=True)
+        except MeterError:
+            raise  # the harness failed, not the kernel
+        except Exception as err:
+            return Measurement("run_error", error=last_line(err))
+        if not after.ok:
+            return Measurement("wrong", error=f"after timing: {after.problem}",
+                               rel_error=after.rel_error, meta={"bound_ratio": after.bound_ratio})
+        result.meta["bound_ratio"] = max(verdict.bound_ratio, after.bound_ratio)
+        return result
+
+    def _time_and_measure(self, module, verdict: Verdict,
+                          decide: Callable[[Measurement], bool]) -> Measurement:
         samples, run_batch = self._timers(module)
         latency = samples()
-        result = Measurement("ok", rel_error=rel_error, latency_s=statistics.median(latency),
-                             latency_samples=latency, meta={"l2": self.config.l2})
+        result = Measurement("ok", rel_error=verdict.rel_error,
+                             latency_s=statistics.median(latency), latency_samples=latency,
+                             meta={"l2": self.config.l2, "measurement": self.measurement})
         if self.meter is not None and not decide(result):
             result.meta["energy_skipped"] = True
         elif self.meter is not None:

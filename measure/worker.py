@@ -4,10 +4,18 @@ A kernel that crashes the process (segfault, illegal address), hangs past the ti
 a GPU (after which the CUDA context may be unusable) is recorded as a failed measurement with its
 error, the worker is restarted, and the tune goes on. The worker owns the device, the inputs, the
 numpy reference and the energy meter; it measures idle power once when it starts.
+
+A failure of the harness (the energy meter or its sampler) is not the kernel's: the worker reports
+it and exits, and `run` raises `WorkerError`, which stops the tune with every result so far kept.
+The timeout grows with the kernel: after its first call the worker says how long timing, energy
+and the re-check may take, and the parent waits that long on top of `timeout_s`.
+Ctrl-C is the parent's to handle: the worker ignores SIGINT (no traceback from it) and is closed.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
+import threading
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -15,7 +23,7 @@ from .runner import MeasureConfig, Measurement, Runner
 
 
 class WorkerError(RuntimeError):
-    """The worker could not start (its setup failed)."""
+    """The measurement harness failed (worker setup, energy meter, sampler): not a kernel's fault."""
 
 
 @dataclass
@@ -31,31 +39,55 @@ class WorkerSpec:
 def _serve(conn, spec: WorkerSpec) -> None:
     import tvm
 
-    from .meters import open_meter
+    from .meters import MeterError, open_meter
     from ..schedules import op_from_description
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    meter = None
     try:
-        device = tvm.cuda(spec.device_index) if spec.kind == "cuda" else tvm.cpu(spec.device_index)
-        meter = (open_meter(spec.kind, spec.device_index, spec.powercap)
-                 if spec.powercap is not None else None)
-        runner = Runner(op_from_description(spec.op), device, meter, spec.config, spec.seed)
-    except Exception as err:
-        conn.send({"error": f"{type(err).__name__}: {err}"})
-        return
-    conn.send({"idle_w": runner.idle_w})
-    def ask_parent(measurement: Measurement) -> bool:
-        conn.send({"ask": asdict(measurement)})
-        return bool(conn.recv())
+        try:
+            device = (tvm.cuda(spec.device_index) if spec.kind == "cuda"
+                      else tvm.cpu(spec.device_index))
+            meter = (open_meter(spec.kind, spec.device_index, spec.powercap)
+                     if spec.powercap is not None else None)
+            runner = Runner(op_from_description(spec.op), device, meter, spec.config, spec.seed)
+        except Exception as err:
+            conn.send({"error": f"{type(err).__name__}: {err}"})
+            return
+        conn.send({"idle_w": runner.idle_w, "measurement": runner.measurement})
 
-    try:
+        def ask_parent(measurement: Measurement) -> bool:
+            conn.send({"ask": asdict(measurement)})
+            return bool(conn.recv())
+
         while (artifact := conn.recv()) is not None:
-            result = runner.run(artifact, ask_parent)
+            try:
+                result = runner.run(artifact, ask_parent,
+                                    lambda seconds: conn.send({"expect_s": seconds}))
+            except MeterError as err:
+                conn.send({"harness_error": f"energy meter failed: {err}"})
+                return
             conn.send({"result": asdict(result)})
             if result.status == "run_error" and spec.kind == "cuda":
                 return  # the CUDA context may be corrupt: let the parent start a fresh worker
+    except (EOFError, OSError):  # the parent is gone
+        return
     finally:
         if meter is not None:
             meter.close()
+
+
+def start_ignoring_sigint(proc: mp.Process) -> None:
+    """Start a child that ignores Ctrl-C from its first instruction (Python keeps an inherited
+    SIG_IGN), so an interrupt while it imports prints no traceback from it."""
+    if threading.current_thread() is not threading.main_thread():
+        proc.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class IsolatedRunner:
@@ -67,12 +99,13 @@ class IsolatedRunner:
         self.restarts = 0
         self._ctx = mp.get_context("spawn")
         self._proc = None
+        self.measurement: dict = {}
         self.idle_w = self._start()
 
     def _start(self) -> float | None:
         self._conn, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=_serve, args=(child, self.spec))
-        self._proc.start()
+        start_ignoring_sigint(self._proc)
         child.close()
         if not self._conn.poll(self.start_timeout_s):
             self._kill()
@@ -84,6 +117,7 @@ class IsolatedRunner:
         if "error" in ready:
             self._proc.join(10)
             raise WorkerError(f"measurement worker failed to start: {ready['error']}")
+        self.measurement = ready["measurement"]
         return ready["idle_w"]
 
     def _exit(self) -> int | None:
@@ -106,10 +140,11 @@ class IsolatedRunner:
         if not self._proc.is_alive():
             self._restart()
         self._conn.send(artifact)
+        timeout = self.timeout_s
         while True:
-            if not self._conn.poll(self.timeout_s):
+            if not self._conn.poll(timeout):
                 self._restart()
-                return Measurement("run_error", error=f"timed out after {self.timeout_s:g} s; "
+                return Measurement("run_error", error=f"timed out after {timeout:.3g} s; "
                                                       "worker restarted")
             try:
                 message = self._conn.recv()
@@ -120,6 +155,12 @@ class IsolatedRunner:
                                    error=f"worker crashed (exit code {code}); restarted")
             if "result" in message:
                 return Measurement(**message["result"])
+            if "harness_error" in message:
+                self._exit()
+                raise WorkerError(message["harness_error"])
+            if "expect_s" in message:
+                timeout = self.timeout_s + message["expect_s"]
+                continue
             self._conn.send(decide(Measurement(**message["ask"])))
 
     def close(self) -> None:

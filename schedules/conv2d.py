@@ -43,6 +43,10 @@ class Conv2d(Op):
         n, oh, ow, k = self.output_shape
         return 2 * n * oh * ow * k * self.shape["r"] * self.shape["s"] * self.shape["c"]
 
+    @property
+    def reduction_length(self) -> int:
+        return self.shape["r"] * self.shape["s"] * self.shape["c"]
+
     def compute(self, data, weight):
         g = self.shape
         pad, stride = g["pad"], g["stride"]

@@ -70,9 +70,9 @@ class LutMpGemm(Product):
                           f"got {self.params['impl']!r}")
         if self.bits not in (1, 2, 3, 4):
             raise OpError(f"--wbits must be 1, 2, 3 or 4, got {self.bits}")
-        if self.group_size % K_PER_BYTE or k % self.group_size:
-            raise OpError(f"--group-size {self.group_size} must be a multiple of {K_PER_BYTE} "
-                          f"that divides k={k}")
+        if self.group_size < 1 or self.group_size % K_PER_BYTE or k % self.group_size:
+            raise OpError(f"--group-size {self.group_size} must be a positive multiple of "
+                          f"{K_PER_BYTE} that divides k={k}")
         if self.params["impl"] == "lut" and self.group_size < LUT_MIN_GROUP:
             raise OpError(f"the LUT implementation needs --group-size >= {LUT_MIN_GROUP}, got "
                           f"{self.group_size} (--impl dequant supports it)")
@@ -102,6 +102,22 @@ class LutMpGemm(Product):
     def reference(self, inputs):
         x, packed, scales, zeros = inputs
         return x.astype("float32") @ self.quantized(packed, scales, zeros).dequantize().T
+
+    @property
+    def accumulation_dtype(self) -> str:
+        """The dtype whose rounding dominates: the tables' (LUT) or dequantized weights' (op.dtype);
+        sums are float32."""
+        return self.dtype
+
+    def magnitude(self, inputs):
+        """|X| times the largest magnitude each weight's term can take in either implementation:
+        scale * ((2^bits - 1) / 2 + |midpoint - zero|) (the bit planes' table lookups plus the offset
+        correction), per weight."""
+        x, _, scales, zeros = inputs
+        midpoint = (2 ** self.bits - 1) / 2
+        reach = np.repeat(np.abs(scales) * (midpoint + np.abs(midpoint - zeros)), self.group_size,
+                          axis=1)
+        return np.abs(x.astype("float32")) @ reach.T.astype("float32")
 
     def compute(self, x, packed, scales, zeros):
         if self.params["impl"] == "lut":

@@ -31,6 +31,10 @@ class Product(Op):
     def flops(self) -> int:
         return 2 * self.shape["m"] * self.shape["n"] * self.shape["k"]
 
+    @property
+    def reduction_length(self) -> int:
+        return self.shape["k"]
+
 
 @register
 class Matmul(Product):
@@ -97,6 +101,10 @@ class BatchMatmul(Op):
     def flops(self) -> int:
         return 2 * self.shape["b"] * self.shape["m"] * self.shape["n"] * self.shape["k"]
 
+    @property
+    def reduction_length(self) -> int:
+        return self.shape["k"]
+
     def compute(self, a, b):
         r = te.reduce_axis((0, self.shape["k"]), name="k")
         return te.compute(self.output_shape,
@@ -126,6 +134,10 @@ class Gemv(Op):
     @property
     def flops(self) -> int:
         return 2 * self.shape["n"] * self.shape["k"]
+
+    @property
+    def reduction_length(self) -> int:
+        return self.shape["k"]
 
     def compute(self, w, x):
         r = te.reduce_axis((0, self.shape["k"]), name="k")

@@ -30,6 +30,7 @@ class Op(ABC):
     default_shape: ClassVar[dict[str, str]]     # per target kind ("cuda", "llvm")
     output_dtype: ClassVar[str] = "float32"
     tolerance: ClassVar[float] = 1e-4           # relative Frobenius error ||out - ref|| / ||ref||
+    error_constant: ClassVar[float] = 1.0       # c of the element-wise bound (`error_bound`)
     param_defaults: ClassVar[dict[str, object]] = {}  # op options besides the shape (e.g. wbits)
     options: ClassVar[tuple[str, ...]] = ()     # further options, part of the identity only if given
 
@@ -61,6 +62,31 @@ class Op(ABC):
     @abstractmethod
     def reference(self, inputs: list[np.ndarray]) -> np.ndarray:
         """The expected output, computed by numpy in at least float32."""
+
+    @property
+    @abstractmethod
+    def reduction_length(self) -> int:
+        """Products summed into each output element (k of a matmul)."""
+
+    @property
+    def accumulation_dtype(self) -> str:
+        """The dtype the sums are accumulated in (the output's, for every op here)."""
+        return self.output_dtype
+
+    def magnitude(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """(|A||B|)ij: the sum of the products' magnitudes per output element, here the reference
+        on the inputs' absolute values (right for every op whose output is a sum of products)."""
+        return self.reference([np.abs(x) for x in inputs])
+
+    def error_bound(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Element-wise bound on |out - ref|: c * u * sqrt(k) * (|A||B|)ij with u the unit roundoff
+        of the accumulation dtype, the probabilistic bound of Higham & Mary (SIAM J. Sci. Comput.
+        41(5), 2019) at lambda = c = 1. On these zero-mean random inputs the partial sums grow as
+        sqrt(j), not j, so correct kernels stay far inside it (float16 summed one product at a
+        time, m x 512 x 4096: 0.05 of the bound); a zeroed row or a flipped tile does not."""
+        unit = float(np.finfo(self.accumulation_dtype).eps) / 2
+        scale = self.error_constant * unit * math.sqrt(self.reduction_length)
+        return (scale * self.magnitude(inputs)).astype("float32") + np.finfo("float32").tiny
 
     def validate(self) -> None:
         """Raise OpError for a shape the op cannot compute (beyond every value being positive)."""
@@ -105,10 +131,11 @@ def register(cls: type[Op]) -> type[Op]:
 
 def _size(key: str, text: str, whole: str, cls: type[Op]) -> int:
     """A shape value: a positive integer, or non-negative for the op's `may_be_zero` keys."""
+    digits = text.isascii() and text.isdigit()
     if key.lower() in cls.may_be_zero:
-        if not text.isdigit():
+        if not digits:
             raise OpError(f"shape {whole!r}: {key} must be a non-negative integer, got {text!r}")
-    elif not text.isdigit() or int(text) < 1:
+    elif not digits or int(text) < 1:
         raise OpError(f"shape {whole!r}: {key} must be a positive integer, got {text!r}")
     return int(text)
 

@@ -131,7 +131,7 @@ def test_splice_leaves_other_kernels_alone():
 
 @pytest.mark.parametrize("params,fragment", [
     ({"wbits": 5}, "--wbits must be 1, 2, 3 or 4"),
-    ({"group_size": 12}, "must be a multiple of 8"),
+    ({"group_size": 12}, "must be a positive multiple of 8"),
     ({"impl": "fast"}, "impl must be one of"),
     ({"bits": 2}, "has no option bits"),
     ({"group_size": 8, "impl": "lut"}, "LUT implementation needs --group-size >= 16"),
