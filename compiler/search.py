@@ -36,6 +36,7 @@ from .builder import Builder
 from .database import Record, TuningDatabase
 from .objective import Objective
 from .policy import EnergyPolicy
+from .scoring import Scorer
 from .target import Platform
 from ..costmodel import KernelModel, candidate_features
 from ..measure.runner import CandidateRunner
@@ -66,16 +67,15 @@ def module_hash(mod: tvm.IRModule) -> str:
 
 @derived_object
 class ObjectiveCostModel(PyCostModel):
-    """Scores candidates for the strategy: minus the predicted log objective (higher is better).
+    """Scores candidates for TVM's strategy with a `Scorer` (positive, unit-free; random until
+    the models have enough data, i.e. the search then samples uniformly). Training happens in the
+    tuning loop, which sees energy; `update` is therefore a no-op."""
 
-    Until the models have enough data the scores are random, i.e. the search samples uniformly.
-    Training happens in the tuning loop, which sees energy; `update` is therefore a no-op.
-    """
-
-    def __init__(self, tuner: "Tuner") -> None:
+    def __init__(self, scorer: Scorer,
+                 featurize: Callable[[ms.TuneContext, list[ms.MeasureCandidate]], np.ndarray]
+                 ) -> None:
         super().__init__()
-        self.tuner = tuner
-        self.rng = np.random.default_rng(tuner.seed)
+        self.scorer, self.featurize = scorer, featurize
 
     def load(self, path: str) -> None:
         pass
@@ -87,12 +87,7 @@ class ObjectiveCostModel(PyCostModel):
         pass
 
     def predict(self, context: ms.TuneContext, candidates: list[ms.MeasureCandidate]) -> np.ndarray:
-        pred = self.tuner.model.predict_log(candidate_features(context, candidates, self.tuner.op))
-        score = self.tuner.objective.log_score(pred["latency"], pred["energy"],
-                                               self.tuner.search_best_latency)
-        if score is None:
-            return self.rng.random(len(candidates))
-        return -np.asarray(score, dtype="float64")
+        return self.scorer(self.featurize(context, list(candidates)))
 
 
 @dataclass
@@ -154,12 +149,8 @@ class Tuner:
         self.args_info = ms.arg_info.ArgInfo.from_prim_func(self.mod["main"])
         self.model = KernelModel(seed)
         self.policy = EnergyPolicy(objective, energy_policy)
+        self.scorer = Scorer(objective, self.model, seed)
         self.records: list[Record] = []
-        self.search_best_latency: float | None = None  # what the running proposal scores against
-
-    def best_latency(self) -> float | None:
-        done = [r.latency_s for r in self.records if r.status == "ok" and r.latency_s]
-        return min(done) if done else None
 
     def _record(self, sch: tvm.s_tir.Schedule, status: str, **fields) -> Record:
         return Record(id=None, workload_key=self.key, workload=self.op.describe(),
@@ -223,7 +214,7 @@ class Tuner:
             return list(candidates or [])
 
         def start_proposal(run: Callable[[Callable[[], object]], Future]) -> Future:
-            self.search_best_latency = self.best_latency()
+            self.scorer.begin(self.records)
             return run(propose)
 
         def wait(proposal: Future) -> list[ms.MeasureCandidate]:
@@ -240,7 +231,9 @@ class Tuner:
             self.model.load_bytes(blobs)
 
         ctx.pre_tuning(max_trials=trials + len(records), num_trials_per_iter=self.batch,
-                       database=strategy_db, cost_model=ObjectiveCostModel(self))
+                       database=strategy_db,
+                       cost_model=ObjectiveCostModel(
+                           self.scorer, lambda c, cands: candidate_features(c, cands, self.op)))
         with tempfile.TemporaryDirectory(prefix="tune-artifacts-") as out_dir:
             builder = Builder(self.plat.target, out_dir, workers=threads)
             proposal: Future | None = None
