@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resident: every call reads the same inputs, which stay in L2 where they "
                         "fit (default, as cuBLAS is usually timed); rotate: calls cycle through "
                         "input copies totalling 256 MiB, so inputs come from DRAM")
+    p.add_argument("--space", default="auto", metavar="NAME",
+                   help="the space to search: a registered knob space (template family) that "
+                        "applies, or trace (TVM MetaSchedule traces); auto (default): a knob "
+                        "space that applies, else trace")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
     p.add_argument("--no-overlap", action="store_true",
                    help="on a GPU, search and measure in turns (by default the next batch is "
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from .target import TargetError, resolve
     from ..measure.meters import meter_problem, powercap_root
     from ..schedules import OPS, OpError, make_op
+    from .spaces import SpaceError, choose_space
 
     try:
         plat = resolve(args.target)
@@ -146,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         if no_meter and objective.needs_energy:
             raise UsageError(f"--objective {objective.kind} needs an energy meter, but "
                              f"{no_meter}; use --objective latency")
+        for op in ops:
+            choose_space(op, plat.target, args.space)
         db = TuningDatabase(args.db)
-    except (UsageError, OpError, TargetError, DatabaseError) as err:
+    except (UsageError, OpError, TargetError, DatabaseError, SpaceError) as err:
         fail(str(err))
     from .session import run_session
 

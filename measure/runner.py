@@ -28,6 +28,7 @@ from .protocol import Precision, idle_power, measure_energy
 from ..schedules import Op
 
 L2_POLICIES = ("resident", "rotate")
+SCREEN_REPEATS = 3  # latency samples that decide whether a candidate is screened out
 ROTATE_BYTES = 256 << 20
 MAX_ROTATE_SETS = 1024
 
@@ -55,9 +56,11 @@ class Measurement:
 class CandidateRunner(Protocol):
     """Anything that measures a built kernel: `Runner` in-process, `IsolatedRunner` in a worker."""
 
-    def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...) -> Measurement:
+    def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...,
+            latency_bound_s: float | None = None) -> Measurement:
         """Check and time the kernel; measure its energy if there is a meter and
-        `decide(measurement so far)` says so."""
+        `decide(measurement so far)` says so. With `latency_bound_s`, a kernel whose first
+        few latency samples exceed it is screened out: neither fully timed nor measured."""
 
 
 def last_line(err: BaseException) -> str:
@@ -101,9 +104,8 @@ class Runner:
         if cfg.l2 == "resident":
             args = [*self.arg_sets[0], self.out]
 
-            def samples() -> list[float]:
-                timer = module.time_evaluator("main", self.device, number=1,
-                                              repeat=cfg.latency_repeats,
+            def samples(repeats: int = cfg.latency_repeats) -> list[float]:
+                timer = module.time_evaluator("main", self.device, number=1, repeat=repeats,
                                               min_repeat_ms=cfg.latency_min_repeat_ms)
                 return [float(s) for s in timer(*args).results]
 
@@ -121,15 +123,15 @@ class Runner:
             self.device.sync()
             return (time.perf_counter() - start) / calls
 
-        def samples() -> list[float]:
+        def samples(repeats: int = cfg.latency_repeats) -> list[float]:
             calls = 1
             while run_batch(calls) * calls < cfg.latency_min_repeat_ms / 1e3 and calls < 1 << 20:
                 calls *= 2
-            return [run_batch(calls) for _ in range(cfg.latency_repeats)]
+            return [run_batch(calls) for _ in range(repeats)]
         return samples, run_batch
 
-    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True
-            ) -> Measurement:
+    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
+            latency_bound_s: float | None = None) -> Measurement:
         try:
             module = tvm.runtime.load_module(artifact)
             rel_error = self.check(module["main"])
@@ -139,6 +141,13 @@ class Runner:
             return Measurement("wrong", error=f"relative error {rel_error:.3g} > {self.op.tolerance:g}",
                                rel_error=rel_error)
         samples, run_batch = self._timers(module)
+        if latency_bound_s is not None:  # screening: a few samples first
+            first = samples(SCREEN_REPEATS)
+            if statistics.median(first) > latency_bound_s:
+                return Measurement("ok", rel_error=rel_error, latency_s=statistics.median(first),
+                                   latency_samples=first,
+                                   meta={"l2": self.config.l2, "screened_out": True,
+                                         "latency_bound_s": latency_bound_s})
         latency = samples()
         result = Measurement("ok", rel_error=rel_error, latency_s=statistics.median(latency),
                              latency_samples=latency, meta={"l2": self.config.l2})

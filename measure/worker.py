@@ -48,8 +48,9 @@ def _serve(conn, spec: WorkerSpec) -> None:
         return bool(conn.recv())
 
     try:
-        while (artifact := conn.recv()) is not None:
-            result = runner.run(artifact, ask_parent)
+        while (job := conn.recv()) is not None:
+            artifact, latency_bound_s = job
+            result = runner.run(artifact, ask_parent, latency_bound_s)
             conn.send({"result": asdict(result)})
             if result.status == "run_error" and spec.kind == "cuda":
                 return  # the CUDA context may be corrupt: let the parent start a fresh worker
@@ -100,12 +101,12 @@ class IsolatedRunner:
         self.restarts += 1
         self._start()
 
-    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True
-            ) -> Measurement:
+    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
+            latency_bound_s: float | None = None) -> Measurement:
         """Measure in the worker; `decide` answers the worker's "measure energy?" question."""
         if not self._proc.is_alive():
             self._restart()
-        self._conn.send(artifact)
+        self._conn.send((artifact, latency_bound_s))
         while True:
             if not self._conn.poll(self.timeout_s):
                 self._restart()

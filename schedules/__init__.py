@@ -5,6 +5,7 @@ MetaSchedule space generator for an op on a target.
 """
 from . import conv2d, lut_mpgemm, matmul  # noqa: F401  registers the ops
 from . import lut, lut_intrin, lut_space  # noqa: F401
+from . import cpu_matmul  # noqa: F401  registers its knob space
 from .op import Op, OpError, make_op, op_from_description, OPS
 from .space import design_space
 

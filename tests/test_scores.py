@@ -10,7 +10,7 @@ from tvm.s_tir import meta_schedule as ms
 from energy_tuner.compiler.database import Record
 from energy_tuner.compiler.objective import Objective
 from energy_tuner.compiler.scoring import Scorer, relative_scores
-from energy_tuner.compiler.search import ObjectiveCostModel
+from energy_tuner.compiler.strategies.evolutionary import ObjectiveCostModel
 from energy_tuner.costmodel import candidate_features
 from energy_tuner.schedules import design_space, make_op
 
