@@ -203,7 +203,6 @@ def export(db: str | Path, out_dir: str | Path, objective: Objective | str | Non
     """The chosen kernel of every workload in the db (or of `model`'s tasks only) as a library
     in out_dir: (manifest path, ops the library cannot hold)."""
     from .database import DatabaseError, TuningDatabase
-    from .search import workload_key
     from .target import resolve
 
     objective = _objective(objective)
@@ -211,12 +210,12 @@ def export(db: str | Path, out_dir: str | Path, objective: Objective | str | Non
         raise DatabaseError(f"no tuning database at {db}")
     database = TuningDatabase(db)
     try:
-        keys = None
-        if model is not None:
+        kernels = db_kernels(database, objective)
+        if model is not None:  # only the model's workloads (under any measurement configuration)
             plat = resolve(target)
             found = tasks(model, example_inputs, dtype or DEFAULT_DTYPE[plat.kind])
-            keys = [workload_key(t.make_op(), plat) for t in found]
-        kernels = db_kernels(database, objective, keys)
+            wanted = [t.make_op().describe() for t in found]
+            kernels = [k for k in kernels if k[0].describe() in wanted]
         if not kernels:
             raise LibraryError(f"{db}: no correct kernel measured for objective {objective.label}"
                                + (" for this model's tasks" if model is not None else ""))

@@ -24,30 +24,35 @@ class BuildResult:
     error: str | None
 
 
-def compile_module(mod: tvm.IRModule, target: Target) -> tvm.runtime.Executable:
-    """tvm.compile (cp.async copies where the schedule pipelines them), retried without storage
-    rewrite for the known WMMA failure."""
+def compile_module(mod: tvm.IRModule, target: Target, options: dict | None = None
+                   ) -> tvm.runtime.Executable:
+    """tvm.compile (cp.async copies where the schedule pipelines them) with a space's extra
+    `options` (e.g. tir_pipeline), retried without storage rewrite for the known WMMA failure."""
+    options = options or {}
+    if target.kind.name == "cuda" and options.get("tir_pipeline") == "tirx":
+        # the TIRx (sm_90a) families were validated on the H200 compiled by nvcc; NVRTC is untried
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     if target.kind.name == "cuda":
         from tvm.s_tir import tensor_intrin  # noqa: F401  MMA lowering looks up its index maps here
         from ..schedules import lut_intrin  # noqa: F401  splices the LUT instruction's device code
     config = {"tirx.use_async_copy": True}
     try:
         with tvm.transform.PassContext(config=config):
-            return tvm.compile(mod, target=target)
+            return tvm.compile(mod, target=target, **options)
     except Exception as err:
         if _STORAGE_REWRITE_ERROR not in str(err):
             raise
     with tvm.transform.PassContext(config={**config, "tirx.disable_storage_rewrite": True}):
-        return tvm.compile(mod, target=target)
+        return tvm.compile(mod, target=target, **options)
 
 
-def build_to_file(mod: tvm.IRModule, target: Target, path: str) -> str:
-    compile_module(mod, target).export_library(path)
+def build_to_file(mod: tvm.IRModule, target: Target, path: str, options: dict | None = None) -> str:
+    compile_module(mod, target, options).export_library(path)
     return path
 
 
-def _worker_build(mod: tvm.IRModule, target: Target, out_dir: str) -> str:
-    return build_to_file(mod, target, os.path.join(out_dir, f"{uuid.uuid4().hex}.so"))
+def _worker_build(mod: tvm.IRModule, target: Target, out_dir: str, options: dict) -> str:
+    return build_to_file(mod, target, os.path.join(out_dir, f"{uuid.uuid4().hex}.so"), options)
 
 
 def _first_error_line(text: str) -> str:
@@ -57,13 +62,14 @@ def _first_error_line(text: str) -> str:
 
 
 class Builder:
-    def __init__(self, target: Target, out_dir: str, workers: int, timeout_s: float = 120.0) -> None:
-        self.target, self.out_dir = target, out_dir
+    def __init__(self, target: Target, out_dir: str, workers: int, timeout_s: float = 120.0,
+                 compile_options: dict | None = None) -> None:
+        self.target, self.out_dir, self.options = target, out_dir, compile_options or {}
         self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s)
 
     def build(self, mods: list[tvm.IRModule]) -> list[BuildResult]:
         results = []
-        jobs = [(mod, self.target, self.out_dir) for mod in mods]
+        jobs = [(mod, self.target, self.out_dir, self.options) for mod in mods]
         for res in self.pool.map_with_error_catching(lambda job: _worker_build(*job), jobs):
             if res.status == StatusKind.COMPLETE:
                 results.append(BuildResult(res.value, None))

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resident: every call reads the same inputs, which stay in L2 where they "
                         "fit (default, as cuBLAS is usually timed); rotate: calls cycle through "
                         "input copies totalling 256 MiB, so inputs come from DRAM")
+    p.add_argument("--space", default="auto", metavar="NAME",
+                   help="the space to search: a registered knob space (template family) that "
+                        "applies, or trace (TVM MetaSchedule traces); auto (default): a knob "
+                        "space that applies, else trace")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
     p.add_argument("--no-overlap", action="store_true",
                    help="on a GPU, search and measure in turns (by default the next batch is "
@@ -189,6 +193,7 @@ def prepare(argv: list[str] | None = None) -> Plan:
     from .target import resolve
     from ..measure.meters import meter_problem, powercap_root
     from ..schedules import OPS, make_op
+    from .spaces import choose_space
 
     if args.export is not None and (problem := check_export_dir(args.export)):
         raise UsageError(problem)
@@ -204,6 +209,7 @@ def prepare(argv: list[str] | None = None) -> Plan:
     for op in ops:
         if problem := memory_problem(op, plat, args.l2):
             raise UsageError(problem)
+        choose_space(op, plat.target, args.space)
     no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
     if no_meter and objective.needs_energy:
         raise UsageError(f"--objective {objective.kind} needs an energy meter, but "
@@ -216,8 +222,9 @@ def bad_input() -> tuple[type[Exception], ...]:
     from .database import DatabaseError
     from .target import TargetError
     from ..schedules import OpError
+    from .spaces import SpaceError
 
-    return UsageError, OpError, TargetError, DatabaseError
+    return UsageError, OpError, TargetError, DatabaseError, SpaceError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Export the chosen kernel as a shared library plus a JSON manifest.
 
-The library is rebuilt from the stored trace (the artifact measured during tuning may be from an
+The library is rebuilt from the stored trace (or knob config) (the artifact measured during tuning may be from an
 earlier run and is not kept), so an export also proves the trace reproduces the kernel. A fresh
 process needs only `tvm.runtime.load_module(path)["main"](*inputs, output)`.
 """
@@ -16,7 +16,9 @@ from tvm.s_tir import meta_schedule as ms
 
 from .builder import build_to_file
 from .database import Record
+from .identity import target_json
 from .report import kernel_figures, param_tags
+from .spaces import choose_space, stored_module
 from ..schedules import Op, design_space
 
 
@@ -45,32 +47,39 @@ def check_export_dir(path: Path) -> str | None:
     return None
 
 
-def replay(op: Op, target: tvm.target.Target, trace) -> tvm.s_tir.Schedule:
-    """The schedule a stored trace describes. The op's design space is built first: building it
-    registers the tensor intrinsics its traces name (the LUT-mpGEMM instruction), which a fresh
-    process that measured nothing has not done."""
+def stored_kernel(op: Op, target: tvm.target.Target, trace
+                  ) -> tuple[tvm.IRModule, tvm.target.Target, dict]:
+    """The module a stored trace column describes, and the target and options to compile it with.
+
+    A knob-space record names its space (`{"space", "config"}`); anything else is a MetaSchedule
+    trace, replayed after the op's design space is built: building it registers the tensor
+    intrinsics its traces name (the LUT-mpGEMM instruction), which a fresh process that measured
+    nothing has not done."""
+    if isinstance(trace, dict) and "space" in trace:
+        space = choose_space(op, target, trace["space"])
+        return stored_module(space, trace), space.target, space.compile_options
     design_space(op, target)
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": op.prim_func()}))
     tvm.s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
-    return sch
+    return sch.mod, target, {}
 
 
 def export_kernel(op: Op, target: tvm.target.Target, record: Record, objective: str,
                   out_dir: str | Path) -> Path:
     """Write `<export_name>.so` and `.json` into out_dir; returns the manifest's path."""
-    sch = replay(op, target, record.trace)
+    mod, build_target, options = stored_kernel(op, target, record.trace)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = export_name(op)
     library = out / f"{name}.so"
-    build_to_file(sch.mod, target, str(library))
-    args = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])
+    build_to_file(mod, build_target, str(library), options)
+    args = ms.arg_info.ArgInfo.from_prim_func(op.prim_func())  # a knob module's main takes these too
     manifest = {
         **op.describe(),
         "library": library.name,
         "function": "main",
         "arguments": [{"shape": [int(d) for d in a.shape], "dtype": str(a.dtype)} for a in args],
-        "target": target.export(),
+        "target": json.loads(target_json(build_target)),
         "device": record.device,
         "objective": objective,
         "measured": {**kernel_figures(op, record), "rel_error": record.rel_error,

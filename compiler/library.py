@@ -57,15 +57,13 @@ def sha256(path: Path) -> str:
 # ---- export (needs the compiler) --------------------------------------------------------------
 
 def target_dict(text: str) -> dict:
-    """A TVM target's export as the db and export.py store it (its Python repr) as a dict."""
-    import ast
-
-    return ast.literal_eval(text)
+    """A target as the db stores it: JSON (schema 1 and later; compiler/identity.py)."""
+    return json.loads(text)
 
 
 def export_library(kernels: list[tuple], objective: str, out_dir: str | Path
                    ) -> tuple[Path, list[str]]:
-    """Write each (op, target, schedule, record) into out_dir and the manifest; returns the
+    """Write each (op, target, record) into out_dir and the manifest; returns the
     manifest's path and the ops left out (those the library has no custom op for)."""
     import tvm
 
@@ -73,16 +71,15 @@ def export_library(kernels: list[tuple], objective: str, out_dir: str | Path
 
     out = Path(out_dir)
     entries, skipped = [], []
-    for op, target, sch, record in kernels:
+    for op, target, record in kernels:
         if op.name not in LIBRARY_OPS or set(op.params) - {"accum"}:
             skipped.append(f"{op.name} {op.shape_text()} {op.dtype}")
             continue
-        path = export_kernel(op, target, sch, record, objective, out)
+        path = export_kernel(op, target, record, objective, out)
         entry = json.loads(path.read_text())
         if any(e["library"] == entry["library"] for e in entries):
             raise LibraryError(f"two kernels would be written as {entry['library']}")
-        entries.append({**entry, "target": target_dict(str(target.export())),
-                        "manifest": path.name})
+        entries.append({**entry, "manifest": path.name})
     files = sorted({e["library"] for e in entries} | {e["manifest"] for e in entries})
     manifest = {"format": FORMAT, "tvm_version": tvm.__version__, "machine": platform.machine(),
                 "kernels": entries, "sha256": {f: sha256(out / f) for f in files}}
@@ -92,13 +89,10 @@ def export_library(kernels: list[tuple], objective: str, out_dir: str | Path
 
 
 def db_kernels(db, objective, keys: list[str] | None = None) -> list[tuple]:
-    """(op, target, schedule, record) of the record `objective` chooses for each workload in
+    """(op, target, record) of the record `objective` chooses for each workload in
     the db (`keys`: only these workloads); workloads with no such record are left out."""
-    import tvm
     from tvm.target import Target
 
-    from .search import Tuner
-    from .target import Platform
     from ..schedules import op_from_description
 
     out = []
@@ -108,9 +102,7 @@ def db_kernels(db, objective, keys: list[str] | None = None) -> list[tuple]:
             continue
         op = op_from_description(chosen.workload)
         target = Target(target_dict(chosen.target))
-        device = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
-        plat = Platform(target.kind.name, target, device, chosen.device)
-        out.append((op, target, Tuner(op, plat, None, db, objective).schedule(chosen), chosen))
+        out.append((op, target, chosen))
     return out
 
 
@@ -238,7 +230,6 @@ def _read_manifest(path: Path) -> dict:
 def _check_entry(path: Path, entry: dict) -> None:
     """The manifest's entry must say what the kernel's own (hashed) JSON file says."""
     own = json.loads((path / entry["manifest"]).read_text())
-    own["target"] = json.loads(json.dumps(target_dict(own.get("target", "None"))))
     if any(entry.get(k) != v for k, v in own.items()):
         raise LibraryError(f"{path}: {MANIFEST} disagrees with {entry['manifest']} "
                            "(modified after export)")

@@ -32,7 +32,8 @@ from .session import LATENCY_TIMING
 from .target import Platform
 from ..measure.meters import open_meter, powercap_root
 from ..measure.protocol import Precision, measure_energy
-from ..measure.runner import MeasureConfig
+from ..measure.meters import METER_NAMES
+from ..measure.runner import MeasureConfig, measurement_identity
 from ..measure.worker import IsolatedRunner, WorkerSpec
 from ..schedules import Op
 
@@ -133,7 +134,8 @@ class ModelTuner:
             tuner = Tuner(op, plat, None, db, settings.objective, seed=settings.seed,
                           batch=settings.batch, population=settings.population,
                           energy_policy=settings.energy_policy,
-                          overlap=plat.kind == "cuda" and settings.overlap)
+                          overlap=plat.kind == "cuda" and settings.overlap,
+                          measurement=self._measurement())
             state = TaskState(task, op, tuner, prior_cost(op, plat.kind, settings.quantity))
             state.records = db.records(tuner.key)
             state.planned = state.done(settings.objective)
@@ -184,11 +186,17 @@ class ModelTuner:
         finally:
             self.close()
 
+    def _config(self) -> MeasureConfig:
+        return MeasureConfig(l2=self.settings.l2, **LATENCY_TIMING[self.plat.kind])
+
+    def _measurement(self) -> dict:
+        """What the workers will report as their measurement identity (the tasks' db keys)."""
+        meter = None if self.no_meter else METER_NAMES[self.plat.kind]
+        return measurement_identity(self._config(), meter)
+
     def _runner(self, op: Op) -> IsolatedRunner:
-        cfg = self.settings
-        config = MeasureConfig(l2=cfg.l2, **LATENCY_TIMING[self.plat.kind])
         return IsolatedRunner(WorkerSpec(op.describe(), self.plat.kind, self.plat.device.index,
-                                         config, cfg.seed,
+                                         self._config(), self.settings.seed,
                                          None if self.no_meter else powercap_root()))
 
     def close(self) -> None:

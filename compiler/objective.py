@@ -17,6 +17,15 @@ from .database import Record
 
 KINDS = ("latency", "energy", "edp", "pareto")
 SLOWDOWN_PENALTY = 10.0  # log-score penalty per unit of log latency beyond the bound
+# Screening: a candidate whose first latency samples exceed this factor x the best latency is not
+# timed fully and its energy is not measured. For latency, 1.5x is far beyond timing noise (< 1%
+# on an H200, ~10% on a busy CPU). For energy objectives a slower kernel can still win on energy,
+# but only by drawing proportionally less power: at 3x slower it would need a third of the power
+# of the best kernel (under 240 W against the ~700 W of a fast H200 GEMM, with ~100 W idle);
+# the slowest energy winner seen so far was 17% slower (README, objective table).
+SCREEN_FACTOR = {"latency": 1.5}
+DEFAULT_SCREEN_FACTOR = 3.0
+SLOWDOWN_SCREEN_MARGIN = 1.1  # beyond the slowdown bound (plus noise) a kernel cannot be chosen
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,18 @@ class Objective:
     @property
     def needs_energy(self) -> bool:
         return self.kind != "latency"
+
+    def screen_bound(self, records: list[Record]) -> float | None:
+        """Latency beyond which a candidate is clearly not worth full timing or energy, from the
+        fully timed correct records (None before there is one)."""
+        timed = [r.latency_s for r in records if r.status == "ok" and r.latency_s
+                 and not (r.meta or {}).get("screened_out")]
+        if not timed:
+            return None
+        best_latency_s = min(timed)
+        if self.max_slowdown:
+            return SLOWDOWN_SCREEN_MARGIN * self.max_slowdown * best_latency_s
+        return SCREEN_FACTOR.get(self.kind, DEFAULT_SCREEN_FACTOR) * best_latency_s
 
     def value(self, latency_s: float | None, energy_j: float | None) -> float | None:
         """The scalar this objective minimizes; None when a quantity it needs was not measured."""

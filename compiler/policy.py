@@ -1,7 +1,9 @@
 """Dynamic energy-measurement policy: measure energy on the device only where it can matter.
 
-Latency is cheap to measure (tens of ms); energy is not (about a second of windows). After a
-candidate's latency is measured, the model predicts its power, and predicted energy = predicted
+Latency is cheap to measure (tens of ms); energy is not (about a second of windows). For the
+latency objective energy is measured only for a candidate that is the fastest so far (so that the
+chosen kernel's energy is reported), whatever the mode. Otherwise, after a candidate's latency is
+measured, the model predicts its power, and predicted energy = predicted
 power x measured latency. Energy is measured when
 - the policy is `all`, or fewer than `warmup` candidates have measured energy (the model is not
   trusted yet), or
@@ -46,10 +48,14 @@ class EnergyPolicy:
         """Measure this candidate's energy? Counts the answer."""
         with_energy = sum(r.energy_j is not None for r in records)
         latencies = [r.latency_s for r in records if r.status == "ok" and r.latency_s]
-        measure = (self.mode == "all" or predicted_power_w is None or with_energy < self.warmup
-                   or not latencies or latency_s < min(latencies)
-                   or self.objective.near_front(latency_s, predicted_power_w * latency_s,
-                                                records, self.margin))
+        fastest = not latencies or latency_s < min(latencies)
+        if not self.objective.needs_energy:
+            measure = fastest
+        else:
+            measure = (self.mode == "all" or predicted_power_w is None
+                       or with_energy < self.warmup or fastest
+                       or self.objective.near_front(latency_s, predicted_power_w * latency_s,
+                                                    records, self.margin))
         if measure:
             self.measured += 1
         else:

@@ -1,6 +1,8 @@
 """Live progress of a tune and the final summary table (rich)."""
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,7 +26,9 @@ def fmt_objective(objective: Objective, value: float | None) -> str:
 
 
 class LiveProgress:
-    """Trials done, best so far in the objective, and the last candidate's latency and energy."""
+    """Trials done, best so far in the objective, the last candidate's latency and energy,
+    candidates per minute in this run, and energy measurements skipped (by the policy or by
+    screening out a clearly slower candidate)."""
 
     def __init__(self, objective: Objective, total: int, done: int, console: Console,
                  best: float | None = None) -> None:
@@ -33,6 +37,7 @@ class LiveProgress:
                                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                                  console=console, transient=False)
         self.task = self.progress.add_task("tune", total=total, completed=done, status="")
+        self.started, self.new, self.energy_skipped = time.monotonic(), 0, 0
 
     def __enter__(self) -> "LiveProgress":
         self.progress.start()
@@ -46,14 +51,20 @@ class LiveProgress:
             if record.status == "ok" and not self.objective.max_slowdown else None
         if value is not None and (self.best is None or value < self.best):
             self.best = value
+        meta = record.meta or {}
         last = f"last {record.status}"
         if record.status == "ok":
             last = f"last {fmt(record.latency_s, 1e3)} ms" + (
                 f", {fmt(record.energy_j, 1e3)} mJ" if record.energy_j is not None else
-                ", energy left to the model" if (record.meta or {}).get("energy_skipped") else "")
+                ", screened out" if meta.get("screened_out") else
+                ", energy left to the model" if meta.get("energy_skipped") else "")
         best = "" if self.objective.max_slowdown else \
             f"best {self.objective.kind} {fmt_objective(self.objective, self.best)} | "
-        status = best + last
+        self.new += 1
+        self.energy_skipped += bool(meta.get("energy_skipped") or meta.get("screened_out"))
+        minutes = max(time.monotonic() - self.started, 1e-9) / 60
+        status = (best + last + f" | {self.new / minutes:.1f}/min, "
+                  f"{self.energy_skipped} energy measurements skipped")
         self.progress.update(self.task, advance=1, status=status)
         self.done += 1
         if not self.console.is_terminal:  # logs get one line per trial instead of a live bar

@@ -1,16 +1,13 @@
-"""The tuning loop: propose with TVM's EvolutionarySearch, filter with our model, build, measure, store.
+"""The tuning loop: a strategy proposes candidates from a space, we build, measure, store, learn.
 
-Why drive TVM's `EvolutionarySearch` by hand (TuneContext.generate_measure_candidates /
-notify_runner_results) instead of writing our own genetic loop or calling `ms.tune_tir`:
-- TVM's C++ strategy already does what a genetic search over this space needs (sampling of the
-  design space, mutators, postprocessor validation, epsilon-greedy picks, multithreaded), and it
-  ranks its population with whatever `CostModel` it is given. Our `ObjectiveCostModel` makes that
-  ranking follow the user's objective (latency, energy or EDP) instead of run time alone.
-- `tune_tir`'s task scheduler owns the build/run/database loop, which would hide energy: TVM's
-  records carry run times only. Driving the strategy ourselves lets measure/ record energy,
-  correctness and metadata for every candidate, lets the SQLite store resume a run, and lets the
-  model be retrained on energy as results arrive, and lets the dynamic energy policy
-  (compiler/policy.py) skip energy measurements of candidates that cannot matter.
+The space and the strategy are chosen by name (compiler/spaces.py, compiler/strategies): TVM's
+EvolutionarySearch over MetaSchedule trace spaces, our genetic search over knob spaces. The loop
+itself knows neither: it dedupes proposals against the database, builds them in parallel
+(compiler/builder.py), measures them (measure/), stores every result as it arrives
+(compiler/database.py), retrains the cost model, and tells the strategy. Driving the strategy
+ourselves (not `ms.tune_tir`) lets measure/ record energy, correctness and metadata for every
+candidate, lets the SQLite store resume a run, lets the model learn energy, and lets the dynamic
+energy policy (compiler/policy.py) skip energy measurements of candidates that cannot matter.
 """
 from __future__ import annotations
 
@@ -25,68 +22,21 @@ from typing import Callable
 
 import numpy as np
 import tvm
-import tvm_ffi
-from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.cost_model import PyCostModel
-from tvm.ir.utils import derived_object
 
 from .builder import Builder
 from .database import Record, TuningDatabase
 from .identity import measurement_config, target_json, workload_key
 from .objective import Objective
 from .policy import EnergyPolicy
+from .scoring import Scorer
+from .spaces import AUTO, choose_space, stored_module
+from .strategies import Candidate, SearchSetup, strategy_for
 from .target import Platform
-from ..costmodel import KernelModel, candidate_features
+from ..costmodel import KernelModel
 from ..measure.runner import CandidateRunner
-from ..schedules import Op, design_space
-
-FAILED_RUN_SECS = 1e10  # what a failed or unmeasurable candidate "costs" in the strategy's database
+from ..schedules import Op
 
 
-def plain_json(obj):
-    """TVM trace JSON (lists holding IntImm/FloatImm/Array/Map) as plain Python values."""
-    if isinstance(obj, (list, tuple, tvm_ffi.Array)):
-        return [plain_json(x) for x in obj]
-    if isinstance(obj, (dict, tvm_ffi.Map)):
-        return {str(k): plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
-        return obj.value
-    return obj
-
-
-def module_hash(mod: tvm.IRModule) -> str:
-    return f"{tvm_ffi.structural_hash(mod):016x}"
-
-
-@derived_object
-class ObjectiveCostModel(PyCostModel):
-    """Scores candidates for the strategy: minus the predicted log objective (higher is better).
-
-    Until the models have enough data the scores are random, i.e. the search samples uniformly.
-    Training happens in the tuning loop, which sees energy; `update` is therefore a no-op.
-    """
-
-    def __init__(self, tuner: "Tuner") -> None:
-        super().__init__()
-        self.tuner = tuner
-        self.rng = np.random.default_rng(tuner.seed)
-
-    def load(self, path: str) -> None:
-        pass
-
-    def save(self, path: str) -> None:
-        pass
-
-    def update(self, context, candidates, results) -> None:
-        pass
-
-    def predict(self, context: ms.TuneContext, candidates: list[ms.MeasureCandidate]) -> np.ndarray:
-        pred = self.tuner.model.predict_log(candidate_features(context, candidates, self.tuner.op))
-        score = self.tuner.objective.log_score(pred["latency"], pred["energy"],
-                                               self.tuner.search_best_latency)
-        if score is None:
-            return self.rng.random(len(candidates))
-        return -np.asarray(score, dtype="float64")
 
 
 @dataclass
@@ -97,11 +47,15 @@ class TuneStats:
     run_errors: int = 0
     wrong: int = 0
     energy_measured: int = 0    # correct candidates whose energy was measured in this run
-    energy_skipped: int = 0     # ... and whose energy the dynamic policy left to the model
+    energy_skipped: int = 0     # ... and whose energy the policy left to the model
+    screened: int = 0           # correct candidates screened out: clearly slower than the best
     proposal_s: list[float] = field(default_factory=list)  # per generation, search + scoring
     search_wait_s: float = 0.0  # of which the loop spent waiting (the rest overlapped measuring)
     warm_start: str | None = None  # workload key whose saved model started this tune
     exhausted: bool = False     # the strategy found no new candidates before the budget was spent
+    space: str = ""             # the space searched and the strategy that searched it
+    strategy: str = ""
+    strategy_report: str | None = None  # the strategy's own line (e.g. rejected settings)
 
 
 @dataclass
@@ -130,142 +84,153 @@ def at_once(fn: Callable[[], object]) -> Future:
     return future
 
 
+
 class Tuner:
-    """overlap: propose the next batch while the current one is measured (TVM's strategy runs in
+    """space: a registered knob space's name, `trace` or `auto` (compiler/spaces.py); strategy:
+    a registered strategy's name, or None for the space's default (compiler/strategies).
+
+    overlap: propose the next batch while the current one is measured (TVM's strategy runs in
     C++ without the GIL). Worth it only when the device is not the CPU that searches; the search
     then leaves one core to the measuring worker. The next batch is proposed with the model and
-    strategy state of the batch before: they are updated only when no proposal is running."""
+    strategy state of the batch before: they are updated only when no proposal is running.
+
+    measurement: how candidates will be measured (`measure.runner.measurement_identity`), for a
+    tuner whose runner is attached later (runner None); otherwise the runner's."""
 
     def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase,
                  objective: Objective, seed: int = 0, batch: int = 16, population: int = 512,
-                 energy_policy: str = "all", overlap: bool = False) -> None:
+                 energy_policy: str = "all", overlap: bool = False, space: str = AUTO,
+                 strategy: str | None = None, screen: bool = True,
+                 measurement: dict | None = None) -> None:
         self.op, self.plat, self.runner, self.db = op, plat, runner, db
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population
-        self.overlap = overlap
-        self.mod = tvm.IRModule({"main": op.prim_func()})
-        self.key = workload_key(op, plat, measurement_config(runner.measurement, energy_policy))
-        self.family = f"{op.name}/{op.dtype}/{plat.device_name}"
-        self.args_info = ms.arg_info.ArgInfo.from_prim_func(self.mod["main"])
+        self.overlap, self.screen = overlap, screen
+        self.space = choose_space(op, plat.target, space)
+        self.strategy_cls = strategy_for(self.space, strategy)
+        measurement = runner.measurement if measurement is None else measurement
+        self.key = workload_key(op, plat, measurement_config(measurement, energy_policy))
+        # workloads whose models can share weights: same op, dtype, device and space (features)
+        self.family = f"{op.name}/{op.dtype}/{plat.device_name}/{self.space.name}"
         self.model = KernelModel(seed)
+        self.scorer = Scorer(objective, self.model, seed)
         self.policy = EnergyPolicy(objective, energy_policy)
         self.records: list[Record] = []
-        self.search_best_latency: float | None = None  # what the running proposal scores against
+        self.features: dict[str, np.ndarray] = {}  # feature row per mod_hash, computed once
 
-    def best_latency(self) -> float | None:
-        done = [r.latency_s for r in self.records if r.status == "ok" and r.latency_s]
-        return min(done) if done else None
-
-    def _record(self, sch: tvm.s_tir.Schedule, status: str, **fields) -> Record:
+    def _record(self, cand: Candidate, status: str, **fields) -> Record:
         return Record(id=None, workload_key=self.key, workload=self.op.describe(),
                       target=target_json(self.plat.target), device=self.plat.device_name,
-                      objective=self.objective.key, mod_hash=module_hash(sch.mod),
-                      trace=plain_json(sch.trace.as_json()), status=status, **fields)
+                      objective=self.objective.key, mod_hash=cand.mod_hash, trace=cand.trace,
+                      status=status, **fields)
 
-    def schedule(self, record: Record) -> tvm.s_tir.Schedule:
-        sch = tvm.s_tir.Schedule(self.mod)
-        tvm.s_tir.schedule.Trace.apply_json_to_schedule(record.trace, sch)
-        return sch
+    def module(self, record: Record) -> tvm.IRModule:
+        """The module a stored record describes (to export or rebuild it)."""
+        return stored_module(self.space, record.trace)
 
-    def _run_secs(self, record: Record) -> float:
-        """What the strategy's database ranks by: the objective, with the model's energy for a
-        candidate whose energy the policy did not measure (so it can still seed the search)."""
+    def _setup(self, trials: int) -> SearchSetup:
+        threads = len(os.sched_getaffinity(0))  # the CPUs we may use (taskset, cpuset)
+        return SearchSetup(self.op, self.plat.target, self.space, self.scorer, self._cost,
+                           seed=self.seed, batch=self.batch, population=self.population,
+                           threads=max(1, threads - 1) if self.overlap else threads,
+                           max_trials=trials)
+
+    def _cost(self, record: Record) -> float:
+        """What a strategy ranks a record by: the objective, with the model's energy for a
+        candidate whose energy the policy did not measure (so it can still seed the search);
+        inf for a failed or unmeasurable one."""
         energy = record.energy_j
         if energy is None and record.meta:
             energy = record.meta.get("energy_predicted_j")
         value = self.objective.value(record.latency_s, energy)
-        return FAILED_RUN_SECS if record.status != "ok" or value is None else value
+        return math.inf if record.status != "ok" or value is None else value
+
+    def _features(self, strategy, cands: list[Candidate]) -> np.ndarray:
+        new = [c for c in cands if c.mod_hash not in self.features]
+        if new:
+            self.features.update(zip((c.mod_hash for c in new), strategy.features(new)))
+        return np.stack([self.features[c.mod_hash] for c in cands])
 
     def tune(self, trials: int, on_record: Callable[[Record], None] = lambda r: None) -> TuneResult:
         """Measure until this objective has `trials` candidates for the workload in the database."""
         self.records = records = self.db.records(self.key)
-        stats = TuneStats(previous=sum(r.objective == self.objective.key for r in records))
+        stats = TuneStats(previous=sum(r.objective == self.objective.key for r in records),
+                          space=self.space.name, strategy=self.strategy_cls.name)
         remaining = trials - stats.previous
         if remaining <= 0:
             return TuneResult(records, stats)
 
-        threads = len(os.sched_getaffinity(0))  # the CPUs we may use (taskset, cpuset)
-        ctx = ms.TuneContext(mod=self.mod, target=self.plat.target,
-                             space_generator=design_space(self.op, self.plat.target),
-                             search_strategy=ms.search_strategy.EvolutionarySearch(
-                                 population_size=self.population),
-                             task_name=self.op.name, rand_state=self.seed,
-                             num_threads=max(1, threads - 1) if self.overlap else threads)
-        strategy_db = ms.database.MemoryDatabase()
-        workload = strategy_db.commit_workload(self.mod)
+        strategy = self.strategy_cls(self._setup(trials + len(records)))
         known: dict[str, Record] = {}
-        train: list[tuple[ms.MeasureCandidate, float, float]] = []
+        train: list[tuple[Candidate, float, float]] = []
 
-        def learn(record: Record, sch: tvm.s_tir.Schedule) -> None:
+        def learn(record: Record, cand: Candidate | None) -> None:
             known[record.mod_hash] = record
-            strategy_db.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, workload, [self._run_secs(record)], self.plat.target, self.args_info))
+            if cand is None:  # a candidate of another space: chosen from, not learned from
+                return
+            strategy.learn(cand, record)
             if record.status == "ok":
                 energy = math.nan if record.energy_j is None else record.energy_j
-                train.append((ms.MeasureCandidate(sch, self.args_info), record.latency_s, energy))
+                train.append((cand, record.latency_s, energy))
 
         def retrain() -> None:
             if train:
                 cands, lat, energy = zip(*train)
-                self.model.fit(candidate_features(ctx, list(cands), self.op), np.array(lat),
+                self.model.fit(self._features(strategy, list(cands)), np.array(lat),
                                np.array(energy, dtype="float64"))
                 self.db.save_model(self.key, self.family, self.model.to_bytes(), len(train))
 
-        def propose() -> list[ms.MeasureCandidate]:
+        def propose() -> list[Candidate]:
             started = time.perf_counter()
-            candidates = ctx.generate_measure_candidates()
+            candidates = strategy.propose()
             stats.proposal_s.append(time.perf_counter() - started)
-            return list(candidates or [])
+            return candidates
 
         def start_proposal(run: Callable[[Callable[[], object]], Future]) -> Future:
-            self.search_best_latency = self.best_latency()
+            self.scorer.begin(self.records)
             return run(propose)
 
-        def wait(proposal: Future) -> list[ms.MeasureCandidate]:
+        def wait(proposal: Future) -> list[Candidate]:
             started = time.perf_counter()
             candidates = proposal.result()
             stats.search_wait_s += time.perf_counter() - started
             return candidates
 
-        for record in records:
-            learn(record, self.schedule(record))
-        retrain()
-        if not train and (saved := self.db.load_model(self.family, self.key)) is not None:
-            stats.warm_start, blobs = saved
+        if (saved := self.db.load_model(self.family, self.key)) is not None:
+            stats.warm_start, blobs = saved  # a prior that every retrain builds on
             self.model.load_bytes(blobs)
+        for record in records:
+            learn(record, strategy.candidate(record))
+        retrain()
 
-        ctx.pre_tuning(max_trials=trials + len(records), num_trials_per_iter=self.batch,
-                       database=strategy_db, cost_model=ObjectiveCostModel(self))
         with tempfile.TemporaryDirectory(prefix="tune-artifacts-") as out_dir:
-            builder = Builder(self.plat.target, out_dir, workers=threads)
+            builder = Builder(self.space.target, out_dir, workers=len(os.sched_getaffinity(0)),
+                              compile_options=self.space.compile_options)
             proposal: Future | None = None
             try:
                 candidates = wait(start_proposal(at_once))
                 while candidates:
-                    hashes = [module_hash(c.sch.mod) for c in candidates]
-                    fresh = [c for c, h in zip(candidates, hashes) if h not in known]
+                    fresh = list({c.mod_hash: c for c in candidates
+                                  if c.mod_hash not in known}.values())
                     fresh = fresh[: remaining - stats.measured]
-                    builds = builder.build([c.sch.mod for c in fresh])
-                    power = self._predicted_power(ctx, fresh)
+                    builds = builder.build([c.mod for c in fresh])
+                    power = self._predicted_power(strategy, fresh)
                     more = stats.measured + len(fresh) < remaining
                     if more and self.overlap:  # search on while the device measures
                         proposal = start_proposal(in_background)
                     measured = []
                     for cand, built, watts in zip(fresh, builds, power):
-                        record = self._measure(cand.sch, built.artifact, built.error, watts, stats)
+                        record = self._measure(cand, built.artifact, built.error, watts, stats)
                         record.id = self.db.add(record)
                         records.append(record)
-                        measured.append((record, cand.sch))
+                        measured.append((record, cand))
                         on_record(record)
                     if proposal is not None:  # the strategy and model are not thread-safe
                         next_candidates = wait(proposal)
                         proposal = None
-                    for record, sch in measured:
-                        learn(record, sch)
+                    for record, cand in measured:
+                        learn(record, cand)
                     # measured now, or in an earlier run (answered from the database)
-                    done = [(c, known[h]) for c, h in zip(candidates, hashes) if h in known]
-                    ctx.notify_runner_results(
-                        [c for c, _ in done],
-                        [ms.runner.RunnerResult([self._run_secs(r)], None) for _, r in done])
+                    strategy.end_batch(candidates, known)
                     retrain()
                     if not more:
                         break
@@ -276,25 +241,26 @@ class Tuner:
                 builder.close()
                 if proposal is not None:  # interrupted while searching: let the search end
                     proposal.exception()
-                ctx.post_tuning()
+                strategy.close()
+        stats.strategy_report = strategy.report()
         return TuneResult(records, stats)
 
-    def _predicted_power(self, ctx: ms.TuneContext,
-                         candidates: list[ms.MeasureCandidate]) -> list[float | None]:
+    def _predicted_power(self, strategy, candidates: list[Candidate]) -> list[float | None]:
         """Predicted energy per second of (burst) latency, per candidate; None untrained."""
         if not candidates or self.model.power is None:
             return [None] * len(candidates)
-        log_power = self.model.predict_log(candidate_features(ctx, candidates, self.op))["power"]
+        log_power = self.model.predict_log(self._features(strategy, candidates))["power"]
         return [float(math.exp(p)) for p in log_power]
 
-    def _measure(self, sch: tvm.s_tir.Schedule, artifact: str | None, build_error: str | None,
+    def _measure(self, cand: Candidate, artifact: str | None, build_error: str | None,
                  predicted_power_w: float | None, stats: TuneStats) -> Record:
         stats.measured += 1
         if artifact is None:
             stats.build_errors += 1
-            return self._record(sch, "build_error", error=build_error)
+            return self._record(cand, "build_error", error=build_error)
         m = self.runner.run(artifact, lambda partial: self.policy.decide(
-            partial.latency_s, predicted_power_w, self.records))
+            partial.latency_s, predicted_power_w, self.records),
+                            self.objective.screen_bound(self.records) if self.screen else None)
         stats.run_errors += m.status == "run_error"
         stats.wrong += m.status == "wrong"
         if m.status == "ok" and predicted_power_w is not None:
@@ -303,6 +269,7 @@ class Tuner:
             stats.energy_measured += 1
             self.policy.observe(predicted_power_w, m.latency_s, m.energy_j)
         stats.energy_skipped += bool(m.meta.get("energy_skipped"))
-        return self._record(sch, m.status, error=m.error, rel_error=m.rel_error,
+        stats.screened += bool(m.meta.get("screened_out"))
+        return self._record(cand, m.status, error=m.error, rel_error=m.rel_error,
                             latency_s=m.latency_s, latency_samples=m.latency_samples,
                             energy_j=m.energy_j, power_w=m.power_w, meta=m.meta)

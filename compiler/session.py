@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
 
-from .database import TuningDatabase
+from .database import Record, TuningDatabase
 from .export import export_kernel
 from .objective import Objective, pareto_front
 from .report import LiveProgress, op_title, summary_table
 from .search import Tuner, TuneResult
 from .target import Platform
+from .tune_cost import TuneEnergy, store as store_tune_cost
 from ..measure.meters import powercap_root
 from ..measure.runner import MeasureConfig
 from ..measure.worker import IsolatedRunner, WorkerError, WorkerSpec
@@ -41,21 +43,28 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
                      f"L2 {args.l2}, energy policy {args.energy_policy}, db {db.path}"))
     if no_meter:
         err.print(f"energy: not measured ({no_meter})")
-    records, tuners = [], {}
+    tune_energy = TuneEnergy(plat.kind, plat.device.index, powercap_root())
+    records, tuners, measured_now = [], {}, []
     try:
         for i, impl_op in enumerate(ops):
             trials = args.trials // len(ops) + (i < args.trials % len(ops))
             if len(ops) > 1:
                 err.print(f"implementation {impl_op.params['impl']}: {trials} trials")
-            tuner, result = _tune(args, objective, plat, impl_op, trials, no_meter, db, err)
+            tuner, result = _tune(args, objective, plat, impl_op, trials, no_meter, db, err,
+                                  tune_energy.sample)
             tuners[tuner.key] = tuner
             records += result.records
+            measured_now += result.records[len(result.records) - result.stats.measured:]
+        fastest = Objective("latency").choose(records)
+        chosen = objective.choose(records)
+        cost = tune_energy.stop(chosen, fastest)
+        err.print(cost.line())
+        if measured_now:
+            store_tune_cost(db, measured_now[-1], cost)
     except TuneStopped as stop:
         return stop.code
     finally:
         db.close()
-    fastest = Objective("latency").choose(records)
-    chosen = objective.choose(records)
     if chosen is None:
         err.print("tune: no correct kernel with the measurements this objective needs was found; "
                   "see the errors in the db")
@@ -81,7 +90,8 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
 
 
 def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op, trials: int,
-          no_meter: str | None, db: TuningDatabase, err: Console) -> tuple[Tuner, TuneResult]:
+          no_meter: str | None, db: TuningDatabase, err: Console,
+          on_record: Callable[[Record], None]) -> tuple[Tuner, TuneResult]:
     """One op's tune, its statistics reported; raises TuneStopped after an error or Ctrl-C."""
     config = MeasureConfig(l2=args.l2, **LATENCY_TIMING[plat.kind])
     spec = WorkerSpec(op.describe(), plat.kind, plat.device.index, config, args.seed,
@@ -95,7 +105,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
         err.print(f"idle power {runner.idle_w:.1f} W")
     tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
                   energy_policy=args.energy_policy,
-                  overlap=plat.kind == "cuda" and not args.no_overlap)
+                  overlap=plat.kind == "cuda" and not args.no_overlap, space=args.space)
     previous = db.records(tuner.key)
     done = min(trials, sum(r.objective == objective.key for r in previous))
     if done:
@@ -104,7 +114,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     prior_value = objective.value(prior_best.latency_s, prior_best.energy_j) if prior_best else None
     try:
         with LiveProgress(objective, trials, done, err, prior_value) as live:
-            result = tuner.tune(trials, on_record=live.update)
+            result = tuner.tune(trials, on_record=lambda r: (live.update(r), on_record(r)))
     except KeyboardInterrupt:
         err.print("interrupted: every measured candidate is in the db; "
                   "re-run the same command to continue")
@@ -117,14 +127,21 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
         runner.close()
 
     s = result.stats
+    err.print(f"space {s.space}, strategy {s.strategy}"
+              + (f"; {s.strategy_report}" if s.strategy_report else ""))
     err.print(f"measured {s.measured} new candidates ({s.previous} before): {s.build_errors} build "
               f"errors, {s.run_errors} run errors, {s.wrong} wrong results, "
               f"{runner.restarts} worker restarts"
               + ("; the search found no further new candidates" if s.exhausted else ""))
-    if no_meter is None and s.energy_measured + s.energy_skipped:
+    if s.screened:
+        err.print(f"{s.screened} correct candidates screened out after a few latency samples "
+                  "(clearly slower than the best): not fully timed, energy not measured")
+    if no_meter is None and s.energy_measured + s.energy_skipped + s.screened:
         err.print(f"energy measured for {s.energy_measured} of "
-                  f"{s.energy_measured + s.energy_skipped} correct candidates "
-                  f"({s.energy_skipped} left to the model by the {args.energy_policy} policy)")
+                  f"{s.energy_measured + s.energy_skipped + s.screened} correct candidates "
+                  f"({s.energy_skipped} left to the model by the {args.energy_policy} policy"
+                  + (", the objective needs none" if not objective.needs_energy else "")
+                  + f", {s.screened} screened out)")
     if s.proposal_s:
         mean_s = sum(s.proposal_s) / len(s.proposal_s)
         hidden = (f"{s.search_wait_s:.1f} s of {sum(s.proposal_s):.1f} s not overlapped with "

@@ -1,6 +1,9 @@
 """Fixed-length feature vectors for schedule candidates.
 
-Two parts:
+Knob-space candidates (schedules/knobs.py): the space's own `features` of a config (tile sizes,
+working set, ...) plus the op's log FLOPs, bytes and intensity (`knob_features`).
+
+Trace-space candidates, two parts:
 - TVM's PerStoreFeature: one 164-wide row per buffer store, aggregated by sum, max and mean so
   that candidates with different numbers of stores compare;
 - kernel-level quantities that drive power: log FLOPs, log bytes moved, log arithmetic intensity
@@ -60,9 +63,8 @@ def launch_shape(func: tirx.PrimFunc) -> tuple[int, int, bool]:
 
 def kernel_features(op: Op, func: tirx.PrimFunc) -> np.ndarray:
     grid, block, tensor_cores = launch_shape(func)
-    return np.array([math.log(op.flops), math.log(op.bytes_moved),
-                     math.log(op.flops / op.bytes_moved), math.log(grid), math.log(block),
-                     float(tensor_cores)], dtype=np.float32)
+    return np.array(op_features(op) + [math.log(grid), math.log(block), float(tensor_cores)],
+                    dtype=np.float32)
 
 
 def candidate_features(context: ms.TuneContext, candidates: list[ms.MeasureCandidate],
@@ -73,3 +75,16 @@ def candidate_features(context: ms.TuneContext, candidates: list[ms.MeasureCandi
     matrices = _extractor().extract_from(context, candidates)
     return np.stack([np.concatenate([aggregate(m.numpy()), kernel_features(op, c.sch.mod["main"])])
                      for m, c in zip(matrices, candidates)])
+
+
+def op_features(op: Op) -> list[float]:
+    """What the op alone fixes: log FLOPs, log bytes moved, log arithmetic intensity."""
+    return [math.log(op.flops), math.log(op.bytes_moved), math.log(op.flops / op.bytes_moved)]
+
+
+def knob_features(op: Op, rows: list[dict[str, float]]) -> np.ndarray:
+    """One row per knob config from its space's `features` dict (in name order), plus the op's."""
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    names = sorted(rows[0])
+    return np.array([[row[n] for n in names] + op_features(op) for row in rows], dtype=np.float32)

@@ -364,3 +364,6 @@ def meter_problem(kind: str, index: int = 0, powercap: str = DEFAULT_POWERCAP) -
 
 def open_meter(kind: str, index: int = 0, powercap: str = DEFAULT_POWERCAP) -> EnergyMeter:
     return NvmlMeter(index) if kind == "cuda" else RaplMeter(powercap)
+
+
+METER_NAMES = {"cuda": NvmlMeter.name, "llvm": RaplMeter.name}  # what open_meter opens, by kind

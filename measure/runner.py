@@ -16,8 +16,8 @@ L2 policy (it changes joules per call):
   timed with TVM's `time_evaluator` (device-side timer). This is how cuBLAS is usually benchmarked.
 - `rotate`: calls cycle through copies of the inputs totalling at least ROTATE_BYTES (several
   times any current GPU's L2), so inputs come from DRAM as in a model where weights stream by.
-  Launched from a Python loop and timed from the host after a device sync, so kernels shorter than
-  the launch overhead (~10 µs) are measured with gaps.
+  A compiled host wrapper (measure/l2.py) launches the kernel over the sets round after round with
+  no Python between launches, timed from the host after a device sync.
 """
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ import numpy as np
 import tvm
 
 from .correctness import Expected, Verdict, judge
+from .l2 import rotated_timer
 from .meters import EnergyMeter, MeterError
 from .protocol import PROTOCOL_VERSION, Precision, energy_seconds, idle_power, measure_energy
 from ..schedules import Op
 
 L2_POLICIES = ("resident", "rotate")
+SCREEN_REPEATS = 3  # latency samples that decide whether a candidate is screened out
 ROTATE_BYTES = 256 << 20
 MAX_ROTATE_SETS = 1024
 
@@ -65,9 +67,11 @@ class CandidateRunner(Protocol):
 
     measurement: dict   # how it measures (`measurement_identity`): part of a record's identity
 
-    def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...) -> Measurement:
+    def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...,
+            latency_bound_s: float | None = None) -> Measurement:
         """Check and time the kernel; measure its energy if there is a meter and
-        `decide(measurement so far)` says so."""
+        `decide(measurement so far)` says so. With `latency_bound_s`, a kernel whose first
+        few latency samples exceed it is screened out: neither fully timed nor measured."""
 
 
 def measurement_identity(config: MeasureConfig, meter: str | None) -> dict:
@@ -128,9 +132,8 @@ class Runner:
         if cfg.l2 == "resident":
             args = [*self.arg_sets[0], self.out]
 
-            def samples() -> list[float]:
-                timer = module.time_evaluator("main", self.device, number=1,
-                                              repeat=cfg.latency_repeats,
+            def samples(repeats: int = cfg.latency_repeats) -> list[float]:
+                timer = module.time_evaluator("main", self.device, number=1, repeat=repeats,
                                               min_repeat_ms=cfg.latency_min_repeat_ms)
                 return [float(s) for s in timer(*args).results]
 
@@ -139,24 +142,17 @@ class Runner:
                                                    repeat=1)(*args).mean)
             return samples, run_batch
 
-        func, sets = module["main"], [[*s, self.out] for s in self.arg_sets]
+        # rotate: a compiled host wrapper calls the kernel over every set in turn (measure/l2.py),
+        # so no Python runs between launches (on a GPU: not measured yet)
+        launcher = rotated_timer(module, [[*s, self.out] for s in self.arg_sets], self.device)
 
-        def run_batch(calls: int) -> float:
-            start = time.perf_counter()
-            for i in range(calls):
-                func(*sets[i % len(sets)])
-            self.device.sync()
-            return (time.perf_counter() - start) / calls
-
-        def samples() -> list[float]:
-            calls = 1
-            while run_batch(calls) * calls < cfg.latency_min_repeat_ms / 1e3 and calls < 1 << 20:
-                calls *= 2
-            return [run_batch(calls) for _ in range(cfg.latency_repeats)]
-        return samples, run_batch
+        def samples(repeats: int = cfg.latency_repeats) -> list[float]:
+            return launcher.samples(repeats, cfg.latency_min_repeat_ms / 1e3)
+        return samples, launcher.run_batch
 
     def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
-            expect: Callable[[float], None] = lambda seconds: None) -> Measurement:
+            expect: Callable[[float], None] = lambda seconds: None,
+            latency_bound_s: float | None = None) -> Measurement:
         """`expect(seconds)` is told, after the first call, how long the rest may take."""
         try:
             module = tvm.runtime.load_module(artifact)
@@ -169,7 +165,7 @@ class Runner:
                                meta={"bound_ratio": verdict.bound_ratio})
         expect(self.seconds_needed(time.perf_counter() - started))
         try:
-            result = self._time_and_measure(module, verdict, decide)
+            result = self._time_and_measure(module, verdict, decide, latency_bound_s)
             after = judge(self.op, self.expected, self.out.numpy())  # what the timed runs left
             if after.ok:
                 after = self.check(module["main"], fresh=True)
@@ -184,8 +180,17 @@ class Runner:
         return result
 
     def _time_and_measure(self, module, verdict: Verdict,
-                          decide: Callable[[Measurement], bool]) -> Measurement:
+                          decide: Callable[[Measurement], bool],
+                          latency_bound_s: float | None) -> Measurement:
         samples, run_batch = self._timers(module)
+        if latency_bound_s is not None:  # screening: a few samples first
+            first = samples(SCREEN_REPEATS)
+            if statistics.median(first) > latency_bound_s:
+                return Measurement("ok", rel_error=verdict.rel_error,
+                                   latency_s=statistics.median(first), latency_samples=first,
+                                   meta={"l2": self.config.l2, "measurement": self.measurement,
+                                         "screened_out": True,
+                                         "latency_bound_s": latency_bound_s})
         latency = samples()
         result = Measurement("ok", rel_error=verdict.rel_error,
                              latency_s=statistics.median(latency), latency_samples=latency,

@@ -60,10 +60,12 @@ def _serve(conn, spec: WorkerSpec) -> None:
             conn.send({"ask": asdict(measurement)})
             return bool(conn.recv())
 
-        while (artifact := conn.recv()) is not None:
+        while (job := conn.recv()) is not None:
+            artifact, latency_bound_s = job
             try:
                 result = runner.run(artifact, ask_parent,
-                                    lambda seconds: conn.send({"expect_s": seconds}))
+                                    lambda seconds: conn.send({"expect_s": seconds}),
+                                    latency_bound_s)
             except MeterError as err:
                 conn.send({"harness_error": f"energy meter failed: {err}"})
                 return
@@ -134,12 +136,12 @@ class IsolatedRunner:
         self.restarts += 1
         self._start()
 
-    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True
-            ) -> Measurement:
+    def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
+            latency_bound_s: float | None = None) -> Measurement:
         """Measure in the worker; `decide` answers the worker's "measure energy?" question."""
         if not self._proc.is_alive():
             self._restart()
-        self._conn.send(artifact)
+        self._conn.send((artifact, latency_bound_s))
         timeout = self.timeout_s
         while True:
             if not self._conn.poll(timeout):

@@ -21,7 +21,6 @@ plane, which is what a lop3 decode would cut.
 """
 from __future__ import annotations
 
-import math
 
 import tvm
 from tvm import tirx

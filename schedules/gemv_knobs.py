@@ -98,6 +98,7 @@ class GemvKnobs(KnobSpace):
 
     name = "gemv-simt"
     compile_options = {"tir_pipeline": "tirx"}
+    auto = False  # not run on a GPU yet: tuned only when named (--space gemv-simt)
 
     def __init__(self, op: Op, target: Target, sms: int | None = None) -> None:
         super().__init__(op, target)

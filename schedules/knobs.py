@@ -34,6 +34,8 @@ class KnobSpace(ABC):
 
     name: ClassVar[str]                          # registry name, stored with every record
     compile_options: ClassVar[dict] = {}         # extra tvm.compile arguments, e.g. tir_pipeline
+    auto: ClassVar[bool] = True                  # may `--space auto` pick it (False: not yet run
+                                                 # on hardware; it must then be named)
 
     def __init__(self, op: Op, target: Target) -> None:
         self.op, self.target = op, target

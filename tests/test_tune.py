@@ -53,6 +53,11 @@ def test_tiny_tune_finds_a_correct_kernel(tiny_tune):
         assert r["latency_s"] == np.median(samples) and r["latency_s"] > 0
     assert all(r["energy_j"] is None for r in records)         # no RAPL here: not guessed
     assert {r["objective"] for r in records} == {"latency"}
+    # the default space of a float32 matmul on llvm is the registered knob space, searched by
+    # the genetic strategy: records hold the space's name and the config
+    traces = [json.loads(r["trace"]) for r in records]
+    assert all(t["space"] == "cpu_matmul" and set(t["config"]) >= {"tile_i", "vectorize"}
+               for t in traces)
 
 
 def test_export_loads_in_a_fresh_process(tiny_tune, tmp_path):
@@ -105,13 +110,14 @@ def test_tuner_reports_the_same_best_as_the_database(tiny_tune):
     chosen = Objective("latency").choose(records)
     assert chosen.latency_s == min(r.latency_s for r in records if r.status == "ok")
     # the stored trace rebuilds the same kernel
-    ex = tvm.compile(tuner.schedule(chosen).mod, target=plat.target)
+    ex = tvm.compile(tuner.module(chosen), target=plat.target)
     assert tuner.runner.check(ex["main"]).ok
     database.close()
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path, monkeypatch, overlap):
+@pytest.mark.parametrize("space,overlap", [("trace", False), ("trace", True),
+                                           ("cpu_matmul", True)])
+def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path, monkeypatch, space, overlap):
     """Ctrl-C during measuring (with overlap: while the next batch is being searched for)."""
     op = make_op("matmul", "32,32,32", "float32")
     plat = resolve("llvm")
@@ -132,7 +138,7 @@ def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path, monkeypatch, 
             raise KeyboardInterrupt
 
     tuner = Tuner(op, plat, Runner(op, plat.device, None, config), db, Objective("latency"),
-                  batch=3, overlap=overlap, population=64)
+                  batch=3, overlap=overlap, population=64, space=space)
     try:
         tuner.tune(6, on_record=interrupt_after_two)
     except KeyboardInterrupt:
@@ -140,7 +146,7 @@ def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path, monkeypatch, 
     assert len(backgrounded) == overlap    # the next batch was being searched for meanwhile
     assert [r["id"] for r in rows(tmp_path / "t.sqlite")] == [r.id for r in seen]
     resumed = Tuner(op, plat, Runner(op, plat.device, None, config), db, Objective("latency"),
-                    batch=3, overlap=overlap, population=64)
+                    batch=3, overlap=overlap, population=64, space=space)
     result = resumed.tune(6)
     assert result.stats.previous == 2 and result.stats.measured == 4
     assert len(result.stats.proposal_s) >= 2
@@ -180,9 +186,9 @@ def test_strategy_ranks_skipped_candidates_by_predicted_energy(tmp_path):
     measured = Record(status="ok", energy_j=0.3, meta={"energy_predicted_j": 0.2}, **base)
     unknown = Record(status="ok", meta={}, **base)
     failed = Record(status="wrong", energy_j=0.1, **base)
-    assert tuner._run_secs(skipped) == 0.2
-    assert tuner._run_secs(measured) == 0.3          # a measurement beats a prediction
-    assert tuner._run_secs(unknown) == tuner._run_secs(failed) == 1e10
+    assert tuner._cost(skipped) == 0.2
+    assert tuner._cost(measured) == 0.3          # a measurement beats a prediction
+    assert tuner._cost(unknown) == tuner._cost(failed) == float("inf")
 
 
 @pytest.mark.parametrize("name,shape", [("gemv", "64,64"), ("batch_matmul", "b=2,m=16,n=16,k=16"),

@@ -1,0 +1,83 @@
+"""Cheap screening: a few latency samples first, energy only where the objective needs it."""
+import numpy as np
+import pytest
+import tvm
+
+from energy_tuner.compiler.objective import Objective
+from energy_tuner.compiler.policy import EnergyPolicy
+from energy_tuner.measure.runner import SCREEN_REPEATS, MeasureConfig, Runner
+from energy_tuner.schedules import make_op
+from tests.test_replay import as_records
+
+
+def replay_screening(records, objective):
+    """The records in measurement order, each screened against those before it."""
+    seen, screened = [], []
+    for r in records:
+        bound = objective.screen_bound(seen)
+        out = r.status == "ok" and bound is not None and r.latency_s > bound
+        r.meta = {"screened_out": True} if out else {}
+        screened.append(out)
+        seen.append(r)
+    return screened
+
+
+@pytest.mark.parametrize("kind,bound", [("latency", None), ("energy", None), ("edp", None),
+                                        ("energy", 1.03), ("pareto", None)])
+def test_screening_never_drops_the_chosen_kernel_on_h200_tunes(gpu_records, kind, bound):
+    objective = Objective(kind, bound)
+    for run in ("latency", "energy"):
+        records = as_records([r for r in gpu_records if r["run"] == run])
+        full = objective.choose(records)
+        screened = replay_screening(records, objective)
+        kept = [r for r, out in zip(records, screened) if not out]
+        assert objective.choose(kept) is full
+        if kind == "latency":   # 1.5x the best so far: a real share of a tune is screened
+            assert sum(screened) >= 10
+
+
+def test_screening_bound_follows_the_objective(gpu_records):
+    records = as_records([r for r in gpu_records if r["run"] == "latency"])
+    fastest = min(r.latency_s for r in records if r.status == "ok")
+    assert Objective("latency").screen_bound([]) is None
+    assert Objective("latency").screen_bound(records) == pytest.approx(1.5 * fastest)
+    assert Objective("energy").screen_bound(records) == pytest.approx(3.0 * fastest)
+    assert Objective("energy", 1.2).screen_bound(records) == pytest.approx(1.1 * 1.2 * fastest)
+    fastest_record = next(r for r in records if r.latency_s == fastest)
+    fastest_record.meta = {"screened_out": True}       # a rough latency does not set the bound
+    assert Objective("latency").screen_bound(records) > 1.5 * fastest
+
+
+@pytest.fixture(scope="module")
+def built_kernel(tmp_path_factory):
+    op = make_op("matmul", "32,32,32", "float32")
+    path = tmp_path_factory.mktemp("k") / "k.so"
+    tvm.compile(tvm.IRModule({"main": op.prim_func()}), target="llvm").export_library(str(path))
+    return op, str(path)
+
+
+
+
+def test_runner_screens_out_after_a_few_samples(built_kernel):
+    op, path = built_kernel
+    config = MeasureConfig(latency_repeats=7, latency_min_repeat_ms=1)
+    runner = Runner(op, tvm.cpu(), None, config)
+    asked = []
+    slow = runner.run(path, lambda m: asked.append(m) or True, latency_bound_s=1e-12)
+    assert slow.status == "ok" and slow.meta["screened_out"]
+    assert len(slow.latency_samples) == SCREEN_REPEATS and slow.energy_j is None
+    assert not asked                                   # energy was not even considered
+    fast = runner.run(path, latency_bound_s=10.0)
+    assert len(fast.latency_samples) == 7 and "screened_out" not in fast.meta
+    assert np.isfinite(fast.latency_s)
+
+
+def test_latency_objective_measures_energy_only_for_a_new_fastest(gpu_records):
+    records = as_records([r for r in gpu_records if r["run"] == "latency"])
+    fastest = min(r.latency_s for r in records if r.status == "ok")
+    policy = EnergyPolicy(Objective("latency"), mode="all")
+    assert policy.decide(fastest * 0.9, None, records) is True
+    assert policy.decide(fastest * 1.1, None, records) is False
+    assert policy.decide(fastest * 1.1, 500.0, records) is False
+    assert (policy.measured, policy.skipped) == (1, 2)
+    assert EnergyPolicy(Objective("energy"), mode="all").decide(fastest * 1.1, None, records)
