@@ -6,7 +6,23 @@ import pytest
 
 from energy_tuner.compiler.database import Record
 from energy_tuner.compiler.tune_cost import TuneEnergy
-from tests.test_meters import advance, fake_powercap
+
+
+def fake_powercap(root, packages):
+    """intel-rapl:N package domains (energy_uj, max_energy_range_uj), plus an ignored sub-domain."""
+    for i, (energy, max_range) in enumerate(packages):
+        d = root / f"intel-rapl:{i}"
+        d.mkdir(parents=True)
+        (d / "energy_uj").write_text(str(energy))
+        (d / "max_energy_range_uj").write_text(str(max_range))
+        sub = root / f"intel-rapl:{i}:0"
+        sub.mkdir()
+        (sub / "energy_uj").write_text("0")
+    return root
+
+
+def advance(root, index, energy):
+    (root / f"intel-rapl:{index}" / "energy_uj").write_text(str(energy))
 
 
 def kernel(energy_j):
