@@ -147,7 +147,7 @@ def tune_tasks_on(found: list[Task], *, target: str = "auto",
                                     f"{trials} trials", baseline)
         run = ModelRun(results, objective, plat.device_name, database.path)
         if export is not None:
-            kernels = [(s.op, plat.target, s.tuner.schedule(r), r)
+            kernels = [(s.op, plat.target, r)
                        for s, r in zip(tuner.states, tuner.chosen()) if r is not None]
             run.library, run.not_exported = export_library(kernels, objective.label, export)
     finally:

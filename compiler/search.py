@@ -260,7 +260,7 @@ class Tuner:
             return self._record(cand, "build_error", error=build_error)
         m = self.runner.run(artifact, lambda partial: self.policy.decide(
             partial.latency_s, predicted_power_w, self.records),
-                            self.objective.screen_bound(self.records) if self.screen else None)
+            latency_bound_s=self.objective.screen_bound(self.records) if self.screen else None)
         stats.run_errors += m.status == "run_error"
         stats.wrong += m.status == "wrong"
         if m.status == "ok" and predicted_power_w is not None:
