@@ -130,7 +130,7 @@ def test_bad_library_is_one_error_and_loads_nothing(lib_dir, damage, fragment):
         entry = manifest["kernels"][-1]
         entry.update(target={"kind": "cuda", "arch": "sm_1"}, device="NVIDIA Z1")
         own = json.loads((lib_dir / entry["manifest"]).read_text())
-        own.update(target=repr(entry["target"]), device=entry["device"])
+        own.update(target=entry["target"], device=entry["device"])
         (lib_dir / entry["manifest"]).write_text(json.dumps(own))
         manifest["sha256"][entry["manifest"]] = sha256(lib_dir / entry["manifest"])
     elif damage == "entry":
