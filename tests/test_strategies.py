@@ -27,10 +27,11 @@ def workloads():
         for target in TARGETS:
             kind = target.kind.name
             for dtype in ("float16", "float32"):
-                try:
-                    yield make_op(name, cls.default_shape[kind], dtype), target
-                except Exception:  # an op that does not take this dtype
-                    continue
+                for params in (None, {"impl": "dequant"}):  # lut_mpgemm's dequant twin too
+                    try:
+                        yield make_op(name, cls.default_shape[kind], dtype, params), target
+                    except Exception:  # an op that does not take this dtype or option
+                        continue
 
 
 def an_instance(cls):
