@@ -41,3 +41,24 @@ def model_tune(tmp_path_factory):
                "--trials", "6", "--first-trials", "2", "--round-trials", "2", "--db", str(db),
                "--export", str(lib), "--json", str(report)])
     return db, lib, report, rc
+
+
+# After the summary, the full suite's process (TVM, torch and xgboost loaded together) died at
+# interpreter shutdown with SIGBUS in CI on 2026-12-01 (every test had reported). Leave without that
+# shutdown, keeping pytest's own exit status. Cause not yet diagnosed.
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if _EXIT_STATUS:
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
