@@ -3,7 +3,8 @@
 The space and the strategy are chosen by name (compiler/spaces.py, compiler/strategies): TVM's
 EvolutionarySearch over MetaSchedule trace spaces, our genetic search over knob spaces. The loop
 itself knows neither: it dedupes proposals against the database, builds them in parallel
-(compiler/builder.py), measures them (measure/), stores every result as it arrives
+(compiler/builder.py) while measuring those already built, measures them (measure/; on
+several workers at once where the runner has several slots), stores every result as it arrives
 (compiler/database.py), retrains the cost model, and tells the strategy. Driving the strategy
 ourselves (not `ms.tune_tir`) lets measure/ record energy, correctness and metadata for every
 candidate, lets the SQLite store resume a run, lets the model learn energy, and lets the dynamic
@@ -13,17 +14,18 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import tempfile
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import tvm
 
-from .builder import Builder
+from .builder import Builder, BuildResult
 from .database import Record, TuningDatabase
 from .identity import measurement_config, target_json, workload_key
 from .objective import Objective
@@ -33,10 +35,8 @@ from .spaces import AUTO, choose_space, stored_module
 from .strategies import Candidate, SearchSetup, strategy_for
 from .target import Platform
 from ..costmodel import KernelModel
-from ..measure.runner import CandidateRunner
+from ..measure.runner import CandidateRunner, Measurement
 from ..schedules import Op
-
-
 
 
 @dataclass
@@ -82,7 +82,6 @@ def at_once(fn: Callable[[], object]) -> Future:
     future: Future = Future()
     future.set_result(fn())
     return future
-
 
 
 class Tuner:
@@ -218,8 +217,8 @@ class Tuner:
                     if more and self.overlap:  # search on while the device measures
                         proposal = start_proposal(in_background)
                     measured = []
-                    for cand, built, watts in zip(fresh, builds, power):
-                        record = self._measure(cand, built.artifact, built.error, watts, stats)
+                    for cand, built, watts, m in self._measured(zip(fresh, builds, power)):
+                        record = self._book(cand, built, watts, m, stats)
                         record.id = self.db.add(record)
                         records.append(record)
                         measured.append((record, cand))
@@ -252,15 +251,59 @@ class Tuner:
         log_power = self.model.predict_log(self._features(strategy, candidates))["power"]
         return [float(math.exp(p)) for p in log_power]
 
-    def _measure(self, cand: Candidate, artifact: str | None, build_error: str | None,
-                 predicted_power_w: float | None, stats: TuneStats) -> Record:
-        stats.measured += 1
-        if artifact is None:
-            stats.build_errors += 1
-            return self._record(cand, "build_error", error=build_error)
-        m = self.runner.run(artifact, lambda partial: self.policy.decide(
+    def _measured(self, jobs: Iterator[tuple[Candidate, BuildResult, float | None]]
+                  ) -> Iterator[tuple[Candidate, BuildResult, float | None, Measurement | None]]:
+        """Measure each (candidate, build, predicted power) as its build arrives, on as many
+        measurement slots at once as the runner has (`slots`: one per worker, e.g. per GPU);
+        with one slot in order, with several in the order they finish."""
+        slots = getattr(self.runner, "slots", 1)
+        if slots == 1:
+            for job in jobs:
+                yield (*job, self._run(*job))
+            return
+        take, done, stop = threading.Lock(), queue.Queue(), threading.Event()
+
+        def slot() -> None:
+            while not stop.is_set():
+                with take:  # the build stream is a generator: one reader at a time
+                    job = next(jobs, None)
+                if job is None:
+                    break
+                try:
+                    done.put((*job, self._run(*job)))
+                except BaseException as error:  # the harness failed: handed to the loop
+                    done.put(error)
+                    break
+            done.put(None)
+
+        for _ in range(slots):
+            threading.Thread(target=slot, daemon=True, name="measure").start()
+        try:
+            for _ in range(slots):
+                while (item := done.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+        finally:
+            stop.set()
+
+    def _run(self, cand: Candidate, built: BuildResult, predicted_power_w: float | None
+             ) -> Measurement | None:
+        """The runner's measurement of a built candidate (None if it did not build); safe to
+        call from several threads when the runner has several slots."""
+        if built.artifact is None:
+            return None
+        return self.runner.run(built.artifact, lambda partial: self.policy.decide(
             partial.latency_s, predicted_power_w, self.records),
             latency_bound_s=self.objective.screen_bound(self.records) if self.screen else None)
+
+    def _book(self, cand: Candidate, built: BuildResult, predicted_power_w: float | None,
+              m: Measurement | None, stats: TuneStats) -> Record:
+        """Count a measurement in the statistics and the energy policy; its record."""
+        stats.measured += 1
+        if m is None:
+            stats.build_errors += 1
+            return self._record(cand, "build_error", error=built.error)
         stats.run_errors += m.status == "run_error"
         stats.wrong += m.status == "wrong"
         if m.status == "ok" and predicted_power_w is not None:

@@ -66,6 +66,7 @@ class CandidateRunner(Protocol):
     """Anything that measures a built kernel: `Runner` in-process, `IsolatedRunner` in a worker."""
 
     measurement: dict   # how it measures (`measurement_identity`): part of a record's identity
+    slots: int          # measurements it runs at once; `run` is called from that many threads
 
     def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...,
             latency_bound_s: float | None = None) -> Measurement:
@@ -89,6 +90,8 @@ def last_line(err: BaseException) -> str:
 
 
 class Runner:
+    slots = 1
+
     def __init__(self, op: Op, device: tvm.runtime.Device, meter: EnergyMeter | None,
                  config: MeasureConfig, seed: int = 0) -> None:
         if config.l2 not in L2_POLICIES:

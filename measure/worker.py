@@ -95,6 +95,8 @@ def start_ignoring_sigint(proc: mp.Process) -> None:
 class IsolatedRunner:
     """`run(artifact) -> Measurement`, like `Runner`, with the kernel in a separate process."""
 
+    slots = 1
+
     def __init__(self, spec: WorkerSpec, timeout_s: float = 120.0,
                  start_timeout_s: float = 900.0) -> None:
         self.spec, self.timeout_s, self.start_timeout_s = spec, timeout_s, start_timeout_s

@@ -202,3 +202,46 @@ def test_every_op_tunes_on_llvm(name, shape, tmp_path):
     ok = [r for r in records if r["status"] == "ok"]
     assert ok and all(r["rel_error"] < 1e-4 for r in ok)
     assert json.loads(records[0]["workload"])["op"] == name
+
+
+class TwoRunners:
+    """Two real llvm Runners behind one runner with two slots: `run` is called from two threads
+    at once and takes whichever Runner is free (what a pool of remote workers does)."""
+
+    slots = 2
+
+    def __init__(self, op, plat, config):
+        import queue
+
+        self.free = queue.Queue()
+        self.used = {}
+        for i in range(2):
+            self.free.put((i, Runner(op, plat.device, None, config)))
+        self.measurement = Runner(op, plat.device, None, config).measurement
+        self.lock = threading.Lock()
+
+    def run(self, artifact, decide=lambda m: True, latency_bound_s=None):
+        index, runner = self.free.get()
+        try:
+            m = runner.run(artifact, decide, latency_bound_s=latency_bound_s)
+            m.meta["worker"] = index
+            return m
+        finally:
+            with self.lock:
+                self.used[index] = self.used.get(index, 0) + 1
+            self.free.put((index, runner))
+
+
+def test_a_runner_with_two_slots_measures_every_candidate_once(tmp_path):
+    op = make_op("matmul", "32,32,32", "float32")
+    plat = resolve("llvm")
+    runner = TwoRunners(op, plat, MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1))
+    db = TuningDatabase(tmp_path / "t.sqlite")
+    result = Tuner(op, plat, runner, db, Objective("latency"), batch=4, population=64).tune(8)
+    records = db.records(result.records[0].workload_key)
+    assert len(records) == 8 == result.stats.measured
+    assert len({r.mod_hash for r in records}) == 8
+    assert all(r.status == "ok" and r.latency_s > 0 for r in records)
+    assert sum(runner.used.values()) == 8
+    assert {r.meta["worker"] for r in records} <= {0, 1}
+    db.close()

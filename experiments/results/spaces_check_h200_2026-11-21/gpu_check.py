@@ -41,7 +41,7 @@ def run(op, label, schs, number, repeat, async_copy=False, builder=None):
     ref = op.reference(inputs)
     args = [tvm.runtime.tensor(x, dev) for x in inputs] + [tvm.runtime.tensor(np.zeros(op.output_shape, "float32"), dev)]
     if builder is not None:
-        built = builder.build([s.mod for s in schs])
+        built = list(builder.build([s.mod for s in schs]))
     for i, s in enumerate(schs):
         rec = {"op": op.describe(), "space": label, "kind": kind_of(s), "async_copy": async_copy}
         try:
