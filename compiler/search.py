@@ -50,6 +50,8 @@ class TuneStats:
     energy_skipped: int = 0     # ... and whose energy the policy left to the model
     screened: int = 0           # correct candidates screened out: clearly slower than the best
     proposal_s: list[float] = field(default_factory=list)  # per generation, search + scoring
+    build_wait_s: float = 0.0   # the loop waited for builds (the rest overlapped measuring)
+    wall_s: float = 0.0         # the whole tune of this run
     search_wait_s: float = 0.0  # of which the loop spent waiting (the rest overlapped measuring)
     warm_start: str | None = None  # workload key whose saved model started this tune
     exhausted: bool = False     # the strategy found no new candidates before the budget was spent
@@ -158,6 +160,7 @@ class Tuner:
         if remaining <= 0:
             return TuneResult(records, stats)
 
+        started = time.perf_counter()
         strategy = self.strategy_cls(self._setup(trials + len(records)))
         known: dict[str, Record] = {}
         train: list[tuple[Candidate, float, float]] = []
@@ -211,7 +214,7 @@ class Tuner:
                     fresh = list({c.mod_hash: c for c in candidates
                                   if c.mod_hash not in known}.values())
                     fresh = fresh[: remaining - stats.measured]
-                    builds = builder.build([c.mod for c in fresh])
+                    builds = self._waited(builder.build([c.mod for c in fresh]), stats)
                     power = self._predicted_power(strategy, fresh)
                     more = stats.measured + len(fresh) < remaining
                     if more and self.overlap:  # search on while the device measures
@@ -242,7 +245,19 @@ class Tuner:
                     proposal.exception()
                 strategy.close()
         stats.strategy_report = strategy.report()
+        stats.wall_s = time.perf_counter() - started
         return TuneResult(records, stats)
+
+    @staticmethod
+    def _waited(builds: Iterator[BuildResult], stats: TuneStats) -> Iterator[BuildResult]:
+        """The builds, with the time spent waiting for each added to stats.build_wait_s."""
+        while True:
+            started = time.perf_counter()
+            built = next(builds, None)
+            stats.build_wait_s += time.perf_counter() - started
+            if built is None:
+                return
+            yield built
 
     def _predicted_power(self, strategy, candidates: list[Candidate]) -> list[float | None]:
         """Predicted energy per second of (burst) latency, per candidate; None untrained."""

@@ -142,6 +142,8 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
                   f"({s.energy_skipped} left to the model by the {args.energy_policy} policy"
                   + (", the objective needs none" if not objective.needs_energy else "")
                   + f", {s.screened} screened out)")
+    if line := time_split(s, result.records[len(result.records) - s.measured:]):
+        err.print(line)
     if s.proposal_s:
         mean_s = sum(s.proposal_s) / len(s.proposal_s)
         hidden = (f"{s.search_wait_s:.1f} s of {sum(s.proposal_s):.1f} s not overlapped with "
@@ -150,3 +152,20 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
                   f"propose and score a batch, {hidden}"
                   + (f"; model warm-started from workload {s.warm_start}" if s.warm_start else ""))
     return tuner, result
+
+
+def time_split(stats, measured: list[Record]) -> str | None:
+    """Where a tune's time went, per new candidate: the worker's steps (Runner's `phase_s`), the
+    wait for builds, and the rest (search, scoring, storing, worker round trips)."""
+    if not stats.measured:
+        return None
+    phases: dict[str, float] = {}
+    for record in measured:
+        for name, seconds in (record.meta or {}).get("phase_s", {}).items():
+            phases[name] = phases.get(name, 0.0) + seconds
+    n = stats.measured
+    steps = ", ".join(f"{name.removesuffix('_s')} {seconds / n:.2f}" for name, seconds in phases.items())
+    rest = stats.wall_s - stats.build_wait_s - sum(phases.values())
+    return (f"time per candidate: {stats.wall_s / n:.2f} s ({stats.measured * 60 / stats.wall_s:.1f}"
+            f"/min): measuring {steps or 'none'}; waiting for builds {stats.build_wait_s / n:.2f}; "
+            f"other {max(rest, 0.0) / n:.2f}")

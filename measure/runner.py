@@ -165,21 +165,32 @@ class Runner:
             expect: Callable[[float], None] = lambda seconds: None,
             latency_bound_s: float | None = None) -> Measurement:
         """`expect(seconds)` is told, after the first call, how long the rest may take."""
+        phases: dict[str, float] = {}  # wall seconds of each step, to see where a tune's time goes
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            phases[name] = phases.get(name, 0.0) + now - clock
+            clock = now
+
         try:
             module = tvm.runtime.load_module(artifact)
-            started = time.perf_counter()
+            lap("load_s")
             verdict = self.check(module["main"])
+            lap("check_s")
         except Exception as err:  # a candidate that cannot load or run is a result, not a crash
             return Measurement("run_error", error=last_line(err))
         if not verdict.ok:
             return Measurement("wrong", error=verdict.problem, rel_error=verdict.rel_error,
                                meta={"bound_ratio": verdict.bound_ratio})
-        expect(self.seconds_needed(time.perf_counter() - started))
+        expect(self.seconds_needed(phases["check_s"]))
         try:
-            result = self._time_and_measure(module, verdict, decide, latency_bound_s)
+            result = self._time_and_measure(module, verdict, decide, latency_bound_s, lap)
             after = judge(self.op, self.expected, self.out.numpy())  # what the timed runs left
             if after.ok:
                 after = self.check(module["main"], fresh=True)
+            lap("recheck_s")
         except MeterError:
             raise  # the harness failed, not the kernel
         except Exception as err:
@@ -188,14 +199,17 @@ class Runner:
             return Measurement("wrong", error=f"after timing: {after.problem}",
                                rel_error=after.rel_error, meta={"bound_ratio": after.bound_ratio})
         result.meta["bound_ratio"] = max(verdict.bound_ratio, after.bound_ratio)
+        result.meta["phase_s"] = phases
         return result
 
     def _time_and_measure(self, module, verdict: Verdict,
                           decide: Callable[[Measurement], bool],
-                          latency_bound_s: float | None) -> Measurement:
+                          latency_bound_s: float | None,
+                          lap: Callable[[str], None] = lambda name: None) -> Measurement:
         samples, run_batch = self._timers(module)
         if latency_bound_s is not None:  # screening: a few samples first
             first = samples(SCREEN_REPEATS)
+            lap("latency_s")
             if statistics.median(first) > latency_bound_s:
                 return Measurement("ok", rel_error=verdict.rel_error,
                                    latency_s=statistics.median(first), latency_samples=first,
@@ -203,6 +217,7 @@ class Runner:
                                          "screened_out": True,
                                          "latency_bound_s": latency_bound_s})
         latency = samples()
+        lap("latency_s")
         result = Measurement("ok", rel_error=verdict.rel_error,
                              latency_s=statistics.median(latency), latency_samples=latency,
                              meta={"l2": self.config.l2, "measurement": self.measurement})
@@ -211,6 +226,7 @@ class Runner:
         elif self.meter is not None:
             energy = measure_energy(self.meter, run_batch, result.latency_s,
                                     self.config.precision, self.max_clock_mhz, self.power_limit_w)
+            lap("energy_s")
             result.energy_j, result.power_w = energy.energy_j, energy.power_w
             result.meta.update(meter=self.meter.name, idle_w=self.idle_w,
                                **{k: v for k, v in asdict(energy).items()

@@ -13,6 +13,7 @@ from energy_tuner.compiler.cli import main
 from energy_tuner.compiler.objective import Objective
 from energy_tuner.compiler import search
 from energy_tuner.compiler.search import Tuner, in_background
+from energy_tuner.compiler.session import time_split
 from energy_tuner.compiler.target import resolve
 from energy_tuner.measure.runner import MeasureConfig, Runner
 from energy_tuner.compiler.database import TuningDatabase
@@ -244,4 +245,11 @@ def test_a_runner_with_two_slots_measures_every_candidate_once(tmp_path):
     assert all(r.status == "ok" and r.latency_s > 0 for r in records)
     assert sum(runner.used.values()) == 8
     assert {r.meta["worker"] for r in records} <= {0, 1}
+    # where the time went: the worker's steps per record, and the loop's own accounting
+    assert all(set(r.meta["phase_s"]) == {"load_s", "check_s", "latency_s", "recheck_s"}
+               for r in records)
+    stats = result.stats
+    assert 0 <= stats.build_wait_s <= stats.wall_s
+    line = time_split(stats, records)
+    assert line.startswith("time per candidate: ") and "waiting for builds" in line
     db.close()
