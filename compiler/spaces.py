@@ -12,7 +12,7 @@ import tvm
 from tvm.target import Target
 
 from ..schedules import Op, design_space
-from ..schedules.knobs import KnobSpace, knob_spaces
+from ..schedules.knobs import SPACES, KnobSpace, knob_spaces
 
 AUTO, TRACE = "auto", "trace"
 
@@ -56,8 +56,10 @@ def choose_space(op: Op, target: Target, name: str = AUTO) -> Space:
     if name == TRACE:
         return TraceSpace(op, target)
     if name not in knobs:
-        raise SpaceError(f"space {name!r} does not apply to {op.name} on {target.kind.name} "
-                         f"(applicable: {', '.join(space_names(op, target))})")
+        why = f": {SPACES[name].why_not(op, target)}" if name in SPACES else " (no such space)"
+        raise SpaceError(f"space {name!r} does not apply to {op.name} {op.shape_text()} "
+                         f"{op.dtype} on {target.kind.name}{why}; applicable: "
+                         f"{', '.join(space_names(op, target))}")
     return knobs[name]
 
 

@@ -397,12 +397,22 @@ class HopperGemmSpace(KnobSpace):
 
     @classmethod
     def applies(cls, op: Op, target: Target) -> bool:
-        if op.name not in ("matmul", "batch_matmul") or op.dtype != "float16":
-            return False
-        if target.kind.name != "cuda" or not str(target.attrs.get("arch", "")).startswith("sm_90"):
-            return False
+        return cls.why_not(op, target) is None
+
+    @classmethod
+    def why_not(cls, op: Op, target: Target) -> str | None:
+        if op.name not in ("matmul", "batch_matmul"):
+            return "it computes matmul and batch_matmul only"
+        if op.dtype != "float16":
+            return f"it takes float16 inputs, not {op.dtype}"
+        arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+        if not arch.startswith("sm_90"):
+            return (f"it needs a Hopper GPU (sm_90: wgmma and TMA), the target is "
+                    f"{arch or target.kind.name}")
         m, n, k, _ = _product_shape(op)
-        return op.output_dtype in ("float32", "float16") and m % 64 == 0 and n % 64 == 0 and k % BK == 0
+        if m % 64 or n % 64 or k % BK:
+            return f"m, n and k must be multiples of 64 (tiles of 64 rows, {BK}-wide k steps)"
+        return None
 
     @property
     def knobs(self) -> tuple[Knob, ...]:

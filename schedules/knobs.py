@@ -45,6 +45,12 @@ class KnobSpace(ABC):
     def applies(cls, op: Op, target: Target) -> bool:
         """Whether this family can compute op on target at all."""
 
+    @classmethod
+    def why_not(cls, op: Op, target: Target) -> str | None:
+        """Why the family does not apply (one line for the user), None if it does; families
+        that can say more than "it does not apply" override this."""
+        return None if cls.applies(op, target) else "it does not apply"
+
     @property
     @abstractmethod
     def knobs(self) -> tuple[Knob, ...]:

@@ -54,6 +54,24 @@ def test_applies_to_fp16_products_on_sm90_only():
     assert not HopperGemmSpace.applies(_op(), Target("llvm"))
 
 
+@pytest.mark.parametrize("op,target,reason", [
+    (_op(), Target({"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024}),
+     "needs a Hopper GPU (sm_90: wgmma and TMA), the target is sm_80"),
+    (_op(), Target("llvm"), "the target is llvm"),
+    (_op("4000,4096,4096"), H100, "multiples of 64"),
+    (make_op("matmul", "256,256,256", "float32"), H100, "float16 inputs, not float32"),
+    (make_op("gemv", "4096,4096", "float16"), H100, "matmul and batch_matmul only"),
+])
+def test_asking_for_the_family_where_it_cannot_run_says_why(op, target, reason):
+    from energy_tuner.compiler.spaces import SpaceError, choose_space
+
+    with pytest.raises(SpaceError) as error:
+        choose_space(op, target, "hopper_gemm")
+    message = str(error.value)
+    assert reason in message and "\n" not in message
+    assert message.endswith("trace")   # what does apply is listed last
+
+
 def test_registered_and_builds_for_sm90a():
     (space,) = [s for s in knob_spaces(_op(), H100) if s.name == "hopper_gemm"]
     assert str(space.target.attrs["arch"]) == "sm_90a"
