@@ -97,8 +97,18 @@ CURATED_BULK = [  # the bulk-copy path: ring depth, tile size, grid
 ]
 BASE_DEQUANT = {"threads_per_row": 32, "rows_per_cta": 4, "weights_per_load": 32, "unroll": 1,
                 "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
-                "split_k": 1, "split_reduce": "atomic", "scale_apply": "chunk"}
-CURATED_DEQUANT = [
+                "split_k": 1, "split_reduce": "atomic", "scale_apply": "chunk", "decode": "shift"}
+BEST_W4_2026_12_01 = {"threads_per_row": 16, "weights_per_load": 128, "load": "nc_evict_first",
+                      "x_stage": "shared"}    # gemv_h200_2026-12-01: W4 14336x4096's best
+CURATED_DEQUANT = [  # the nibble decode first, each against a shift-decode twin measured before
+    {**BEST_W4_2026_12_01, "decode": "nibble"},
+    {**BEST_W4_2026_12_01, "decode": "nibble", "x_stage": "shared_f32"},
+    BEST_W4_2026_12_01,
+    {"threads_per_row": 8, "rows_per_cta": 8, "weights_per_load": 128, "load": "nc_no_allocate",
+     "decode": "nibble"},
+    {"threads_per_row": 16, "rows_per_cta": 16, "unroll": 2, "load": "nc_no_allocate",
+     "prefetch": "L2::128B", "x_stage": "shared", "split_k": 2, "split_reduce": "two_pass",
+     "decode": "nibble"},
     {},
     {"scale_apply": "weight"},
     {"load": "nc_no_allocate"},

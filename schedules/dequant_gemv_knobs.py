@@ -6,21 +6,29 @@ plane b is bit b of q[c, j]. The kernel is schedules/gemv_knobs.py's (rows per C
 row, persistent grids, split-k, x in registers or shared memory, the same load paths except bulk
 copies), with the weight load and the multiply replaced: a thread's load unit is a chunk of
 `weights_per_load` consecutive weights of its row, read as weights_per_load/8 bytes per bit plane
-(4, 8 or 16 bytes: one ld.global(.nc) per plane), decoded by shifts and masks
-(q = sum_b ((byte_b >> j%8) & 1) << b), and either dequantized weight by weight
-(`scale_apply=weight`: s (q - z) x) or, since a chunk lies inside one group, summed as
-s (sum q x - z sum x) once per chunk (`chunk`: two multiplies per chunk instead of per weight).
+(4, 8 or 16 bytes: one ld.global(.nc) per plane), and decoded in one of two ways (`decode`):
+- `shift`: bit by bit, q = sum_b ((byte_b >> j%8) & 1) << b, then an int-to-float convert
+  (about 3 instructions per weight and plane, plus the convert);
+- `nibble`: 32 weights at a time, straight from the planes' 32-bit words with no change of
+  packing. Two instructions per plane assemble the 4-bit fields of 8 weights
+  (N_i = OR_b ((P_b >> i) & 0x11111111) << b holds q_(4p+i) in field p). The magic-number
+  conversion float(0x4B000000 | field) - 2^23 then turns each field into a float without the
+  (quarter-rate) convert instruction.
+The product is then taken either weight by weight (`scale_apply=weight`: s (q - z) x) or, since
+a chunk lies inside one group, as s (sum q x - z sum x) once per chunk (`chunk`: two multiplies
+per chunk instead of per weight). `x_stage=shared_f32` converts the CTA's x slice to float32 in
+shared memory once, so that no weight pays for converting its activation (fp16-to-fp32 converts
+run at a quarter of the FMA rate on Hopper).
 
-What this space leaves out (issue 10): a lop3-based decode (one `lop3.b32` merges a masked plane
-into the assembled word, then the magic-number conversion `(q | 0x6400) - 1024.0` turns two
-values into two halves at once), which needs the planes interleaved offline so that one 32-bit
-word holds the bits of consecutive weights in the order the decode wants (a packing change, done
-once and tested for round trips); the zero point folded into a precomputed activation sum; bulk
-copies of the packed planes. The shift-and decode here costs ~3 instructions per weight and
-plane, which is what a lop3 decode would cut.
+What this space leaves out (issue 10):
+- half2 arithmetic (two weights per instruction, with its fp16 rounding);
+- the zero point folded into a precomputed activation sum;
+- bulk copies of the packed planes.
 """
 from __future__ import annotations
 
+import math
+from typing import Iterator
 
 import tvm
 from tvm import tirx
@@ -61,10 +69,11 @@ class DequantGemvKnobs(GemvKnobs):
                 Knob("ctas_per_sm", (0, 1, 2, 4, 8)),
                 Knob("load", tuple(v for v in LOADS if not v.startswith("bulk"))),
                 Knob("prefetch", PREFETCH),
-                Knob("x_stage", ("global", "shared")),
+                Knob("x_stage", ("global", "shared", "shared_f32")),
                 Knob("split_k", (1, 2, 4, 8)),
                 Knob("split_reduce", ("atomic", "two_pass")),
-                Knob("scale_apply", ("weight", "chunk")))
+                Knob("scale_apply", ("weight", "chunk")),
+                Knob("decode", ("shift", "nibble")))
 
     def lanes(self, config: Config) -> int:
         """Weights per load unit (a chunk)."""
@@ -76,14 +85,22 @@ class DequantGemvKnobs(GemvKnobs):
             return f"a chunk of {chunk} weights must lie inside a group of {self.group}"
         return super().reject(config)
 
+    def shared_bytes(self, config: Config) -> int:
+        """As the fp16 kernel's, plus x converted to float32 once per CTA (`shared_f32`)."""
+        x_f32 = self.k_slice(config) * 4 if config["x_stage"] == "shared_f32" else 0
+        return super().shared_bytes(config) + x_f32
+
     def bytes_per_thread_step(self, config: Config) -> int:
         return int(config["unroll"]) * self.bits * self.lanes(config) // K_PER_BYTE
 
     def step_instructions(self, config: Config) -> float:
-        """Per chunk: a load per plane and x load; per weight 3 per plane (shift, and, or),
-        a convert of q and of x, and an FMA (plus 2 when dequantized per weight)."""
+        """Per chunk: a load per plane and x load; per weight: the decode (`shift`: 3 per plane
+        (shift, and, or) and a convert; `nibble`: 2 per plane for 4 weights to assemble, then a
+        shift, an or and a subtract), a convert of x and an FMA (plus 2 when dequantized per
+        weight)."""
         chunk, unroll = self.lanes(config), int(config["unroll"])
-        per_weight = 3 * self.bits + 3 + (2 if config["scale_apply"] == "weight" else 0)
+        decode = 3 * self.bits + 1 if config["decode"] == "shift" else self.bits / 2 + 3
+        per_weight = decode + 2 + (2 if config["scale_apply"] == "weight" else 0)
         return unroll * (self.bits + chunk // X_VECTOR + 4 + chunk * per_weight) + 3
 
     def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
@@ -99,6 +116,9 @@ class _DequantWriter(_Writer):
         self.bits, self.group = space.bits, space.group
         self.per_chunk = self.lanes // K_PER_BYTE          # bytes per plane and chunk
         self.per_chunk_dot = config["scale_apply"] == "chunk"
+        self.nibbles = config["decode"] == "nibble"
+        self.x_f32 = config["x_stage"] == "shared_f32"
+        self.x_vector = X_VECTOR // 2 if self.x_f32 else X_VECTOR  # 16-byte x loads either way
 
     def declare(self) -> None:
         n, k, groups = self.n, self.k, self.k // self.group
@@ -113,8 +133,26 @@ class _DequantWriter(_Writer):
     def registers(self) -> None:
         simt = self.simt
         self.w_reg = simt.reg((self.unroll * self.bits * self.per_chunk,), "uint8")
-        self.x_reg = simt.reg((self.unroll * self.lanes,), "float16")
+        self.x_reg = simt.reg((self.unroll * self.lanes,), "float32" if self.x_f32 else "float16")
         self.dot = simt.reg((2,), "float32") if self.per_chunk_dot else None
+        self.nibble = simt.reg((1,), "uint32") if self.nibbles else None
+
+    def stage_x(self) -> None:
+        """`shared_f32`: the CTA's x slice converted to float32 into shared memory once, so that
+        no weight pays for converting its activation; otherwise as the fp16 kernel stages x."""
+        if not self.x_f32:
+            return super().stage_x()
+        simt, lanes, k_slice = self.simt, self.x_vector, self.k_slice
+        self.x_src, self.x_base = simt.shared((k_slice,), "float32"), 0
+        with simt.threads() as t:
+            with T.serial(0, math.ceil(k_slice / (self.threads * lanes))) as c:
+                at = (c * self.threads + t) * lanes
+                with T.If(at < k_slice):
+                    with T.Then():
+                        T.buffer_store(self.x_src,
+                                       self.x[ramp(self.ks * k_slice + at, lanes)].astype(f"float32x{lanes}"),
+                                       [ramp(at, lanes)])
+        simt.sync()
 
     def load_w(self, t, at: int, row, col, policy) -> None:
         """Chunk at // lanes: its bytes of every bit plane into w_reg."""
@@ -136,26 +174,53 @@ class _DequantWriter(_Writer):
         row = self.rb * self.rows + self.slot(t)
         for u in range(self.unroll):
             col = self.x_base + s * self.k_step + self.column(t, u)
-            for piece in range(chunk // X_VECTOR):
-                self.x_reg.store(t, self.x_src[ramp(col + piece * X_VECTOR, X_VECTOR)],
-                                 ramp(u * chunk + piece * X_VECTOR, X_VECTOR))
+            xv = self.x_vector
+            for piece in range(chunk // xv):
+                self.x_reg.store(t, self.x_src[ramp(col + piece * xv, xv)],
+                                 ramp(u * chunk + piece * xv, xv))
         for u in range(self.unroll):
             group = (self.ks * self.k_slice + s * self.k_step + self.column(t, u)) // self.group
             scale, zero = self.scales[row, group], self.zeros[row, group]
             if self.dot is not None:
                 for i in range(2):
                     self.dot.store(t, tirx.const(0.0, "float32"), i)
-            for j in range(chunk):
-                q = tirx.const(0, "int32")
-                for b in range(bits):
-                    byte = self.w_reg.load(t, (u * bits + b) * per + j // K_PER_BYTE).astype("int32")
-                    q = q | (((byte >> (j % K_PER_BYTE)) & 1) << b)
+            for j, q in (self.nibble_weights if self.nibbles else self.shifted_weights)(t, u):
                 xf = self.x_reg.load(t, u * chunk + j).astype("float32")
                 if self.dot is None:
-                    self.acc.store(t, self.acc.load(t, u) + scale * (q.astype("float32") - zero) * xf, u)
+                    self.acc.store(t, self.acc.load(t, u) + scale * (q - zero) * xf, u)
                 else:
-                    self.dot.store(t, self.dot.load(t, 0) + q.astype("float32") * xf, 0)
+                    self.dot.store(t, self.dot.load(t, 0) + q * xf, 0)
                     self.dot.store(t, self.dot.load(t, 1) + xf, 1)
             if self.dot is not None:
                 self.acc.store(t, self.acc.load(t, u)
                                + scale * (self.dot.load(t, 0) - zero * self.dot.load(t, 1)), u)
+
+    def shifted_weights(self, t, u: int) -> Iterator[tuple[int, tirx.PrimExpr]]:
+        """(j, q_j as float32) of chunk u, each q assembled bit by bit from the planes' bytes."""
+        per, bits = self.per_chunk, self.bits
+        for j in range(self.lanes):
+            q = tirx.const(0, "int32")
+            for b in range(bits):
+                byte = self.w_reg.load(t, (u * bits + b) * per + j // K_PER_BYTE).astype("int32")
+                q = q | (((byte >> (j % K_PER_BYTE)) & 1) << b)
+            yield j, q.astype("float32")
+
+    def nibble_weights(self, t, u: int) -> Iterator[tuple[int, tirx.PrimExpr]]:
+        """(j, q_j as float32) of chunk u, decoded 32 weights at a time: for each 32-bit word of
+        the planes (bit j of plane b's word is bit b of q_j), the words of 4-bit fields
+        N_i = OR_b ((P_b >> i) & 0x11111111) << b hold q_(4p+i) in field p (two instructions per
+        plane for 8 weights); each field becomes a float by the magic-number conversion
+        float(0x4B000000 | q) - 2^23 (no int-to-float convert)."""
+        words, bits, per_word = self.w_reg.view("uint32"), self.bits, self.per_chunk // 4
+        u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+        for w in range(per_word):
+            planes = [words.load(t, (u * bits + b) * per_word + w) for b in range(bits)]
+            for i in range(4):
+                fields = u32(0)
+                for b, plane in enumerate(planes):
+                    fields = fields | (((plane >> u32(i)) & u32(0x11111111)) << u32(b))
+                self.nibble.store(t, fields, 0)
+                for p in range(8):
+                    magic = ((self.nibble.load(t, 0) >> u32(4 * p)) & u32(15)) | u32(0x4B000000)
+                    yield 32 * w + 4 * p + i, \
+                        tirx.reinterpret("float32", magic) - tirx.const(8388608.0, "float32")

@@ -42,6 +42,16 @@ class Reg:
     def store(self, t, value, *idx) -> None:
         T.buffer_store(self.buffer, value, self._index(t, idx))
 
+    def view(self, dtype: str) -> "Reg":
+        """The same registers seen as `dtype` values (e.g. bytes as 32-bit words)."""
+        view = object.__new__(Reg)
+        view.emulate = self.emulate
+        *rows, size = self.buffer.shape
+        scale = tvm.DataType(dtype).bits / tvm.DataType(self.buffer.dtype).bits
+        view.buffer = T.decl_buffer((*rows, int(int(size) / scale)), dtype,
+                                    data=self.buffer.data, scope=self.buffer.scope())
+        return view
+
 
 class Simt:
     """Builder context for one kernel launch of `threads_per_block` threads."""

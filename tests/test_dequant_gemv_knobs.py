@@ -19,7 +19,7 @@ SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 BASE = {"threads_per_row": 32, "rows_per_cta": 4, "weights_per_load": 32, "unroll": 1,
         "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
-        "split_k": 1, "split_reduce": "atomic", "scale_apply": "weight"}
+        "split_k": 1, "split_reduce": "atomic", "scale_apply": "weight", "decode": "shift"}
 
 
 def op(bits=2, zero_points=False, n=64, k=2048, group=128, m=1, impl="dequant"):
@@ -56,6 +56,14 @@ def test_every_knob_mutates():
     assert changed == {k.name for k in s.knobs}
 
 
+def test_x_in_float32_counts_its_shared_memory():
+    s = space(k=8192)
+    assert s.shared_bytes({**BASE, "x_stage": "shared_f32"}) == 8192 * 4
+    assert s.shared_bytes({**BASE, "x_stage": "shared"}) == 8192 * 2
+    assert "shared memory" in DequantGemvKnobs(op(k=14336), SM90, sms=2).reject(
+        {**BASE, "x_stage": "shared_f32"})
+
+
 def test_features_count_packed_bytes():
     f = space(bits=4).features({**BASE, "weights_per_load": 128, "unroll": 2, "threads_per_row": 8})
     assert f["bytes_in_flight_per_thread"] == 2 * 4 * 16
@@ -78,6 +86,15 @@ def _run_emulated(s: DequantGemvKnobs, cfg: dict, seed: int = 0) -> float:
     (1, False, {"weights_per_load": 64, "threads_per_row": 16, "split_k": 2,
                 "split_reduce": "two_pass", "ctas_per_sm": 4, "scale_apply": "chunk"}),
     (2, True, {"threads_per_row": 32, "rows_per_cta": 1, "split_k": 2, "load": "nc"}),
+    (4, True, {"decode": "nibble"}),
+    (4, False, {"decode": "nibble", "scale_apply": "chunk", "weights_per_load": 128,
+                "threads_per_row": 8, "unroll": 2}),
+    (3, True, {"decode": "nibble", "weights_per_load": 64, "threads_per_row": 16}),
+    (2, False, {"decode": "nibble", "scale_apply": "chunk", "split_k": 2}),
+    (1, True, {"decode": "nibble", "weights_per_load": 64, "threads_per_row": 16}),
+    (4, True, {"decode": "nibble", "x_stage": "shared_f32", "scale_apply": "chunk"}),
+    (3, False, {"x_stage": "shared_f32", "split_k": 2, "split_reduce": "two_pass",
+                "weights_per_load": 64, "threads_per_row": 8, "unroll": 2}),
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, changes):
     s = space(bits=bits, zero_points=zero_points)
