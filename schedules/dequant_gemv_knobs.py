@@ -27,7 +27,6 @@ What this space leaves out (issue 10):
 """
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import tvm
@@ -142,17 +141,7 @@ class _DequantWriter(_Writer):
         no weight pays for converting its activation; otherwise as the fp16 kernel stages x."""
         if not self.x_f32:
             return super().stage_x()
-        simt, lanes, k_slice = self.simt, self.x_vector, self.k_slice
-        self.x_src, self.x_base = simt.shared((k_slice,), "float32"), 0
-        with simt.threads() as t:
-            with T.serial(0, math.ceil(k_slice / (self.threads * lanes))) as c:
-                at = (c * self.threads + t) * lanes
-                with T.If(at < k_slice):
-                    with T.Then():
-                        T.buffer_store(self.x_src,
-                                       self.x[ramp(self.ks * k_slice + at, lanes)].astype(f"float32x{lanes}"),
-                                       [ramp(at, lanes)])
-        simt.sync()
+        self.copy_x_to_shared("float32", self.x_vector)
 
     def load_w(self, t, at: int, row, col, policy) -> None:
         """Chunk at // lanes: its bytes of every bit plane into w_reg."""

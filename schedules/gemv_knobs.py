@@ -296,17 +296,22 @@ class _Writer:
     def stage_x(self) -> None:
         """x_src[x_base + j] is x[ks * k_slice + j]: x itself, or the CTA's copy in shared memory."""
         self.x_src, self.x_base = self.x, self.ks * self.k_slice
-        if not self.x_shared:
-            return
-        simt, lanes, k_slice = self.simt, min(self.lanes, 8), self.k_slice   # 16-byte copies
-        self.x_src, self.x_base = simt.shared((k_slice,), "float16"), 0
+        if self.x_shared:
+            self.copy_x_to_shared("float16", min(self.lanes, 8))   # 16-byte copies
+
+    def copy_x_to_shared(self, dtype: str, lanes: int) -> None:
+        """x_src becomes the CTA's x slice in shared memory, as `dtype`, copied `lanes` at a time."""
+        simt, k_slice = self.simt, self.k_slice
+        self.x_src, self.x_base = simt.shared((k_slice,), dtype), 0
         with simt.threads() as t:
             with T.serial(0, math.ceil(k_slice / (self.threads * lanes))) as c:
                 at = (c * self.threads + t) * lanes
                 with T.If(at < k_slice):
                     with T.Then():
-                        T.buffer_store(self.x_src, self.x[ramp(self.ks * k_slice + at, lanes)],
-                                       [ramp(at, lanes)])
+                        value = self.x[ramp(self.ks * k_slice + at, lanes)]
+                        if dtype != self.x.dtype:
+                            value = value.astype(dtype if lanes == 1 else f"{dtype}x{lanes}")
+                        T.buffer_store(self.x_src, value, [ramp(at, lanes)])
         simt.sync()
 
     def column(self, t, u: int):
