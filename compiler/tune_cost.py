@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from .database import Record, TuningDatabase
-from ..measure.meters import nvml_handle, rapl_domains
+from ..measure.meters import RaplCounters, nvml_handle
 
 
 @dataclass
@@ -48,25 +48,18 @@ def _nvml_counter(index: int) -> Callable[[], float]:
     return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3  # mJ -> J
 
 
-class _RaplCounter:
-    """Sum of the package counters in joules, unwrapped across reads."""
+class _RaplTotal:
+    """Joules of the package counters since construction, unwrapped across reads."""
 
     def __init__(self, root: str) -> None:
-        self.domains = rapl_domains(root)
-        if not self.domains:
-            raise OSError(f"no RAPL energy counters under {root}")
-        self.ranges = [int((d / "max_energy_range_uj").read_text()) for d in self.domains]
-        self.last = self._raw()
-        self.total_uj = 0
-
-    def _raw(self) -> list[int]:
-        return [int((d / "energy_uj").read_text()) for d in self.domains]
+        self.counters = RaplCounters(root)
+        self.last, self.total_j = self.counters.read(), 0.0
 
     def __call__(self) -> float:
-        now = self._raw()
-        self.total_uj += sum((a - b) % r for a, b, r in zip(now, self.last, self.ranges))
+        now = self.counters.read()
+        self.total_j += self.counters.joules(self.last, now)
         self.last = now
-        return self.total_uj / 1e6
+        return self.total_j
 
 
 class TuneEnergy:
@@ -75,7 +68,7 @@ class TuneEnergy:
     def __init__(self, kind: str, index: int, powercap: str) -> None:
         self.meter, self.why_not, self.read = None, None, None
         try:
-            self.read = _nvml_counter(index) if kind == "cuda" else _RaplCounter(powercap)
+            self.read = _nvml_counter(index) if kind == "cuda" else _RaplTotal(powercap)
             self.meter = "nvml" if kind == "cuda" else "rapl"
         except Exception as err:  # no counter: the cost is "not measured", never guessed
             self.why_not = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -83,7 +76,7 @@ class TuneEnergy:
         self.e0 = self.read() if self.read else None
 
     def sample(self, *_) -> None:
-        if isinstance(self.read, _RaplCounter):
+        if isinstance(self.read, _RaplTotal):
             self.read()
 
     def stop(self, chosen: Record | None, fastest: Record | None) -> TuneCost:

@@ -270,6 +270,31 @@ def rapl_domains(root: str | os.PathLike = DEFAULT_POWERCAP) -> list[Path]:
                   if p.name.count(":") == 1 and (p / "energy_uj").is_file())
 
 
+class RaplCounters:
+    """The package energy counters (µJ) under a powercap root, and the joules between two reads
+    of them (each counter unwrapped at its own range)."""
+
+    def __init__(self, root: str | os.PathLike = DEFAULT_POWERCAP) -> None:
+        self.root = root
+        self.domains = rapl_domains(root)
+        if not self.domains:
+            raise MeterError(f"no RAPL energy counters under {root}")
+        self.read()
+        try:
+            self.ranges = [int((d / "max_energy_range_uj").read_text()) for d in self.domains]
+        except (OSError, ValueError) as err:
+            raise MeterError(f"RAPL counters under {root} are not readable ({err})") from err
+
+    def read(self) -> list[int]:
+        try:
+            return [int((d / "energy_uj").read_text()) for d in self.domains]
+        except (OSError, ValueError) as err:
+            raise MeterError(f"RAPL counters under {self.root} are not readable ({err})") from err
+
+    def joules(self, before: list[int], after: list[int]) -> float:
+        return sum((a - b) % r for a, b, r in zip(after, before, self.ranges)) / 1e6
+
+
 class RaplMeter:
     """CPU package energy from the RAPL counters under /sys/class/powercap (summed over packages).
 
@@ -286,24 +311,12 @@ class RaplMeter:
 
     def __init__(self, root: str | os.PathLike = DEFAULT_POWERCAP, patience_s: float = 1.0) -> None:
         self._root = root
-        self._domains = rapl_domains(root)
-        if not self._domains:
-            raise MeterError(f"no RAPL energy counters under {root}")
-        try:
-            self._read()
-            self._ranges = [int((d / "max_energy_range_uj").read_text()) for d in self._domains]
-        except (OSError, ValueError) as err:
-            raise MeterError(f"RAPL counters under {root} are not readable ({err})") from err
+        self._counters = RaplCounters(root)
+        self._read = self._counters.read
         self._patience_s = patience_s
         self._bracket_s = 1e-3
         self.tick_period_s = self._measure_tick_period()
         self._bracket_s = max(self.tick_period_s / 4, 50e-6)
-
-    def _read(self) -> list[int]:
-        try:
-            return [int((d / "energy_uj").read_text()) for d in self._domains]
-        except (OSError, ValueError) as err:
-            raise MeterError(f"RAPL counters under {self._root} are not readable ({err})") from err
 
     def _step(self) -> tuple[float, list[int]]:
         """The time of the first package counter's next change and all counters after it (other
@@ -329,7 +342,7 @@ class RaplMeter:
         t0, before = self._step()
         result = run()
         t1, after = self._step()
-        joules = sum((a - b) % r for a, b, r in zip(after, before, self._ranges)) / 1e6
+        joules = self._counters.joules(before, after)
         span = t1 - t0
         if not joules > 0:
             raise MeterError(f"RAPL counters under {self._root} did not move in {span:.3g} s")
