@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .cli import DEFAULT_DTYPE, DTYPES_FOR_TARGET, UsageError, default_db
+from .cli import DEFAULT_DTYPE, DTYPES_FOR_TARGET, UsageError, default_db, make_objective
 from .graph import GraphError, Task, module_graph, parse_spec, spec_graph, tasks as graph_tasks
 from .library import Library, LibraryError, db_kernels, export_library, load
 from .model_tuner import Settings, TaskResult, per_pass, report_table, tune_tasks
@@ -38,20 +38,6 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 ERRORS = _errors()
-
-
-def make_objective(kind: str | None = None, max_slowdown: float | None = None) -> Objective:
-    """As `tune` reads --objective and --max-slowdown (a bound implies energy)."""
-    from .objective import KINDS
-
-    if kind is not None and kind not in KINDS:
-        raise UsageError(f"unknown objective {kind!r} (known: {', '.join(KINDS)})")
-    if max_slowdown is not None:
-        if not max_slowdown >= 1:
-            raise UsageError(f"--max-slowdown must be at least 1, got {max_slowdown:g}")
-        if kind not in (None, "energy"):
-            raise UsageError(f"--max-slowdown bounds the energy objective, not --objective {kind}")
-    return Objective(kind or ("energy" if max_slowdown else "latency"), max_slowdown)
 
 
 def _objective(objective: Objective | str | None) -> Objective:

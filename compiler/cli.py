@@ -131,14 +131,19 @@ def check_arguments(args: argparse.Namespace) -> Objective:
         raise UsageError(f"--seed must be in [0, 2^31), got {args.seed}")
     if args.shape is not None and not args.shape.strip():
         raise UsageError("--shape is empty (leave it out for the default shape)")
-    if args.max_slowdown is not None:
-        if not (math.isfinite(args.max_slowdown) and args.max_slowdown >= 1):
-            raise UsageError(f"--max-slowdown must be at least 1, got {args.max_slowdown:g}")
-        if args.objective not in (None, "energy"):
-            raise UsageError(f"--max-slowdown bounds the energy objective, not "
-                             f"--objective {args.objective}")
-    return Objective(args.objective or ("energy" if args.max_slowdown else "latency"),
-                     args.max_slowdown)
+    return make_objective(args.objective, args.max_slowdown)
+
+
+def make_objective(kind: str | None = None, max_slowdown: float | None = None) -> Objective:
+    """--objective and --max-slowdown as one Objective (a bound implies energy)."""
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"unknown objective {kind!r} (known: {', '.join(KINDS)})")
+    if max_slowdown is not None:
+        if not (math.isfinite(max_slowdown) and max_slowdown >= 1):
+            raise UsageError(f"--max-slowdown must be at least 1, got {max_slowdown:g}")
+        if kind not in (None, "energy"):
+            raise UsageError(f"--max-slowdown bounds the energy objective, not --objective {kind}")
+    return Objective(kind or ("energy" if max_slowdown else "latency"), max_slowdown)
 
 
 # Host memory a tune needs besides the inputs: two output-sized float32 arrays (reference and
