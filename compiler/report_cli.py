@@ -42,9 +42,7 @@ def read_records(path: str | Path) -> list[Record]:
                     raise ReportInputError(f"{path}: not an SQLite database")
             db = TuningDatabase(copy)
             try:
-                keys = [k for (k,) in db.conn.execute(
-                    "SELECT DISTINCT workload_key FROM candidates ORDER BY workload_key")]
-                return [r for key in keys for r in db.records(key)]
+                return [r for key in sorted(db.workload_keys()) for r in db.records(key)]
             finally:
                 db.close()
         except (OSError, EOFError, sqlite3.Error, DatabaseError) as err:

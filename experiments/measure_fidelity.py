@@ -81,10 +81,10 @@ def tvm_kernels(meter):
     from energy_tuner.compiler.builder import build_to_file
     from energy_tuner.measure.runner import MeasureConfig, Runner
     from energy_tuner.schedules import make_op
-    from experiments.summarize_baseline import load_records
+    from energy_tuner.compiler.report_cli import read_records
     from energy_tuner.compiler.objective import Objective
 
-    records = load_records(BASELINE / "latency.sqlite.gz")
+    records = read_records(BASELINE / "latency.sqlite.gz")
     chosen = Objective("latency").choose(records)
     op = make_op("matmul", "4096,4096,4096", "float16")
     mod = tvm.IRModule({"main": op.prim_func()})

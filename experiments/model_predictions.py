@@ -23,7 +23,7 @@ import numpy as np
 from energy_tuner.compiler.objective import Objective
 from experiments.model_quality import cross_val_predictions, featurize, workloads
 from experiments.policy_replay import replay
-from experiments.summarize_baseline import load_records
+from energy_tuner.compiler.report_cli import read_records
 
 OBJECTIVES = (Objective("energy"), Objective("edp"), Objective("energy", 1.03))
 
@@ -47,7 +47,7 @@ def policy_replays(paths: list[str], done=lambda result: None) -> list[dict]:
     """Replays of the dynamic policy per database and objective; `done` sees each result."""
     out = []
     for path in paths:
-        records = [r for r in load_records(Path(path)) if r.status == "ok"]
+        records = [r for r in read_records(Path(path)) if r.status == "ok"]
         _, x = featurize(records)
         for objective in OBJECTIVES:
             result = replay(records, x, objective, "dynamic")

@@ -23,7 +23,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from energy_tuner.costmodel.features import candidate_features
 from energy_tuner.costmodel.model import KernelModel
-from experiments.summarize_baseline import load_records
+from energy_tuner.compiler.report_cli import read_records
 from energy_tuner.schedules import op_from_description
 
 FOLDS = 4
@@ -93,7 +93,7 @@ def workloads(paths: list[str]) -> dict[str, list]:
     several databases (same seed, same trace) counts once, so that no fold tests on its train."""
     groups: dict[str, dict[str, object]] = {}
     for path in paths:
-        for r in load_records(Path(path)):
+        for r in read_records(Path(path)):
             if r.status == "ok" and r.energy_j is not None:
                 op = op_from_description(r.workload)
                 params = "".join(f" {k}={v}" for k, v in op.params.items())

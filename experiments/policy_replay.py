@@ -21,7 +21,7 @@ from energy_tuner.compiler.objective import Objective
 from energy_tuner.compiler.policy import EnergyPolicy
 from energy_tuner.costmodel.model import KernelModel
 from experiments.model_quality import featurize
-from experiments.summarize_baseline import load_records
+from energy_tuner.compiler.report_cli import read_records
 
 
 def replay(records, features: np.ndarray, objective: Objective, mode: str,
@@ -56,7 +56,7 @@ def main(paths: list[str]) -> None:
           "latency (ms) | energy vs measuring all |")
     print("|---|---|---|---|---|---|---|---|")
     for path in paths:
-        records = [r for r in load_records(Path(path)) if r.status == "ok"]
+        records = [r for r in read_records(Path(path)) if r.status == "ok"]
         _, features = featurize(records)
         for objective in (Objective("energy"), Objective("edp"), Objective("energy", 1.03)):
             for mode, args in (("all", {}), ("dynamic", {}),

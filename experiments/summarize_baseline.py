@@ -4,32 +4,14 @@
 """
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from energy_tuner.compiler.database import Record, TuningDatabase
 from energy_tuner.compiler.report import kernel_figures
+from energy_tuner.compiler.report_cli import read_records
 from energy_tuner.compiler.objective import Objective
 from energy_tuner.schedules import make_op
-
-
-def load_records(path: Path) -> list[Record]:
-    """Every record of a tuning database, gzipped (.gz) or not, read from a temporary copy (so
-    read-only and compressed results can be read)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        db_path = Path(tmp) / "db.sqlite"
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as src, \
-                open(db_path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        db = TuningDatabase(db_path)
-        records = db.conn.execute("SELECT DISTINCT workload_key FROM candidates").fetchall()
-        out = [r for (key,) in records for r in db.records(key)]
-        db.close()
-    return out
 
 
 def cublas_figures(entry: dict) -> dict[str, float]:
@@ -52,7 +34,7 @@ def main(results: Path) -> None:
         db_file = results / f"{objective}.sqlite.gz"
         if not db_file.exists():
             continue
-        records = load_records(db_file)
+        records = read_records(db_file)
         wl = records[0].workload
         op = make_op(wl["op"], ",".join(str(v) for v in wl["shape"].values()), wl["dtype"])
         chosen = Objective(objective).choose(records)
