@@ -89,6 +89,11 @@ class DequantGemvKnobs(GemvKnobs):
         x_f32 = self.k_slice(config) * 4 if config["x_stage"] == "shared_f32" else 0
         return super().shared_bytes(config) + x_f32
 
+    def features(self, config: Config) -> dict[str, float]:
+        return {**super().features(config), "decode_nibble": float(config["decode"] == "nibble"),
+                "x_f32": float(config["x_stage"] == "shared_f32"),
+                "scale_per_chunk": float(config["scale_apply"] == "chunk")}
+
     def bytes_per_thread_step(self, config: Config) -> int:
         return int(config["unroll"]) * self.bits * self.lanes(config) // K_PER_BYTE
 

@@ -68,6 +68,10 @@ def test_features_count_packed_bytes():
     f = space(bits=4).features({**BASE, "weights_per_load": 128, "unroll": 2, "threads_per_row": 8})
     assert f["bytes_in_flight_per_thread"] == 2 * 4 * 16
     assert f["instructions_per_byte"] > 0
+    nibble = space(bits=4).features({**BASE, "weights_per_load": 128, "unroll": 2,
+                                     "threads_per_row": 8, "decode": "nibble"})
+    assert nibble["decode_nibble"] == 1 and f["decode_nibble"] == 0
+    assert nibble["instructions_per_byte"] < f["instructions_per_byte"]
 
 
 def _run_emulated(s: DequantGemvKnobs, cfg: dict, seed: int = 0) -> float:
