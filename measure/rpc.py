@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Callable
 
 from .runner import Measurement, last_line
-from .rpc_server import PREFIX, decode, encode
+from .rpc_server import PREFIX, decode, encode, parse_address
 from .worker import WorkerError, WorkerSpec
 
 MAX_LOSSES = 2
@@ -35,14 +35,6 @@ class NoWorkers(WorkerError):
 
 class WorkerLost(Exception):
     """This worker's server died, hung or lost its device."""
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """"HOST:PORT" -> (host, port); ValueError with a readable message otherwise."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"tracker address must be HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def free_servers(address: tuple[str, int], key: str, wait_s: float) -> int:
@@ -146,7 +138,8 @@ class RpcPool:
 
         address = parse_address(tracker)
         count = free_servers(address, key, wait_s)
-        self.report, self.lost = report, []
+        self.report = report
+        self.lost: list[dict] = []   # workers that dropped out: their info and why
         started: list[RemoteWorker] = []
         problems: list[str] = []
 
@@ -187,9 +180,11 @@ class RpcPool:
         with self._ready:
             while not self._free:
                 if not self._alive:
-                    raise WorkerError("every RPC worker is gone (last: " + self.lost[-1] + ")")
+                    last = self.lost[-1]
+                    raise WorkerError(f"every RPC worker is gone (the last, {last['host']} device "
+                                      f"{last['device_index']}: {last['why']})")
                 self._ready.wait()
-            return self._free.pop()
+            return self._free.pop(0)  # the longest idle: every worker takes its turn
 
     def _give(self, worker: RemoteWorker) -> None:
         with self._ready:
@@ -199,7 +194,7 @@ class RpcPool:
     def _drop(self, worker: RemoteWorker, why: str) -> None:
         with self._ready:
             self._alive -= 1
-            self.lost.append(f"{worker.name}: {why}")
+            self.lost.append({**worker.info, "why": why})
             self._ready.notify_all()
         self.report(f"RPC worker {worker.name} dropped out ({why}); "
                     f"{self._alive} left, its candidate goes to another")

@@ -37,6 +37,14 @@ def decode(text: str):
     return pickle.loads(base64.b64decode(text))
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """"HOST:PORT" -> (host, port); ValueError with a readable message otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"tracker address must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def device_name(kind: str, index: int) -> str:
     """The measured device's name: the GPU's (NVML), or the CPU model."""
     if kind == "cuda":
@@ -146,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--custom-addr", help="address reported to the tracker (default: as seen)")
     args = p.parse_args(argv)
     from . import rpc_server  # this module by its name (not __main__), for TVM to pickle
-    from .rpc import parse_address
 
     try:
         tracker = parse_address(args.tracker)
