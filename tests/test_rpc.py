@@ -2,6 +2,7 @@
 each a real `python -m energy_tuner.measure.rpc_server` measuring llvm candidates."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,9 @@ import time
 import psutil
 import pytest
 
+import tvm
+
+from energy_tuner.compiler.builder import build_to_file
 from energy_tuner.compiler.cli import main
 from energy_tuner.compiler.database import TuningDatabase
 from energy_tuner.compiler.objective import Objective
@@ -19,8 +23,9 @@ from energy_tuner.compiler.search import Tuner
 from energy_tuner.compiler.target import resolve
 from energy_tuner.measure.rpc import NoWorkers, RpcPool
 from energy_tuner.measure.runner import MeasureConfig
-from energy_tuner.measure.worker import WorkerSpec
+from energy_tuner.measure.worker import WorkerError, WorkerSpec
 from energy_tuner.schedules import make_op
+from tests.fake_powercap import ClockPowercap
 
 KEY = "cpu-test"
 SERVERS = 3
@@ -33,10 +38,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(*args: str) -> subprocess.Popen:
+def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
     """A child in its own process group, so that it and the processes it starts end together."""
     return subprocess.Popen([sys.executable, "-m", *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
 
 
 def end(proc: subprocess.Popen) -> None:
@@ -72,27 +78,50 @@ def tracker():
     end(proc)
 
 
+def start_servers(port: int, key: str, envs: list[dict]) -> list[subprocess.Popen]:
+    """One measurement server per environment, registered under `key`."""
+    procs = [spawn("energy_tuner.measure.rpc_server", "--tracker", f"127.0.0.1:{port}",
+                   "--key", key, "--host", "127.0.0.1", "--port", str(free_port()), env=env)
+             for env in envs]
+    deadline = time.monotonic() + START_S
+    while free_count(port, key) < len(procs):
+        if not (all(p.poll() is None for p in procs) and time.monotonic() < deadline):
+            for proc in procs:
+                end(proc)
+            pytest.fail("the servers did not register")
+        time.sleep(0.5)
+    return procs
+
+
 @pytest.fixture
 def servers(tracker):
-    procs = [spawn("energy_tuner.measure.rpc_server", "--tracker", f"127.0.0.1:{tracker}",
-                   "--key", KEY, "--host", "127.0.0.1", "--port", str(free_port()))
-             for _ in range(SERVERS)]
-    deadline = time.monotonic() + START_S
-    while free_count(tracker, KEY) < SERVERS:
-        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, \
-            "servers did not register"
-        time.sleep(0.5)
+    procs = start_servers(tracker, KEY, [{}] * SERVERS)
     yield procs
     for proc in procs:
         end(proc)
+
+
+@pytest.fixture
+def metered_servers(tracker, tmp_path):
+    """Two servers, each metering its own fake RAPL tree (the hardware boundary): 30 W and 60 W."""
+    with contextlib.ExitStack() as stack:
+        trees = [stack.enter_context(ClockPowercap(tmp_path / f"rapl{i}", watts=(watts,),
+                                                   start_uj=(0,), tick_s=0.005))
+                 for i, watts in enumerate((30.0, 60.0))]
+        procs = start_servers(tracker, "metered",
+                              [{"ENERGY_TUNER_POWERCAP": str(tree.root)} for tree in trees])
+        yield list(zip(procs, trees))
+        for proc in procs:
+            end(proc)
 
 
 OP = make_op("matmul", "64,64,64", "float32")
 CONFIG = MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1)
 
 
-def spec() -> WorkerSpec:
-    return WorkerSpec(OP.describe(), "llvm", 0, CONFIG, 0, None)
+def spec(energy: bool = False) -> WorkerSpec:
+    """With `energy`, each server measures it through its own meter (its own powercap root)."""
+    return WorkerSpec(OP.describe(), "llvm", 0, CONFIG, 0, "server's own" if energy else None)
 
 
 def server_of(procs: list[subprocess.Popen], pid: int) -> subprocess.Popen:
@@ -133,6 +162,37 @@ def test_a_tune_survives_a_killed_server(tracker, servers, tmp_path):
     retried = [r for r in measured if "workers_lost" in r.meta]
     assert len(retried) == 1 and retried[0].meta["worker"]["pid"] != killed[0]
     db.close()
+
+
+def test_a_worker_that_loses_its_meter_drops_out(tracker, metered_servers, tmp_path):
+    """A remote harness failure (its meter stops, as when a GPU falls off the bus) drops that
+    worker; its candidate is measured on the other; with none left the pool raises."""
+    good = build_to_file(tvm.IRModule({"main": OP.prim_func()}), tvm.target.Target("llvm"),
+                         str(tmp_path / "good.so"))
+    pool = RpcPool(f"127.0.0.1:{tracker}", "metered", spec(energy=True), wait_s=60)
+    tree_of_server = dict(metered_servers)
+    tree_of = {w["pid"]: tree_of_server[server_of(list(tree_of_server), w["pid"])]
+               for w in pool.workers}
+    try:
+        assert pool.measurement["meter"] == "rapl" and len(tree_of) == 2
+        for w in pool.workers:   # each worker's own idle power, measured by that worker
+            assert w["idle_w"] == pytest.approx(tree_of[w["pid"]].total_watts, rel=0.25)
+        first = pool.run(good)
+        assert first.status == "ok" and first.energy_j > 0
+        broken = first.meta["worker"]["pid"]
+        tree_of[broken].stop()                         # the first worker's counters freeze
+        second = pool.run(good)                        # workers take turns: the other one
+        assert second.status == "ok" and second.meta["worker"]["pid"] != broken
+        third = pool.run(good)                         # the broken one's turn: retried
+        assert third.status == "ok" and third.meta["worker"]["pid"] != broken
+        assert len(third.meta["workers_lost"]) == 1
+        assert [w["pid"] for w in pool.lost] == [broken]
+        assert "energy meter failed" in pool.lost[0]["why"]
+        tree_of[second.meta["worker"]["pid"]].stop()
+        with pytest.raises(WorkerError, match="every RPC worker is gone"):
+            pool.run(good)
+    finally:
+        pool.close()
 
 
 def test_no_free_server_is_reported(tracker):
