@@ -83,6 +83,10 @@ def _call(timeout_s: float, fn: Callable, *args):
     return outcome["value"]
 
 
+def _keep(handles: tuple) -> None:
+    threading.Event().wait()
+
+
 class RemoteWorker:
     """One RPC session to a measurement server, bound to that server's device."""
 
@@ -97,10 +101,18 @@ class RemoteWorker:
         self.measurement = ready.pop("measurement")
         self.info: dict = ready   # host, device_index, device_name, idle_w
         self.restarts = 0
+        self.lost = False        # dropped out: its server died, hung or lost its device
 
     def close(self) -> None:
-        """Drop the session: its connection closes and the server's session process exits."""
+        """Drop the session: its connection closes and the server's session process exits.
+        Releasing a remote handle talks to the server with the GIL held, so a lost worker's
+        handles are never released: a thread that waits for ever keeps them (a hung server
+        would otherwise block this process, at the latest when it exits)."""
+        handles = (self.session, self._fn)
         self.session, self._fn = None, {}
+        if self.lost:
+            threading.Thread(target=_keep, args=(handles,), daemon=True, name="rpc-lost").start()
+
 
     @property
     def name(self) -> str:
@@ -192,6 +204,7 @@ class RpcPool:
             self._ready.notify()
 
     def _drop(self, worker: RemoteWorker, why: str) -> None:
+        worker.lost = True
         with self._ready:
             self._alive -= 1
             self.lost.append({**worker.info, "why": why})
