@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import replace
 from typing import Callable
 
 from .runner import Measurement, last_line
@@ -84,6 +83,7 @@ def _call(timeout_s: float, fn: Callable, *args):
 
 
 def _keep(handles: tuple) -> None:
+    """Hold `handles` for the rest of the process (a daemon thread's frame is never freed)."""
     threading.Event().wait()
 
 
@@ -112,7 +112,6 @@ class RemoteWorker:
         self.session, self._fn = None, {}
         if self.lost:
             threading.Thread(target=_keep, args=(handles,), daemon=True, name="rpc-lost").start()
-
 
     @property
     def name(self) -> str:
@@ -155,10 +154,16 @@ class RpcPool:
         started: list[RemoteWorker] = []
         problems: list[str] = []
 
+        def request():
+            tracker = rpc.connect_tracker(*address)
+            try:
+                return tracker.request(key, max_retry=1)
+            finally:
+                tracker.close()
+
         def start() -> None:
             try:
-                session = _call(call_timeout_s, lambda: rpc.connect_tracker(*address).request(
-                    key, max_retry=1))
+                session = _call(call_timeout_s, request)
                 started.append(RemoteWorker(session, spec, call_timeout_s, start_timeout_s))
             except WorkerLost as err:
                 problems.append(str(err))
@@ -191,6 +196,8 @@ class RpcPool:
     def _take(self) -> RemoteWorker:
         with self._ready:
             while not self._free:
+                if not self._alive and not self.lost:
+                    raise WorkerError("the RPC pool is closed")
                 if not self._alive:
                     last = self.lost[-1]
                     raise WorkerError(f"every RPC worker is gone (the last, {last['host']} device "

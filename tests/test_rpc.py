@@ -162,6 +162,15 @@ def test_a_tune_survives_a_killed_server(tracker, servers, tmp_path):
     retried = [r for r in measured if "workers_lost" in r.meta]
     assert len(retried) == 1 and retried[0].meta["worker"]["pid"] != killed[0]
     db.close()
+    # the command line on the servers left (free again once the pool closed its sessions)
+    cli_db = tmp_path / "cli.sqlite"
+    assert main(["--op", "matmul", "--shape", "32,32,32", "--target", "llvm", "--trials", "2",
+                 "--db", str(cli_db), "--tracker", f"127.0.0.1:{tracker}", "--key", KEY]) == 0
+    cli = TuningDatabase(cli_db)
+    stored = [r for key in cli.workload_keys() for r in cli.records(key)]
+    cli.close()
+    assert len(stored) == 2 and all(r.meta["worker"]["pid"] != killed[0] for r in stored
+                                    if r.status != "build_error")
 
 
 def test_a_worker_that_loses_its_meter_drops_out(tracker, metered_servers, tmp_path):
