@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
+from ..measure.rpc_server import parse_address
 from .objective import KINDS, Objective
 from .policy import POLICIES
 
@@ -85,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlap", action="store_true",
                    help="on a GPU, search and measure in turns (by default the next batch is "
                         "searched for on all CPUs but one while the current batch is measured)")
+    remote = p.add_argument_group("measuring on RPC workers (README: Measuring on many GPUs)")
+    remote.add_argument("--tracker", metavar="HOST:PORT",
+                        help="measure on the servers registered with this TVM RPC tracker "
+                             "(`python -m energy_tuner.measure.rpc_server`), one candidate per "
+                             "free server at a time; default: one local worker")
+    remote.add_argument("--key", help="the servers' key at the tracker, e.g. h200")
+    remote.add_argument("--tracker-wait", type=float, default=60.0, metavar="S",
+                        help="seconds to wait for a free server under --key (default 60)")
     low = p.add_argument_group("lut_mpgemm (low-bit weights)")
     low.add_argument("--wbits", type=int, help="weight bits: 1, 2, 3 or 4 (default 2)")
     low.add_argument("--group-size", type=int, help="weights per scale along k (default 128)")
@@ -131,6 +140,16 @@ def check_arguments(args: argparse.Namespace) -> Objective:
         raise UsageError(f"--seed must be in [0, 2^31), got {args.seed}")
     if args.shape is not None and not args.shape.strip():
         raise UsageError("--shape is empty (leave it out for the default shape)")
+    if (args.tracker is None) != (args.key is None):
+        raise UsageError("--tracker needs --key (the servers' key at the tracker)"
+                         if args.key is None else "--key needs --tracker HOST:PORT")
+    if args.tracker is not None:
+        try:
+            parse_address(args.tracker)
+        except ValueError as err:
+            raise UsageError(f"--tracker: {err}") from None
+    if not (math.isfinite(args.tracker_wait) and args.tracker_wait >= 0):
+        raise UsageError(f"--tracker-wait must be a number of seconds, got {args.tracker_wait:g}")
     return make_objective(args.objective, args.max_slowdown)
 
 
@@ -215,7 +234,16 @@ def prepare(argv: list[str] | None = None) -> Plan:
         if problem := memory_problem(op, plat, args.l2):
             raise UsageError(problem)
         choose_space(op, plat.target, args.space)
-    no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
+    if args.tracker is not None:  # the servers measure energy where they have a meter
+        from ..measure.rpc import NoWorkers, free_servers
+
+        try:
+            free_servers(parse_address(args.tracker), args.key, args.tracker_wait)
+        except NoWorkers as err:
+            raise UsageError(str(err)) from None
+        no_meter = None
+    else:
+        no_meter = meter_problem(plat.kind, plat.device.index, powercap_root())
     if no_meter and objective.needs_energy:
         raise UsageError(f"--objective {objective.kind} needs an energy meter, but "
                          f"{no_meter}; use --objective latency")

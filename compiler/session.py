@@ -16,6 +16,7 @@ from .target import Platform
 from .tune_cost import TuneEnergy, store as store_tune_cost
 from ..measure.meters import powercap_root
 from ..measure.runner import MeasureConfig
+from ..measure.rpc import NoWorkers, RpcPool
 from ..measure.worker import IsolatedRunner, WorkerError, WorkerSpec
 from ..schedules import Op
 
@@ -89,6 +90,20 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
     return 0
 
 
+def make_runner(args: argparse.Namespace, spec: WorkerSpec, err: Console
+                ) -> IsolatedRunner | RpcPool:
+    """The RPC workers at `--tracker` under `--key`, each reported; else one local worker."""
+    if args.tracker is None:
+        return IsolatedRunner(spec)
+    pool = RpcPool(args.tracker, args.key, spec, args.tracker_wait,
+                   report=lambda line: err.print(escape(line), soft_wrap=True))
+    for w in pool.workers:
+        idle = f", idle power {w['idle_w']:.1f} W" if w["idle_w"] is not None else ""
+        err.print(escape(f"RPC worker {w['host']} device {w['device_index']} "
+                         f"({w['device_name']}){idle}"), soft_wrap=True)
+    return pool
+
+
 def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op, trials: int,
           no_meter: str | None, db: TuningDatabase, err: Console,
           on_record: Callable[[Record], None]) -> tuple[Tuner, TuneResult]:
@@ -97,12 +112,19 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     spec = WorkerSpec(op.describe(), plat.kind, plat.device.index, config, args.seed,
                       None if no_meter else powercap_root())
     try:
-        runner = IsolatedRunner(spec)
+        runner = make_runner(args, spec, err)
     except WorkerError as error:
         err.print(escape(f"tune: error: {error}"), soft_wrap=True)
-        raise TuneStopped(1) from error
+        raise TuneStopped(2 if isinstance(error, NoWorkers) else 1) from error
     if runner.idle_w is not None:
         err.print(f"idle power {runner.idle_w:.1f} W")
+    if args.tracker is not None and runner.measurement.get("meter") is None:
+        if objective.needs_energy:
+            runner.close()
+            err.print(f"tune: error: --objective {objective.kind} needs an energy meter, but the "
+                      "RPC workers have none; use --objective latency")
+            raise TuneStopped(2)
+        err.print("energy: not measured (the RPC workers have no energy meter)")
     tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
                   energy_policy=args.energy_policy,
                   overlap=plat.kind == "cuda" and not args.no_overlap, space=args.space)
@@ -136,7 +158,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     if s.screened:
         err.print(f"{s.screened} correct candidates screened out after a few latency samples "
                   "(clearly slower than the best): not fully timed, energy not measured")
-    if no_meter is None and s.energy_measured + s.energy_skipped + s.screened:
+    if runner.measurement.get("meter") and s.energy_measured + s.energy_skipped + s.screened:
         err.print(f"energy measured for {s.energy_measured} of "
                   f"{s.energy_measured + s.energy_skipped + s.screened} correct candidates "
                   f"({s.energy_skipped} left to the model by the {args.energy_policy} policy"
