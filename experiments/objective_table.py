@@ -19,7 +19,8 @@ from pathlib import Path
 
 from energy_tuner.compiler.objective import Objective
 from energy_tuner.compiler.report import fmt, kernel_figures
-from experiments.summarize_baseline import cublas_figures, load_records
+from energy_tuner.compiler.report_cli import read_records
+from experiments.summarize_baseline import cublas_figures
 from energy_tuner.schedules import op_from_description
 
 TUNES = ("latency", "energy", "slowdown")   # database names; the latency tune is the reference
@@ -52,7 +53,7 @@ def tune_row(case_dir: Path, tune: str) -> Row:
     """The kernel a tune chose by its own objective, from its database as written (.sqlite) or
     archived (.sqlite.gz)."""
     case, dbs = case_dir.name, sorted(case_dir.glob(f"{tune}.sqlite*"))
-    records = load_records(dbs[0]) if dbs else []
+    records = read_records(dbs[0]) if dbs else []
     if not records:
         return Row(case, f"TVM {tune}: not run")
     objective = Objective.from_key(records[0].objective)
@@ -122,7 +123,7 @@ def pooled(case_dir: Path) -> str:
     """What every kernel the case's tunes measured offers, whichever tune found it: the fastest,
     and the least energy within 1 + MAX_SLOWDOWN of it (separates the trade-off that exists in
     the measured kernels from which tune happened to find what)."""
-    records = [r for db in sorted(case_dir.glob("*.sqlite*")) for r in load_records(db)
+    records = [r for db in sorted(case_dir.glob("*.sqlite*")) for r in read_records(db)
                if r.status == "ok" and r.energy_j is not None]
     fastest = Objective("latency").choose(records)
     if fastest is None:
