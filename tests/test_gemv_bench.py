@@ -57,7 +57,8 @@ def test_dry_run_of_the_dequant_twin(tmp_path):
     (plan,) = json.loads((tmp_path / "plan.json").read_text())
     assert rc == 0 and plan["case"] == "dequant4096x14336_w2g128z"
     assert plan["builds"] == [True, True, True]          # no bulk pass for the dequant twin
-    assert plan["configs"][0] == gemv_bench.BASE_DEQUANT
+    # hand-picked configs first, each as changes to the base
+    assert plan["configs"][0] == {**gemv_bench.BASE_DEQUANT, **gemv_bench.CURATED_DEQUANT[0]}
 
 
 @pytest.mark.parametrize("argv", [["--configs", "0"], ["--ref-every", "0"], ["--bulk-share", "1"],
