@@ -2,15 +2,13 @@
 
 A long-lived pool of TVM's Popen workers (one fresh Python process each, so a compiler crash or hang
 only costs that worker) compiles with `tvm.compile` and exports each kernel as a `.so`. Failures are
-returned as errors; the caller counts them as invalid candidates. Results stream in order as
-builds finish, so measuring overlaps with building the rest of a batch.
+returned as errors; the caller counts them as invalid candidates.
 """
 from __future__ import annotations
 
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
 
 import tvm
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
@@ -69,17 +67,17 @@ class Builder:
         self.target, self.out_dir, self.options = target, out_dir, compile_options or {}
         self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s)
 
-    def build(self, mods: list[tvm.IRModule]) -> Iterator[BuildResult]:
-        """Start every build now; yield the results in order, each as soon as it is done (so the
-        first candidate can be measured while the others still compile)."""
+    def build(self, mods: list[tvm.IRModule]) -> list[BuildResult]:
+        results = []
         jobs = [(mod, self.target, self.out_dir, self.options) for mod in mods]
         for res in self.pool.map_with_error_catching(lambda job: _worker_build(*job), jobs):
             if res.status == StatusKind.COMPLETE:
-                yield BuildResult(res.value, None)
+                results.append(BuildResult(res.value, None))
             elif res.status == StatusKind.TIMEOUT:
-                yield BuildResult(None, "build timed out")
+                results.append(BuildResult(None, "build timed out"))
             else:
-                yield BuildResult(None, _first_error_line(str(res.value)))
+                results.append(BuildResult(None, _first_error_line(str(res.value))))
+        return results
 
     def close(self) -> None:
         self.pool.shutdown()

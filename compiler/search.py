@@ -3,8 +3,8 @@
 The space and the strategy are chosen by name (compiler/spaces.py, compiler/strategies): TVM's
 EvolutionarySearch over MetaSchedule trace spaces, our genetic search over knob spaces. The loop
 itself knows neither: it dedupes proposals against the database, builds them in parallel
-(compiler/builder.py) while measuring those already built, measures them (measure/; on
-several workers at once where the runner has several slots), stores every result as it arrives
+(compiler/builder.py), measures them (measure/; on several workers at once where the runner
+has several slots), stores every result as it arrives
 (compiler/database.py), retrains the cost model, and tells the strategy. Driving the strategy
 ourselves (not `ms.tune_tir`) lets measure/ record energy, correctness and metadata for every
 candidate, lets the SQLite store resume a run, lets the model learn energy, and lets the dynamic
@@ -50,7 +50,7 @@ class TuneStats:
     energy_skipped: int = 0     # ... and whose energy the policy left to the model
     screened: int = 0           # correct candidates screened out: clearly slower than the best
     proposal_s: list[float] = field(default_factory=list)  # per generation, search + scoring
-    build_wait_s: float = 0.0   # the loop waited for builds (the rest overlapped measuring)
+    build_wait_s: float = 0.0   # the loop waited for builds
     wall_s: float = 0.0         # the whole tune of this run
     search_wait_s: float = 0.0  # of which the loop spent waiting (the rest overlapped measuring)
     warm_start: str | None = None  # workload key whose saved model started this tune
@@ -214,7 +214,9 @@ class Tuner:
                     fresh = list({c.mod_hash: c for c in candidates
                                   if c.mod_hash not in known}.values())
                     fresh = fresh[: remaining - stats.measured]
-                    builds = self._waited(builder.build([c.mod for c in fresh]), stats)
+                    building = time.perf_counter()
+                    builds = builder.build([c.mod for c in fresh])
+                    stats.build_wait_s += time.perf_counter() - building
                     power = self._predicted_power(strategy, fresh)
                     more = stats.measured + len(fresh) < remaining
                     if more and self.overlap:  # search on while the device measures
@@ -248,17 +250,6 @@ class Tuner:
         stats.wall_s = time.perf_counter() - started
         return TuneResult(records, stats)
 
-    @staticmethod
-    def _waited(builds: Iterator[BuildResult], stats: TuneStats) -> Iterator[BuildResult]:
-        """The builds, with the time spent waiting for each added to stats.build_wait_s."""
-        while True:
-            started = time.perf_counter()
-            built = next(builds, None)
-            stats.build_wait_s += time.perf_counter() - started
-            if built is None:
-                return
-            yield built
-
     def _predicted_power(self, strategy, candidates: list[Candidate]) -> list[float | None]:
         """Predicted energy per second of (burst) latency, per candidate; None untrained."""
         if not candidates or self.model.power is None:
@@ -268,7 +259,7 @@ class Tuner:
 
     def _measured(self, jobs: Iterator[tuple[Candidate, BuildResult, float | None]]
                   ) -> Iterator[tuple[Candidate, BuildResult, float | None, Measurement | None]]:
-        """Measure each (candidate, build, predicted power) as its build arrives, on as many
+        """Measure each (candidate, build, predicted power), on as many
         measurement slots at once as the runner has (`slots`: one per worker, e.g. per GPU);
         with one slot in order, with several in the order they finish."""
         slots = getattr(self.runner, "slots", 1)
@@ -280,7 +271,7 @@ class Tuner:
 
         def slot() -> None:
             while not stop.is_set():
-                with take:  # the build stream is a generator: one reader at a time
+                with take:  # the jobs are a zip iterator: one reader at a time
                     job = next(jobs, None)
                 if job is None:
                     break
