@@ -110,7 +110,7 @@ def test_interrupt_or_terminate_leaves_no_traceback_and_no_folder(tmp_path, sign
     proc, tmp = start_tune(tmp_path, db, 40)
     seen = wait_for_rows(db, 1, proc)
     os.killpg(proc.pid, signum)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)   # a hang fails; a slow host only waits
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "interrupted" in err
