@@ -6,7 +6,8 @@ Each config is built through TVM's TIRx pipeline for sm_90a, exported as a .so, 
 the project's Runner (measure/runner.py: NaN-poisoned output, relative error against the op's
 numpy reference, time_evaluator latency, NVML energy windows of measure/protocol.py); cuBLAS
 (torch) is measured in the same process on the same inputs with the same energy protocol
-(experiments/cublas_energy.py), right after ours for each case. A fresh subprocess then loads
+(experiments/cublas_energy.py), before and after ours for each case (the summary takes the mean of
+the two, so that a drift of the board between them does not favour either). A fresh subprocess then loads
 each exported .so with tvm.runtime.load_module alone and checks it again.
 """
 from __future__ import annotations
@@ -37,6 +38,8 @@ CONFIGS = {
     "wsp": dict(warp_specialized=True, persistent=True),
     "wsp_g16": dict(warp_specialized=True, persistent=True, group_m=16),
     "wsp_tma": dict(warp_specialized=True, persistent=True, group_m=16, stages=3, epilogue="tma"),
+    "wsp_half": dict(warp_specialized=True, persistent=True, group_m=16, stages=3, epilogue="tma_half"),
+    "wsp_tma2": dict(warp_specialized=True, persistent=True, group_m=16, stages=2, epilogue="tma"),
 }
 
 
@@ -87,8 +90,10 @@ def summary(rows: list[dict], state: dict, args) -> dict:
                    "dtype": "float16", "out_dtype": out_dtype, "params": best["knobs"],
                    "ours": {"ms": best["ms"], "mj": best["mj"], "w": best["w"], "objective": "energy",
                             "trials": len(mine), "rel_error": best["rel_error"], "config": best["config"]}}
-            if ref and ref[0].get("mj"):
-                row["ref"] = {"name": ref[0]["config"], "ms": ref[0]["ms"], "mj": ref[0]["mj"], "w": ref[0]["w"]}
+            ref = [r for r in ref if r.get("mj")]
+            if ref:
+                row["ref"] = {"name": ref[0]["config"], "rounds": len(ref),
+                              **{key: statistics.mean(r[key] for r in ref) for key in ("ms", "mj", "w")}}
             out["rows"].append(row)
     return out
 
@@ -113,10 +118,31 @@ def main() -> None:
     meter = NvmlMeter(0) if args.energy else None
     state = meter.device_state() if meter else {}
     rows = []
+
+    def library(op, runner, round_: str) -> None:
+        """cuBLAS (torch) on the runner's inputs, with our energy protocol: a row of `rows`."""
+        x = [torch.from_numpy(np.asarray(a.numpy())).cuda() for a in runner.arg_sets[0]]
+        want = "cublas fp16->fp16" if op.output_dtype == "float16" else "cublas fp16->fp32"
+        fn = torch_variants(op, x).get(want)
+        if fn is None:
+            return
+        run_batch = events_batch(fn, 1)
+        run_batch(10)
+        lat = statistics.median(run_batch(20) for _ in range(10))
+        ref = {"case": case, "op": op.name, "shape": op.shape, "out_dtype": op.output_dtype, "config": want,
+               "round": round_, "ms": lat * 1e3, "tflops": op.flops / lat / 1e12}
+        if meter:
+            e = measure_energy(meter, run_batch, lat, Precision(), state["sm_clock_max_mhz"], state["power_limit_w"])
+            ref.update(ms=e.sustained_latency_s * 1e3, burst_ms=lat * 1e3, tflops=op.flops / e.sustained_latency_s / 1e12,
+                       mj=e.energy_j * 1e3, w=e.power_w, meta={k: v for k, v in asdict(e).items()})
+        print(json.dumps({k: ref.get(k) for k in ("case", "out_dtype", "config", "round", "ms", "tflops", "mj", "w")}), flush=True)
+        rows.append(ref)
+
     for case in args.cases.split(","):
         for accum in args.accum.split(","):
             op = make_case(case, accum)
             runner = Runner(op, dev, meter, MeasureConfig(), seed=0)
+            library(op, runner, "before")
             for cname in args.configs.split(","):
                 cfg = GemmConfig(**CONFIGS[cname], out_dtype=op.output_dtype)
                 row = {"case": case, "op": op.name, "shape": op.shape, "out_dtype": op.output_dtype,
@@ -147,23 +173,7 @@ def main() -> None:
                     row["fresh_process"] = (fresh.stdout + fresh.stderr).strip().splitlines()[-1:]
                 print(json.dumps({k: row.get(k) for k in ("case", "out_dtype", "config", "status", "rel_error", "ms", "tflops", "mj", "w", "error")}), flush=True)
                 rows.append(row)
-            # cuBLAS on the same inputs, right after ours
-            x = [torch.from_numpy(np.asarray(a.numpy())).cuda() for a in runner.arg_sets[0]]
-            want = "cublas fp16->fp16" if op.output_dtype == "float16" else "cublas fp16->fp32"
-            fn = torch_variants(op, x).get(want)
-            if fn is None:
-                continue
-            run_batch = events_batch(fn, 1)
-            run_batch(10)
-            lat = statistics.median(run_batch(20) for _ in range(10))
-            ref = {"case": case, "op": op.name, "shape": op.shape, "out_dtype": op.output_dtype, "config": want,
-                   "ms": lat * 1e3, "tflops": op.flops / lat / 1e12}
-            if meter:
-                e = measure_energy(meter, run_batch, lat, Precision(), state["sm_clock_max_mhz"], state["power_limit_w"])
-                ref.update(ms=e.sustained_latency_s * 1e3, burst_ms=lat * 1e3, tflops=op.flops / e.sustained_latency_s / 1e12,
-                           mj=e.energy_j * 1e3, w=e.power_w, meta={k: v for k, v in asdict(e).items()})
-            print(json.dumps({k: ref.get(k) for k in ("case", "out_dtype", "config", "ms", "tflops", "mj", "w")}), flush=True)
-            rows.append(ref)
+            library(op, runner, "after")
             with open(os.path.join(args.out, "rows.json"), "w") as f:
                 json.dump(rows, f, indent=1, default=str)
     with open(os.path.join(args.out, "rows.json"), "w") as f:

@@ -16,8 +16,11 @@ The kernel, for one output tile of BM x BN per CTA:
   so the producer loads the next tile while the consumers store this one); the tile order is
   grouped by `group_m` rows of tiles (raster along n inside a group), for L2 reuse;
 - `epilogue`: `direct` stores the accumulators from registers with 8-byte (fp32) / 4-byte (fp16)
-  vector stores; `tma` (fp16 output, warp-specialized) writes them into 128B-swizzled shared memory
-  and one thread TMA-stores the tile, which drains while the next tile's mainloop runs.
+  vector stores; `tma` (warp-specialized) writes them into 128B-swizzled shared memory and one
+  thread TMA-stores the tile, which drains while the next tile's mainloop runs; `tma_half` stages
+  the tile in two passes of BN/2 columns through half the shared memory (an fp32 128 x 256 tile is
+  128 KB: whole, it leaves room for 2 stages only), the second pass waiting until the first
+  store has read its half.
 
 Shared-memory layouts (CUTLASS's canonical GMMA layouts, 128B swizzle):
 - A, K-major: rows of BK = 64 fp16 = 128 bytes, 8-row atoms of 1024 bytes (SBO = 1024 B, LBO unused);
@@ -60,7 +63,7 @@ class GemmConfig:
     group_m: int = 8
     out_dtype: str = "float32"
     l2_promotion: int = 2      # CUtensorMapL2promotion: 0 none, 1 64B, 2 128B, 3 256B
-    epilogue: str = "direct"   # direct: registers -> global; tma: registers -> swizzled smem -> TMA store
+    epilogue: str = "direct"   # direct: registers -> global; tma / tma_half: -> swizzled smem -> TMA store
 
     @property
     def block_m(self) -> int:
@@ -75,9 +78,19 @@ class GemmConfig:
         return (self.block_m + self.block_n) * BK * 2
 
     @property
+    def out_bytes(self) -> int:
+        return 4 if self.out_dtype == "float32" else 2
+
+    @property
+    def epilogue_passes(self) -> int:
+        """Passes of the TMA-store epilogue over the tile's columns (0: direct stores)."""
+        return {"direct": 0, "tma": 1, "tma_half": 2}[self.epilogue]
+
+    @property
     def c_tile_bytes(self) -> int:
-        """The output tile staged in shared memory by the tma epilogue."""
-        return self.block_m * self.block_n * 2 if self.epilogue == "tma" else 0
+        """The part of the output tile staged in shared memory at once by a tma epilogue."""
+        passes = self.epilogue_passes
+        return self.block_m * self.block_n * self.out_bytes // passes if passes else 0
 
     @property
     def smem_bytes(self) -> int:
@@ -114,8 +127,11 @@ def reject(m: int, n: int, k: int, cfg: GemmConfig) -> str | None:
         return f"shared memory {cfg.smem_bytes} B over the {SMEM_LIMIT} B a block can have"
     if cfg.persistent and not cfg.warp_specialized:
         return "persistent needs warp_specialized (the simple body computes one tile per CTA)"
-    if cfg.epilogue == "tma" and (cfg.out_dtype != "float16" or not cfg.warp_specialized):
-        return "the tma epilogue is written for float16 output and the warp-specialized body"
+    if cfg.epilogue_passes and not cfg.warp_specialized:
+        return "the tma epilogues are written for the warp-specialized body"
+    if cfg.epilogue_passes and (cfg.block_n // cfg.epilogue_passes) % (128 // cfg.out_bytes):
+        return (f"a {cfg.epilogue} pass of {cfg.block_n // cfg.epilogue_passes} columns is not a "
+                f"whole number of 128-byte TMA boxes")
     return None
 
 
@@ -146,11 +162,15 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                   else [n, k, n * 2, 64, BK, 1, 1])
     tail = [0, SWIZZLE_128B, l2p, 0]
     a_map_args, b_map_args = a_map_args + tail, b_map_args + tail
-    # the tma epilogue stores C in boxes of 64 columns (128 bytes of fp16) x BM rows
-    c_map_args = ([n, m, nb, n * 2, m * n * 2, 64, BM, 1, 1, 1, 1] if batch
-                  else [n, m, n * 2, 64, BM, 1, 1]) + [0, SWIZZLE_128B, 0, 0]
-    tma_epi = cfg.epilogue == "tma"
-    c_off = S * stage_elems                      # the staged C tile, after the stages (1024 B aligned)
+    # the tma epilogues store C in boxes of 128 bytes of columns (64 fp16 / 32 fp32) x BM rows
+    ob = cfg.out_bytes
+    box_cols, vec = 128 // ob, 16 // ob          # columns per box, per 16-byte swizzle chunk
+    c_map_args = ([n, m, nb, n * ob, m * n * ob, box_cols, BM, 1, 1, 1, 1] if batch
+                  else [n, m, n * ob, box_cols, BM, 1, 1]) + [0, SWIZZLE_128B, 0, 0]
+    passes = cfg.epilogue_passes
+    tma_epi = passes > 0
+    pass_cols = BN // max(passes, 1)
+    c_off = S * stage_elems * 2 // ob            # the staged C, after the stages (1024 B aligned), in C elements
     smem_elems = S * stage_elems + cfg.c_tile_bytes // 2
     consumer_threads = 128 * WG
     tma_store = f"cp.async.bulk.tensor.{rank}d.global.shared::cta.tile.bulk_group"
@@ -217,23 +237,26 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                     C[(*c_batch(bi), tm * BM + ctid // 32 * 16 + ctid % 32 // 4 + h * 8, tn * BN + i * 8 + ctid % 4 * 2 + c)] = T.Cast(out, acc[i * 4 + h * 2 + c])
 
     @T.macro
-    def store_tile_tma(C_map, smem, acc, tm, tn, bi, ctid):
-        """Consumers write the tile as fp16 into 128B-swizzled smem boxes (64 columns x BM rows,
-        conflict-free for the fragment layout), then one thread TMA-stores the boxes; the store
-        drains while the next tile's mainloop runs (waited for before the smem is written again)."""
-        if ctid == 0:
-            T.ptx["cp.async.bulk.wait_group.read"](0)
-        T.ptx.bar.sync(1, consumer_threads)
-        for i in T.unroll(BN // 8):
-            for h in T.unroll(2):
-                for c in T.vectorized(2):
-                    smem[c_off + i // 8 * (BM * 64) + (ctid // 32 * 16 + ctid % 32 // 4 + h * 8) * 64 + (i % 8 ^ ctid % 32 // 4) * 8 + ctid % 4 * 2 + c] = T.Cast("float16", acc[i * 4 + h * 2 + c])
-        T.ptx.fence.proxy.async_.shared__cta()
-        T.ptx.bar.sync(1, consumer_threads)
-        if ctid == 0:
-            for j in T.unroll(n_chunks):
-                T.ptx[tma_store](T.address_of(C_map), *c_coords(tn * BN + j * 64, tm * BM, bi), smem.ptr_to([c_off + j * BM * 64]))
-            T.ptx.cp.async_.bulk.commit_group()
+    def store_tile_tma(C_map, c_smem, acc, tm, tn, bi, ctid):
+        """In `passes` passes over the tile's columns: consumers write the pass's columns into
+        128B-swizzled smem boxes (box_cols columns x BM rows, conflict-free for the fragment
+        layout: a warp's 8-byte / 4-byte stores fill each bank twice / once), then one thread
+        TMA-stores the boxes. The last store drains while the next tile's mainloop runs; each pass
+        first waits until the previous store has read the staging smem."""
+        for p in T.unroll(passes):
+            if ctid == 0:
+                T.ptx["cp.async.bulk.wait_group.read"](0)
+            T.ptx.bar.sync(1, consumer_threads)
+            for i in T.unroll(pass_cols // 8):
+                for h in T.unroll(2):
+                    for c in T.vectorized(2):
+                        c_smem[c_off + (i * 8 // box_cols) * (BM * box_cols) + (ctid // 32 * 16 + ctid % 32 // 4 + h * 8) * box_cols + (i * 8 % box_cols // vec + ctid % 4 * 2 // vec ^ ctid % 32 // 4) * vec + ctid % 4 * 2 % vec + c] = T.Cast(out, acc[(p * pass_cols // 8 + i) * 4 + h * 2 + c])
+            T.ptx.fence.proxy.async_.shared__cta()
+            T.ptx.bar.sync(1, consumer_threads)
+            if ctid == 0:
+                for j in T.unroll(pass_cols // box_cols):
+                    T.ptx[tma_store](T.address_of(C_map), *c_coords(tn * BN + p * pass_cols + j * box_cols, tm * BM, bi), c_smem.ptr_to([c_off + j * BM * box_cols]))
+                T.ptx.cp.async_.bulk.commit_group()
 
     @T.prim_func
     def simple(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
@@ -296,12 +319,13 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
         C_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
         if tma_epi:
-            T.call_packed("runtime.cuTensorMapEncodeTiled", C_map, "float16", rank, C.data, *c_map_args)
+            T.call_packed("runtime.cuTensorMapEncodeTiled", C_map, out, rank, C.data, *c_map_args)
 
         T.device_entry()
         bid = T.cta_id([grid])
         tid = T.thread_id([threads])
         smem = T.alloc_buffer((smem_elems,), "float16", scope="shared.dyn", align=1024)
+        c_smem = T.decl_buffer((smem_elems * 2 // ob,), out, data=smem.data, scope="shared.dyn")
         full = T.alloc_shared((S,), "uint64")
         empty = T.alloc_shared((S,), "uint64")
         acc = T.alloc_local((acc_n,), "float32")
@@ -349,7 +373,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                     if tid % 128 == 0:
                         T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
                     if tma_epi:
-                        store_tile_tma(C_map, smem, acc, tm, tn, bi, tid - 128)
+                        store_tile_tma(C_map, c_smem, acc, tm, tn, bi, tid - 128)
                     else:
                         store_tile(C, acc, tm, tn, bi, tid - 128)
             if tma_epi:
@@ -419,7 +443,8 @@ class HopperGemmSpace(KnobSpace):
         return (Knob("block_n", (64, 128, 192, 256)), Knob("consumers", (1, 2)),
                 Knob("stages", (2, 3, 4, 5, 6)), Knob("warp_specialized", (False, True)),
                 Knob("persistent", (False, True)), Knob("group_m", (1, 4, 8, 16)),
-                Knob("l2_promotion", (0, 2, 3)), Knob("epilogue", ("direct", "tma")))
+                Knob("l2_promotion", (0, 2, 3)),
+                Knob("epilogue", ("direct", "tma", "tma_half")))
 
     def gemm_config(self, config: Config) -> GemmConfig:
         return GemmConfig(**config, out_dtype=self.op.output_dtype)
@@ -441,7 +466,6 @@ class HopperGemmSpace(KnobSpace):
             SMEM_PER_SM // cfg.smem_bytes, REGS_PER_SM // cfg.regs_per_cta, 2048 // cfg.threads))
         slots = NUM_SMS * ctas_per_sm
         waves = tiles / slots
-        out_bytes = 4 if cfg.out_dtype == "float32" else 2
         return {
             "block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": BK, "stages": cfg.stages,
             "consumers": cfg.consumers, "warp_specialized": float(cfg.warp_specialized),
@@ -451,5 +475,6 @@ class HopperGemmSpace(KnobSpace):
             "wave_efficiency": waves / math.ceil(waves), "occupancy_warps": ctas_per_sm * cfg.threads / 32,
             # bytes moved from L2 into shared memory per FLOP, and the output bytes per FLOP
             "l2_bytes_per_flop": (cfg.block_m + cfg.block_n) / (cfg.block_m * cfg.block_n),
-            "out_bytes_per_flop": out_bytes / (2 * k),
+            "out_bytes_per_flop": cfg.out_bytes / (2 * k),
+            "epilogue_passes": cfg.epilogue_passes,
         }

@@ -27,6 +27,7 @@ H100 = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 1024})
 BEST = dict(block_n=256, consumers=2, stages=4, warp_specialized=True, persistent=True, group_m=8,
             l2_promotion=2, epilogue="direct")
 TMA_EPILOGUE = dict(BEST, stages=3, epilogue="tma")
+HALF_EPILOGUE = dict(BEST, stages=3, epilogue="tma_half")   # fp32: 3 x 48 KB + 64 KB staged
 
 
 def _has_sm90_gpu() -> bool:
@@ -84,12 +85,21 @@ def test_registered_and_builds_for_sm90a():
     (dict(BEST, block_n=192), "4096,4096,4096", "does not divide"),
     (dict(BEST, consumers=2), "192,256,256", "does not divide"),           # block_m 128 vs m 192
     (dict(BEST, warp_specialized=False), "4096,4096,4096", "persistent needs"),
-    (TMA_EPILOGUE, "4096,4096,4096", "float16 output"),                  # fp32 output
-    (dict(TMA_EPILOGUE, stages=4), "4096,4096,4096", "shared memory"),    # 4 x 48 KB + 64 KB
+    (TMA_EPILOGUE, "4096,4096,4096", "shared memory"),                    # 3 x 48 KB + 128 KB fp32
+    (dict(HALF_EPILOGUE, stages=4), "4096,4096,4096", "shared memory"),   # 4 x 48 KB + 64 KB
+    (dict(HALF_EPILOGUE, persistent=False, warp_specialized=False), "4096,4096,4096", "warp-specialized"),
 ])
 def test_reject_names_the_reason(config, shape, reason):
     got = HopperGemmSpace(_op(shape), H100).reject(config)
     assert got is not None and reason in got and "\n" not in got
+
+
+def test_half_epilogue_passes_are_whole_tma_boxes():
+    """A pass of block_n / 2 columns must be whole 128-byte boxes: 32 fp32 or 64 fp16 columns."""
+    half_64 = dict(HALF_EPILOGUE, block_n=64, stages=2)
+    assert HopperGemmSpace(_op("4096,4096,4096"), H100).reject(half_64) is None
+    why = HopperGemmSpace(_op("4096,4096,4096", accum="float16"), H100).reject(half_64)
+    assert why is not None and "128-byte TMA boxes" in why
 
 
 def test_reject_passes_what_runs_and_holds_the_limits():
@@ -130,6 +140,7 @@ LOWERED = [
     ("4096,4096,4096", None, "matmul", BEST),
     ("4096,4096,4096", "float16", "matmul", dict(BEST, group_m=16)),
     ("4096,4096,4096", "float16", "matmul", TMA_EPILOGUE),
+    ("4096,4096,4096", None, "matmul", HALF_EPILOGUE),
     ("512,768,1024", None, "matmul", dict(BEST, block_n=128, consumers=1, stages=3,
                                           warp_specialized=False, persistent=False)),
     ("b=4,m=256,n=256,k=512", None, "batch_matmul", dict(BEST, block_n=64, persistent=False)),
@@ -153,7 +164,7 @@ def test_lowers_to_wgmma_and_tma(lowered_sources):
         assert "cp.async.bulk.tensor" in src and "mbarrier.try_wait.parity" in src
         assert "const __grid_constant__ CUtensorMap" in src
         assert ("setmaxnreg" in src) == config["warp_specialized"]
-        assert ("global.shared::cta.tile.bulk_group" in src) == (config["epilogue"] == "tma")
+        assert ("global.shared::cta.tile.bulk_group" in src) == (config["epilogue"] != "direct")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -256,6 +267,11 @@ CORRECT = [
     ("b=3,m=256,n=512,k=512", None, "batch_matmul", BEST),
     ("1024,1024,2048", "float16", "matmul", TMA_EPILOGUE),
     ("768,512,1024", "float16", "matmul", dict(TMA_EPILOGUE, block_n=128, group_m=1)),
+    ("1024,1024,2048", None, "matmul", HALF_EPILOGUE),
+    ("1024,768,1024", None, "matmul", dict(BEST, stages=2, epilogue="tma")),
+    ("768,512,1024", None, "matmul", dict(HALF_EPILOGUE, block_n=128, group_m=1, consumers=1)),
+    ("1024,1024,1024", "float16", "matmul", dict(HALF_EPILOGUE, stages=4)),
+    ("b=3,m=256,n=512,k=512", None, "batch_matmul", HALF_EPILOGUE),
 ]
 
 
