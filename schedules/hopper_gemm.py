@@ -446,6 +446,17 @@ class HopperGemmSpace(KnobSpace):
                 Knob("l2_promotion", (0, 2, 3)),
                 Knob("epilogue", ("direct", "tma", "tma_half")))
 
+    def seeds(self) -> list[Config]:
+        """The least-energy configs of the H200 tables (experiments/results/hopper_epilogue_h200_
+        2026-12-01 for fp32 output, hopper_gemm_h200_2026-12-01 for fp16), then their direct-store
+        and block_n = 128 twins for shapes or GPUs where those do not run or win."""
+        best = dict(block_n=256, consumers=2, stages=3, warp_specialized=True, persistent=True,
+                    group_m=16, l2_promotion=2, epilogue="tma_half")
+        if self.op.output_dtype == "float16":
+            best["epilogue"] = "tma"
+        direct = dict(best, stages=4, group_m=8, epilogue="direct")
+        return [best, direct, dict(best, block_n=128), dict(direct, block_n=128)]
+
     def gemm_config(self, config: Config) -> GemmConfig:
         return GemmConfig(**config, out_dtype=self.op.output_dtype)
 

@@ -68,6 +68,12 @@ class KnobSpace(ABC):
     def features(self, config: Config) -> dict[str, float]:
         """Numbers a cost model can learn from (tile sizes, shared memory, waves, bytes/FLOP...)."""
 
+    def seeds(self) -> list[Config]:
+        """Settings measured to run well on this family's hardware (the committed GPU tables),
+        which a strategy tries before it samples; those `reject` refuses for this op are skipped.
+        None by default."""
+        return []
+
     # -- what a strategy needs; written once here over the knobs --------------------------------
     def sample(self, rng: np.random.Generator) -> Config:
         return {k.name: k.values[rng.integers(len(k.values))] for k in self.knobs}

@@ -149,3 +149,33 @@ def test_genetic_search_stops_when_the_space_is_exhausted():
         assert total <= 200
     sizes = [len(k.values) for k in space.knobs]
     assert total == math.prod(sizes) - sum(len(k) for k in strategy.rejected.values())
+
+
+def test_seeds_lead_the_first_batch_once_and_rejected_seeds_are_skipped():
+    space = CpuMatmul(make_op("matmul", "256,256,256", "float32"), LLVM)
+    rng = np.random.default_rng(3)
+    valid = [c for c in (space.sample(rng) for _ in range(200)) if space.reject(c) is None][:3]
+    invalid = next(c for c in (space.sample(rng) for _ in range(500)) if space.reject(c))
+    space.seeds = lambda: [valid[0], invalid, valid[1], valid[0], valid[2]]
+    strategy = genetic(space, Scorer(Objective("latency"), LatencyModel(space)))
+    known = strategy._candidate(valid[2])
+    strategy.learn(known, record(known, 1.0))                    # already measured: not again
+    first = strategy.propose()
+    assert [c.handle for c in first[:2]] == valid[:2] and len(first) == 8
+    assert all(space.reject(c.handle) is None for c in first)
+    later = [c.handle for _ in range(3) for c in strategy.propose()]
+    assert not any(c in later for c in valid)
+
+
+def test_hopper_seeds_run_on_the_tables_shapes():
+    from energy_tuner.schedules.hopper_gemm import HopperGemmSpace
+    for accum, epilogue in ((None, "tma_half"), ("float16", "tma")):
+        space = HopperGemmSpace(make_op("matmul", "4096,4096,4096", "float16",
+                                        {"accum": accum} if accum else None), TARGETS[1])
+        seeds = space.seeds()
+        assert seeds[0]["epilogue"] == epilogue and all(space.reject(c) is None for c in seeds)
+        names = {k.name for k in space.knobs}
+        assert all(set(c) == names and all(c[k.name] in k.values for k in space.knobs)
+                   for c in seeds)
+    small = HopperGemmSpace(make_op("matmul", "256,384,512", "float16"), TARGETS[1])
+    assert [c["block_n"] for c in small.seeds() if small.reject(c) is None] == [128, 128]

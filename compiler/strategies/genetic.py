@@ -13,6 +13,8 @@ details are not available to us, so this is our design. Each generation:
 4. the model scores the pool (positive, unit-free scores) and the batch is its best
    (1 - EXPLORE) share plus EXPLORE picked at random from the rest: exploration, and data where
    the model is unsure. Untrained, the scores are random, so the first batches sample uniformly.
+The space's seeds (`KnobSpace.seeds`: settings measured to run well) lead the first batch, so a
+short tune starts from the best known kernels and the search works around them as parents.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class GeneticStrategy(Strategy):
         self.known: set[str] = set()                         # keys measured, stored or proposed
         self.parents: list[tuple[Config, float]] = []        # correct configs and their cost
         self.rejected: dict[str, set[str]] = defaultdict(set)  # reason -> rejected keys
+        self.seeded = False                                  # the space's seeds were proposed
 
     def _candidate(self, config: Config) -> Candidate:
         key = self.space.key(config)
@@ -97,15 +100,23 @@ class GeneticStrategy(Strategy):
             pool[key] = config
         return list(pool.values())
 
+    def _seeds(self) -> list[Config]:
+        """The space's seeds this tune has not measured and the op can run (once per tune)."""
+        seeds, self.seeded = ([] if self.seeded else self.space.seeds()), True
+        fresh = {self.space.key(c): c for c in seeds if self.space.key(c) not in self.known}
+        return [c for c in fresh.values() if self.space.reject(c) is None][:self.setup.batch]
+
     def propose(self) -> list[Candidate]:
+        seeds = self._seeds()
+        self.known.update(self.space.key(c) for c in seeds)
+        chosen = [self._candidate(c) for c in seeds]
         candidates = [self._candidate(c) for c in self._pool()]
-        if not candidates:
-            return []
-        order = np.argsort(-self.setup.scorer(self.features(candidates)), kind="stable")
-        batch = min(self.setup.batch, len(order))
-        best = max(1, batch - round(EXPLORE * batch))
-        explore = self.rng.choice(order[best:], batch - best, replace=False)
-        chosen = [candidates[i] for i in [*order[:best], *explore]]
+        batch = min(self.setup.batch - len(chosen), len(candidates))
+        if batch > 0:
+            order = np.argsort(-self.setup.scorer(self.features(candidates)), kind="stable")
+            best = max(1, batch - round(EXPLORE * batch))
+            explore = self.rng.choice(order[best:], batch - best, replace=False)
+            chosen += [candidates[i] for i in [*order[:best], *explore]]
         self.known.update(self.space.key(c.handle) for c in chosen)
         return chosen
 
