@@ -1,0 +1,361 @@
+"""fp16 GEMV on tensor cores: y[n] = W[n, k] x[k] (float32 out) by mma.sync, for CUDA sm_80+.
+
+Why: at a given bandwidth a GEMV's board power follows the instructions spent per byte moved
+(schedules/gemv_knobs.py's docstring; its SIMT kernels stream as fast as cuBLAS at 11-18% more
+power, experiments/results/gemv_h200_2026-12-01). A SIMT fp16 GEMV spends a convert per weight,
+a convert per activation and an FFMA per weight, ~1.5 instructions per byte. Here one
+`mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` multiplies 16 rows by 16 columns (512 bytes
+of weights) and accumulates in float32: with the loads, ~7 instructions per 32 bytes a thread
+moves, about a fifth.
+
+The GEMV's single column is the mma's N = 8: every B column holds the same x, so all columns of
+the accumulator hold the same sums. A warp owns 16 rows. In the fragments of m16n8k16, thread
+t = 4g + c holds A at rows g and g + 8 and k-slots {2c, 2c+1, 8+2c, 9+2c}, and B at the same
+k-slots; since a dot product does not care about the order of k, the slots may stand for any
+columns as long as A and B agree. Here thread c of a row group owns 16-byte chunks of 8
+consecutive columns (`unroll` of them per step, the bytes in flight), loaded straight into the A
+registers (rows g and g + 8) and, for x, into the B registers: chunk halves (4j .. 4j + 3) feed
+mma j (j = 0, 1) as slots (2c, 2c+1) <- columns 4j, 4j+1 and (8+2c, 9+2c) <- 4j+2, 4j+3, with
+no permutes. Thread c = 0 ends with its rows' sums in accumulator registers 0 and 2 (no shuffle
+reduction). `warps_k` warps of a CTA split each step's columns; their sums meet in shared
+memory. The grid, split-k and load paths are those of the SIMT space (schedules/gemv_knobs.py).
+
+The CPU emulation (`emulate=True`, run on llvm by tests/test_gemv_mma.py) computes each mma from
+the same fragment registers: the warp's threads write their fragments into a 16 x 16 A tile and
+a 16 x 8 B tile as the fragment layout places them, then each thread forms its accumulators
+from the tiles. A wrong column mapping therefore gives wrong sums on the CPU too.
+
+Left out: bulk (TMA) copies; fp16 accumulation; a column owned by fewer than 4 threads.
+"""
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm import tirx
+from tvm.script import tirx as TS
+from tvm.script.ir_builder import tirx as T
+from tvm.target import Target
+
+from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM, _elementwise,
+                         _ld_chain, _UniformIf, sm_arch, sm_count)
+from .knobs import Config, Knob, KnobSpace, register
+from .op import Op
+from .simt import WARP, Simt, prim_func, ramp
+
+MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+ROWS_PER_WARP = 16
+CHUNK = 8                          # fp16 columns per 16-byte chunk
+THREADS_PER_ROW_GROUP = 4          # threads c = 0..3 share a row pair's columns
+
+
+@register
+class GemvMmaKnobs(KnobSpace):
+    """fp16 GEMV on tensor cores (see the module docstring)."""
+
+    name = "gemv-mma"
+    compile_options = {"tir_pipeline": "tirx"}
+    auto = False  # not measured on a GPU yet: tuned only when named (--space gemv-mma)
+
+    def __init__(self, op: Op, target: Target, sms: int | None = None) -> None:
+        super().__init__(op, target)
+        self.n, self.k = op.shape["n"], op.shape["k"]
+        self.sms = sms or sm_count(target)
+
+    @classmethod
+    def applies(cls, op: Op, target: Target) -> bool:
+        return (op.name == "gemv" and op.dtype == "float16" and target.kind.name == "cuda"
+                and sm_arch(target) >= 80)
+
+    @property
+    def knobs(self) -> tuple[Knob, ...]:
+        return (Knob("warps", (1, 2, 4, 8)),
+                Knob("warps_k", (1, 2, 4, 8)),
+                Knob("unroll", (1, 2, 4, 8)),
+                Knob("ctas_per_sm", (0, 1, 2, 4, 8)),
+                Knob("load", tuple(v for v in LOADS if not v.startswith("bulk"))),
+                Knob("prefetch", PREFETCH),
+                Knob("x_stage", ("global", "shared")),
+                Knob("split_k", (1, 2, 4, 8)),
+                Knob("split_reduce", ("atomic", "two_pass")))
+
+    # -- derived sizes -----------------------------------------------------------------------
+    @staticmethod
+    def threads(config: Config) -> int:
+        return WARP * int(config["warps"])
+
+    @staticmethod
+    def rows_per_block(config: Config) -> int:
+        return ROWS_PER_WARP * int(config["warps"]) // int(config["warps_k"])
+
+    def k_slice(self, config: Config) -> int:
+        return self.k // int(config["split_k"])
+
+    @staticmethod
+    def k_per_step(config: Config) -> int:
+        """Columns a CTA reads per step: 4 threads x 8 columns x unroll, per k-warp."""
+        return THREADS_PER_ROW_GROUP * CHUNK * int(config["unroll"]) * int(config["warps_k"])
+
+    def row_blocks(self, config: Config) -> int:
+        return self.n // self.rows_per_block(config)
+
+    def grid_x(self, config: Config) -> int:
+        per_sm = int(config["ctas_per_sm"])
+        blocks = self.row_blocks(config)
+        return blocks if per_sm == 0 else min(blocks, per_sm * self.sms)
+
+    def shared_bytes(self, config: Config) -> int:
+        x_bytes = self.k_slice(config) * 2 if config["x_stage"] == "shared" else 0
+        warps_k = int(config["warps_k"])
+        red = self.rows_per_block(config) * warps_k * 4 if warps_k > 1 else 0
+        return x_bytes + red
+
+    def reject(self, config: Config) -> str | None:
+        warps, warps_k, split = int(config["warps"]), int(config["warps_k"]), int(config["split_k"])
+        if warps % warps_k:
+            return f"warps_k {warps_k} does not divide warps {warps}"
+        if self.n % self.rows_per_block(config):
+            return (f"{self.rows_per_block(config)} rows per CTA (16 x warps / warps_k) do not "
+                    f"divide n={self.n}")
+        if self.k % split:
+            return f"split_k {split} does not divide k={self.k}"
+        if self.k_slice(config) % self.k_per_step(config):
+            return (f"a step of {self.k_per_step(config)} columns (32 x unroll x warps_k) does "
+                    f"not divide k/split_k={self.k_slice(config)}")
+        if split == 1 and config["split_reduce"] != "atomic":
+            return "split_reduce only matters with split_k > 1 (its canonical value is atomic)"
+        if config["load"] == "plain" and config["prefetch"] != "none":
+            return "prefetch qualifiers apply to the ld.global.nc loads only"
+        if self.shared_bytes(config) > STATIC_SHARED:
+            return f"{self.shared_bytes(config)} B of shared memory > {STATIC_SHARED} B"
+        return None
+
+    def features(self, config: Config) -> dict[str, float]:
+        threads, unroll = self.threads(config), int(config["unroll"])
+        per_thread = 2 * unroll * 16                     # two rows' chunks per step
+        ctas = self.grid_x(config) * int(config["split_k"])
+        resident = min(CTAS_PER_SM, THREADS_PER_SM // threads)
+        steps = self.k_slice(config) // self.k_per_step(config)
+        # per thread and step: 3 loads per chunk (2 rows, x), 2 mmas per chunk, ~3 for the loop
+        step_instructions = 5 * unroll + 3
+        return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
+                "rows_per_block": self.rows_per_block(config), "warps_k": int(config["warps_k"]),
+                "bytes_in_flight_per_thread": per_thread,
+                "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
+                "instructions_per_byte": step_instructions / per_thread,
+                "steps": steps, "shared_bytes": self.shared_bytes(config),
+                "split_k": int(config["split_k"]),
+                "persistent": float(int(config["ctas_per_sm"]) > 0),
+                "load_" + str(config["load"]): 1.0, "x_shared": float(config["x_stage"] == "shared")}
+
+    def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
+        """The kernel for config (a CUDA kernel; `emulate=True`: its serial CPU emulation)."""
+        why = self.reject(config)
+        if why:
+            raise ValueError(f"config cannot run: {why}")
+        return tvm.IRModule({"main": prim_func("main", _MmaWriter(self, config, emulate).body)})
+
+
+class _MmaWriter:
+    """Writes the kernel of one config (see the module docstring for its structure)."""
+
+    def __init__(self, space: GemvMmaKnobs, config: Config, emulate: bool) -> None:
+        self.n, self.k, self.emulate = space.n, space.k, emulate
+        self.warps, self.warps_k = int(config["warps"]), int(config["warps_k"])
+        self.unroll, self.threads = int(config["unroll"]), space.threads(config)
+        self.rows, self.split = space.rows_per_block(config), int(config["split_k"])
+        self.k_slice, self.k_step = space.k_slice(config), space.k_per_step(config)
+        self.steps = self.k_slice // self.k_step
+        self.grid_x, self.blocks = space.grid_x(config), space.row_blocks(config)
+        self.visits = math.ceil(self.blocks / self.grid_x)
+        self.load, self.prefetch = str(config["load"]), str(config["prefetch"])
+        self.x_shared = config["x_stage"] == "shared"
+        self.two_pass = self.split > 1 and config["split_reduce"] == "two_pass"
+        self.atomic = self.split > 1 and not self.two_pass
+
+    # -- thread geometry -------------------------------------------------------------------------
+    def lane(self, t):
+        return t % WARP
+
+    def row(self, t, half: int):
+        """Row (within the row block) of thread t's A rows g (half 0) and g + 8 (half 1)."""
+        warp_row = t // WARP // self.warps_k
+        return warp_row * ROWS_PER_WARP + self.lane(t) // 4 + 8 * half
+
+    def column(self, t, s, u: int):
+        """First column of thread t's u-th chunk in step s (within the split's k slice)."""
+        wk, c = t // WARP % self.warps_k, self.lane(t) % 4
+        return s * self.k_step + ((u * self.warps_k + wk) * 4 + c) * CHUNK
+
+    # -- the kernel --------------------------------------------------------------------------------
+    def body(self) -> None:
+        W = T.arg("W", T.buffer((self.n, self.k), "float16"))
+        x = T.arg("x", T.buffer((self.k,), "float16"))
+        self.y = T.arg("y", T.buffer((self.n,), "float32"))
+        self.W, self.x = W, x
+        if self.atomic:
+            _elementwise(self.emulate, self.n,
+                         lambda i: T.buffer_store(self.y, tirx.const(0.0, "float32"), [i]))
+        self.part = T.alloc_buffer((self.split, self.n), "float32") if self.two_pass else None
+        self.simt = simt = Simt(self.threads, self.emulate)
+        with simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
+            self.bx, self.ks = bx, ks
+            self.acc = simt.reg((4,), "float32")
+            self.w_reg = simt.reg((2 * self.unroll * CHUNK,), "float16")
+            self.x_reg = simt.reg((self.unroll * CHUNK,), "float16")
+            self.stage_x()
+            self.red = simt.shared((self.rows, self.warps_k), "float32") if self.warps_k > 1 else None
+            if self.emulate:
+                self.a_tile = simt.shared((self.warps, ROWS_PER_WARP, 16), "float16")
+                self.b_tile = simt.shared((self.warps, 16, 8), "float16")
+            self.loop()
+        if self.two_pass:
+            def reduce(i):
+                total = self.part[0, i]
+                for s in range(1, self.split):
+                    total = total + self.part[s, i]
+                T.buffer_store(self.y, total, [i])
+            _elementwise(self.emulate, self.n, reduce)
+
+    def stage_x(self) -> None:
+        """x_src[x_base + j] is x[ks * k_slice + j]: x itself, or the CTA's copy in shared memory."""
+        self.x_src, self.x_base = self.x, self.ks * self.k_slice
+        if not self.x_shared:
+            return
+        simt, k_slice = self.simt, self.k_slice
+        self.x_src, self.x_base = simt.shared((k_slice,), "float16"), 0
+        with simt.threads() as t:
+            with T.serial(0, math.ceil(k_slice / (self.threads * CHUNK))) as c:
+                at = (c * self.threads + t) * CHUNK
+                with T.If(at < k_slice):
+                    with T.Then():
+                        T.buffer_store(self.x_src, self.x[ramp(self.ks * k_slice + at, CHUNK)],
+                                       [ramp(at, CHUNK)])
+        simt.sync()
+
+    def loop(self) -> None:
+        simt = self.simt
+        policy = simt.reg((1,), "uint64") if self.load == "nc_evict_first" and not self.emulate else None
+        if policy is not None:
+            with simt.threads() as t:
+                T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
+                    policy.load(t, 0), tirx.const(1.0, "float32")))
+        with T.serial(0, self.visits) as visit:
+            rb = self.bx + visit * self.grid_x
+            guard = _UniformIf(rb < self.blocks) if self.blocks % self.grid_x else None
+            with simt.threads() as t:
+                for i in range(4):
+                    self.acc.store(t, tirx.const(0.0, "float32"), i)
+            with T.serial(0, self.steps) as s:
+                with simt.threads() as t:
+                    self.load_step(t, rb, s, policy)
+                    if not self.emulate:
+                        for u in range(self.unroll):
+                            for j in range(2):
+                                self.mma(t, u, j)
+                if self.emulate:
+                    for u in range(self.unroll):
+                        for j in range(2):
+                            self.emulated_mma(u, j)
+            self.reduce_and_write(rb)
+            if guard is not None:
+                guard.close()
+
+    def load_step(self, t, rb, s, policy) -> None:
+        """Every chunk of step s: the two rows' weights, then x (all loads before any mma)."""
+        for half in range(2):
+            row = rb * self.rows + self.row(t, half)
+            for u in range(self.unroll):
+                col = self.ks * self.k_slice + self.column(t, s, u)
+                self.load_w(t, (half * self.unroll + u) * CHUNK, row, col, policy)
+        for u in range(self.unroll):
+            self.x_reg.store(t, self.x_src[ramp(self.x_base + self.column(t, s, u), CHUNK)],
+                             ramp(u * CHUNK, CHUNK))
+
+    def load_w(self, t, at: int, row, col, policy) -> None:
+        """w_reg[at : at + 8] = W[row, col : col + 8] through the configured load path."""
+        if self.load == "plain" or self.emulate:
+            self.w_reg.store(t, self.W[row, ramp(col, CHUNK)], ramp(at, CHUNK))
+            return
+        words = self.w_reg.view("uint32")
+        dst = [words.load(t, at // 2 + i) for i in range(CHUNK // 2)]
+        extra = [policy.load(t, 0)] if self.load == "nc_evict_first" else []
+        T.evaluate(TS.ptx[_ld_chain(self.load, self.prefetch, CHUNK // 2)](
+            *dst, self.W.ptr_to([row, col]), *extra))
+
+    def fragments(self, u: int, j: int) -> tuple[list[int], list[int]]:
+        """Indices into w_reg (a0..a7) and x_reg (b0..b3) of mma j of chunk u, in fragment order:
+        a0a1 row g / a2a3 row g+8 at slots (2c, 2c+1) <- chunk halves 4j, 4j+1; a4a5 / a6a7 at
+        (8+2c, 9+2c) <- 4j+2, 4j+3; b0b1 and b2b3 the same halves of x."""
+        row_g, row_g8 = u * CHUNK, (self.unroll + u) * CHUNK
+        lo, hi = 4 * j, 4 * j + 2
+        a = [row_g + lo, row_g + lo + 1, row_g8 + lo, row_g8 + lo + 1,
+             row_g + hi, row_g + hi + 1, row_g8 + hi, row_g8 + hi + 1]
+        b = [u * CHUNK + lo, u * CHUNK + lo + 1, u * CHUNK + hi, u * CHUNK + hi + 1]
+        return a, b
+
+    def mma(self, t, u: int, j: int) -> None:
+        a, b = self.fragments(u, j)
+        aw, bw = self.w_reg.view("uint32"), self.x_reg.view("uint32")
+        acc = [self.acc.load(t, i) for i in range(4)]
+        T.evaluate(TS.ptx[MMA](*acc, *[aw.load(t, i // 2) for i in a[::2]],
+                               *[bw.load(t, i // 2) for i in b[::2]], *acc))
+
+    def emulated_mma(self, u: int, j: int) -> None:
+        """The warp's mma on the CPU: fragments into the A and B tiles where the m16n8k16 layout
+        puts them (one phase), then each thread's accumulators from the tiles (another)."""
+        a, b = self.fragments(u, j)
+        with self.simt.threads() as t:
+            warp, g, c = t // WARP, self.lane(t) // 4, self.lane(t) % 4
+            slots = [(g, 2 * c), (g, 2 * c + 1), (g + 8, 2 * c), (g + 8, 2 * c + 1),
+                     (g, 8 + 2 * c), (g, 9 + 2 * c), (g + 8, 8 + 2 * c), (g + 8, 9 + 2 * c)]
+            for (r, kk), i in zip(slots, a):
+                T.buffer_store(self.a_tile, self.w_reg.load(t, i), [warp, r, kk])
+            for kk, i in zip((2 * c, 2 * c + 1, 8 + 2 * c, 9 + 2 * c), b):
+                T.buffer_store(self.b_tile, self.x_reg.load(t, i), [warp, kk, g])
+        with self.simt.threads() as t:
+            warp, g, c = t // WARP, self.lane(t) // 4, self.lane(t) % 4
+            for i, (r, col) in enumerate(((g, 2 * c), (g, 2 * c + 1), (g + 8, 2 * c), (g + 8, 2 * c + 1))):
+                total = self.acc.load(t, i)
+                for kk in range(16):
+                    total = total + (self.a_tile[warp, r, kk].astype("float32")
+                                     * self.b_tile[warp, kk, col].astype("float32"))
+                self.acc.store(t, total, i)
+
+    def reduce_and_write(self, rb) -> None:
+        """Thread c = 0 of each warp holds its rows' sums (accumulators 0 and 2); with k-warps
+        they meet in shared memory first."""
+        simt = self.simt
+        if self.red is None:
+            with simt.threads() as t:
+                with T.If(self.lane(t) % 4 == 0):
+                    with T.Then():
+                        for half in range(2):
+                            self.write(rb * self.rows + self.row(t, half), self.acc.load(t, 2 * half))
+            return
+        with simt.threads() as t:
+            with T.If(self.lane(t) % 4 == 0):
+                with T.Then():
+                    for half in range(2):
+                        T.buffer_store(self.red, self.acc.load(t, 2 * half),
+                                       [self.row(t, half), t // WARP % self.warps_k])
+        simt.sync()
+        with simt.threads() as t:
+            with T.If(t < self.rows):
+                with T.Then():
+                    total = self.red[t, 0]
+                    for w in range(1, self.warps_k):
+                        total = total + self.red[t, w]
+                    self.write(rb * self.rows + t, total)
+        simt.sync()       # red is written again by the next row block
+
+    def write(self, row, value) -> None:
+        y = self.y
+        if self.two_pass:
+            T.buffer_store(self.part, value, [self.ks, row])
+        elif self.atomic and not self.emulate:
+            T.evaluate(tirx.call_extern("float32", "atomicAdd", y.access_ptr("rw", offset=row), value))
+        elif self.atomic:
+            T.buffer_store(y, y[row] + value, [row])
+        else:
+            T.buffer_store(y, value, [row])
