@@ -48,7 +48,7 @@ from tvm.target import Target
 
 from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
-from .simt import WARP, Simt, prim_func, ramp
+from .simt import WARP, Reg, Simt, prim_func, ramp
 
 LOADS = ("plain", "nc", "nc_no_allocate", "nc_evict_first", "bulk2", "bulk3", "bulk4")
 PREFETCH = ("none", "L2::128B", "L2::256B")
@@ -275,15 +275,12 @@ class _Writer:
         self.simt = simt = Simt(self.threads, self.emulate)
         with simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
             self.bx, self.ks = bx, ks
-            self.acc = simt.reg((self.rpt * self.unroll,), "float32")
+            self.acc = simt.reg(self.acc_shape(), "float32")
             self.registers()
             self.stage_x()
-            self.red = simt.shared((self.rows, self.tpr // WARP), "float32") \
-                if self.tpr > WARP else None
-            if self.stages:
-                self.bulk_loop()
-            else:
-                self.register_loop()
+            red = self.red_shape()
+            self.red = simt.shared(red, "float32") if red else None
+            self.loop()
         if self.two_pass:
             def reduce(i):
                 total = self.part[0, i]
@@ -293,6 +290,17 @@ class _Writer:
             _elementwise(self.emulate, self.n, reduce)
 
     # -- pieces ---------------------------------------------------------------------------------
+    def acc_shape(self) -> tuple[int, ...]:
+        """float32 accumulators per thread: one per row and unrolled vector."""
+        return (self.rpt * self.unroll,)
+
+    def red_shape(self) -> tuple[int, ...] | None:
+        """The shared buffer where a row's warps meet (None when a row fits in a warp)."""
+        return (self.rows, self.tpr // WARP) if self.tpr > WARP else None
+
+    def loop(self) -> None:
+        self.bulk_loop() if self.stages else self.register_loop()
+
     def stage_x(self) -> None:
         """x_src[x_base + j] is x[ks * k_slice + j]: x itself, or the CTA's copy in shared memory."""
         self.x_src, self.x_base = self.x, self.ks * self.k_slice
@@ -388,13 +396,19 @@ class _Writer:
             T.buffer_store(y, value, [row])
 
     # -- register path: every thread loads its own weights ---------------------------------------
+    def evict_first_policy(self) -> Reg | None:
+        """The L2 evict_first cache policy the `nc_evict_first` loads name (None otherwise)."""
+        if self.load != "nc_evict_first" or self.emulate:
+            return None
+        policy = self.simt.reg((1,), "uint64")
+        with self.simt.threads() as t:
+            T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
+                policy.load(t, 0), tirx.const(1.0, "float32")))
+        return policy
+
     def register_loop(self) -> None:
         simt = self.simt
-        policy = simt.reg((1,), "uint64") if self.load == "nc_evict_first" and not self.emulate else None
-        if policy is not None:
-            with simt.threads() as t:
-                T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
-                    policy.load(t, 0), tirx.const(1.0, "float32")))
+        policy = self.evict_first_policy()
         with T.serial(0, self.visits) as visit:
             rb = self.bx + visit * self.grid_x
             guard = _UniformIf(rb < self.blocks) if self.blocks % self.grid_x else None

@@ -37,11 +37,11 @@ from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
-from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM, _elementwise,
-                         _ld_chain, _UniformIf, sm_arch, sm_count)
+from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM,
+                         _ld_chain, _UniformIf, _Writer, sm_arch, sm_count)
 from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
-from .simt import WARP, Simt, prim_func, ramp
+from .simt import WARP, prim_func, ramp
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 ROWS_PER_WARP = 16
@@ -156,10 +156,12 @@ class GemvMmaKnobs(KnobSpace):
         return tvm.IRModule({"main": prim_func("main", _MmaWriter(self, config, emulate).body)})
 
 
-class _MmaWriter:
-    """Writes the kernel of one config (see the module docstring for its structure)."""
+class _MmaWriter(_Writer):
+    """Writes the kernel of one config (see the module docstring for its structure); x staging,
+    the evict-first policy and the result write are the SIMT writer's."""
 
-    def __init__(self, space: GemvMmaKnobs, config: Config, emulate: bool) -> None:
+    def __init__(self, space: GemvMmaKnobs, config: Config, emulate: bool) -> None:  # noqa: D107
+        # not _Writer.__init__: the geometry differs; these are the attributes its shared parts use
         self.n, self.k, self.emulate = space.n, space.k, emulate
         self.warps, self.warps_k = int(config["warps"]), int(config["warps_k"])
         self.unroll, self.threads = int(config["unroll"]), space.threads(config)
@@ -169,7 +171,7 @@ class _MmaWriter:
         self.grid_x, self.blocks = space.grid_x(config), space.row_blocks(config)
         self.visits = math.ceil(self.blocks / self.grid_x)
         self.load, self.prefetch = str(config["load"]), str(config["prefetch"])
-        self.x_shared = config["x_stage"] == "shared"
+        self.x_shared, self.lanes = config["x_stage"] == "shared", CHUNK
         self.two_pass = self.split > 1 and config["split_reduce"] == "two_pass"
         self.atomic = self.split > 1 and not self.two_pass
 
@@ -187,59 +189,24 @@ class _MmaWriter:
         wk, c = t // WARP % self.warps_k, self.lane(t) % 4
         return s * self.k_step + ((u * self.warps_k + wk) * 4 + c) * CHUNK
 
-    # -- the kernel --------------------------------------------------------------------------------
-    def body(self) -> None:
-        W = T.arg("W", T.buffer((self.n, self.k), "float16"))
-        x = T.arg("x", T.buffer((self.k,), "float16"))
-        self.y = T.arg("y", T.buffer((self.n,), "float32"))
-        self.W, self.x = W, x
-        if self.atomic:
-            _elementwise(self.emulate, self.n,
-                         lambda i: T.buffer_store(self.y, tirx.const(0.0, "float32"), [i]))
-        self.part = T.alloc_buffer((self.split, self.n), "float32") if self.two_pass else None
-        self.simt = simt = Simt(self.threads, self.emulate)
-        with simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
-            self.bx, self.ks = bx, ks
-            self.acc = simt.reg((4,), "float32")
-            self.w_reg = simt.reg((2 * self.unroll * CHUNK,), "float16")
-            self.x_reg = simt.reg((self.unroll * CHUNK,), "float16")
-            self.stage_x()
-            self.red = simt.shared((self.rows, self.warps_k), "float32") if self.warps_k > 1 else None
-            if self.emulate:
-                self.a_tile = simt.shared((self.warps, ROWS_PER_WARP, 16), "float16")
-                self.b_tile = simt.shared((self.warps, 16, 8), "float16")
-            self.loop()
-        if self.two_pass:
-            def reduce(i):
-                total = self.part[0, i]
-                for s in range(1, self.split):
-                    total = total + self.part[s, i]
-                T.buffer_store(self.y, total, [i])
-            _elementwise(self.emulate, self.n, reduce)
+    # -- the kernel: _Writer.body with these pieces ------------------------------------------------
+    def acc_shape(self) -> tuple[int, ...]:
+        return (4,)                                  # the C fragment: rows g, g + 8 x 2 columns
 
-    def stage_x(self) -> None:
-        """x_src[x_base + j] is x[ks * k_slice + j]: x itself, or the CTA's copy in shared memory."""
-        self.x_src, self.x_base = self.x, self.ks * self.k_slice
-        if not self.x_shared:
-            return
-        simt, k_slice = self.simt, self.k_slice
-        self.x_src, self.x_base = simt.shared((k_slice,), "float16"), 0
-        with simt.threads() as t:
-            with T.serial(0, math.ceil(k_slice / (self.threads * CHUNK))) as c:
-                at = (c * self.threads + t) * CHUNK
-                with T.If(at < k_slice):
-                    with T.Then():
-                        T.buffer_store(self.x_src, self.x[ramp(self.ks * k_slice + at, CHUNK)],
-                                       [ramp(at, CHUNK)])
-        simt.sync()
+    def red_shape(self) -> tuple[int, ...] | None:
+        return (self.rows, self.warps_k) if self.warps_k > 1 else None
+
+    def registers(self) -> None:
+        simt = self.simt
+        self.w_reg = simt.reg((2 * self.unroll * CHUNK,), "float16")
+        self.x_reg = simt.reg((self.unroll * CHUNK,), "float16")
+        if self.emulate:
+            self.a_tile = simt.shared((self.warps, ROWS_PER_WARP, 16), "float16")
+            self.b_tile = simt.shared((self.warps, 16, 8), "float16")
 
     def loop(self) -> None:
         simt = self.simt
-        policy = simt.reg((1,), "uint64") if self.load == "nc_evict_first" and not self.emulate else None
-        if policy is not None:
-            with simt.threads() as t:
-                T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
-                    policy.load(t, 0), tirx.const(1.0, "float32")))
+        policy = self.evict_first_policy()
         with T.serial(0, self.visits) as visit:
             rb = self.bx + visit * self.grid_x
             guard = _UniformIf(rb < self.blocks) if self.blocks % self.grid_x else None
@@ -348,14 +315,3 @@ class _MmaWriter:
                         total = total + self.red[t, w]
                     self.write(rb * self.rows + t, total)
         simt.sync()       # red is written again by the next row block
-
-    def write(self, row, value) -> None:
-        y = self.y
-        if self.two_pass:
-            T.buffer_store(self.part, value, [self.ks, row])
-        elif self.atomic and not self.emulate:
-            T.evaluate(tirx.call_extern("float32", "atomicAdd", y.access_ptr("rw", offset=row), value))
-        elif self.atomic:
-            T.buffer_store(y, y[row] + value, [row])
-        else:
-            T.buffer_store(y, value, [row])
