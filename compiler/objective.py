@@ -26,6 +26,10 @@ SLOWDOWN_PENALTY = 10.0  # log-score penalty per unit of log latency beyond the 
 SCREEN_FACTOR = {"latency": 1.5}
 DEFAULT_SCREEN_FACTOR = 3.0
 SLOWDOWN_SCREEN_MARGIN = 1.1  # beyond the slowdown bound (plus noise) a kernel cannot be chosen
+# Energy windows stop early for a candidate clearly above this factor x the pick's energy
+# (measure/protocol.py step 5 adds its own 3 standard errors): it cannot be chosen, so a rough
+# figure is enough. The margin covers the pick's own error (re-measured within 1-4%, GUIDE).
+ENERGY_STOP_FACTOR = 1.05
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,14 @@ class Objective:
         if self.max_slowdown:
             return SLOWDOWN_SCREEN_MARGIN * self.max_slowdown * best_latency_s
         return SCREEN_FACTOR.get(self.kind, DEFAULT_SCREEN_FACTOR) * best_latency_s
+
+    def energy_bound(self, records: list[Record]) -> float | None:
+        """Energy per call beyond which a candidate cannot be the pick of an energy objective:
+        ENERGY_STOP_FACTOR x the current pick's (None for the other objectives, or before a pick)."""
+        pick = self.choose(records) if self.kind == "energy" else None
+        if pick is None or pick.energy_j is None:
+            return None
+        return ENERGY_STOP_FACTOR * pick.energy_j
 
     def value(self, latency_s: float | None, energy_j: float | None) -> float | None:
         """The scalar this objective minimizes; None when a quantity it needs was not measured."""

@@ -301,7 +301,8 @@ class Tuner:
             return None
         return self.runner.run(built.artifact, lambda partial: self.policy.decide(
             partial.latency_s, predicted_power_w, self.records),
-            latency_bound_s=self.objective.screen_bound(self.records) if self.screen else None)
+            latency_bound_s=self.objective.screen_bound(self.records) if self.screen else None,
+            energy_bound_j=self.objective.energy_bound(self.records) if self.screen else None)
 
     def _book(self, cand: Candidate, built: BuildResult, predicted_power_w: float | None,
               m: Measurement | None, stats: TuneStats) -> Record:

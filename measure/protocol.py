@@ -14,6 +14,10 @@ One measurement of a kernel:
    once with windows twice as long, and the better attempt (fewer flags, then lower spread) is
    kept, with the flags of every attempt. `power_capped` (clocks held down by the power limit) is
    the kernel's steady state, not a measurement fault, so it is reported but not re-measured.
+5. Early stop (`stop_above_j`, a tune's best energy so far with a margin): once `min_windows`
+   windows put the energy per call more than EARLY_STOP_SE standard errors of the mean above it,
+   the kernel cannot be the pick, so no more windows and no re-measurement are spent on it; the
+   figure is the mean of the windows taken, flagged `stopped_early`.
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ class Precision:
 
 
 REMEASURE_FLAGS = {"few_ticks", "disagree", "throttled", "spread"}
+EARLY_STOP_SE = 3.0     # standard errors (at least MIN_SE_FRACTION of the mean) above the bound
+MIN_SE_FRACTION = 0.005
 
 
 @dataclass
@@ -114,8 +120,22 @@ def quality_flags(readings: list[PowerReading], precision: Precision,
     return flags
 
 
+def clearly_above(readings: list[PowerReading], bound_j: float) -> bool:
+    """Whether the windows put the energy per call more than EARLY_STOP_SE standard errors of
+    the mean power (at least MIN_SE_FRACTION of it) above bound_j."""
+    watts = [r.watts for r in readings if r.watts is not None]
+    if len(watts) < 2:
+        return False
+    mean = statistics.fmean(watts)
+    se = max(statistics.stdev(watts) / math.sqrt(len(watts)), MIN_SE_FRACTION * mean)
+    return (mean - EARLY_STOP_SE * se) * statistics.fmean(r.result for r in readings) > bound_j
+
+
 def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
-             warmup_calls: int, precision: Precision) -> tuple[list[PowerReading], list[dict], float]:
+             warmup_calls: int, precision: Precision, stop_above_j: float | None
+             ) -> tuple[list[PowerReading], list[dict], float, bool]:
+    """Windows until the precision target, max_windows, or (with stop_above_j) clearly above it;
+    also says whether it stopped for the last reason."""
     readings: list[PowerReading] = []
     states: list[dict] = []
     start = time.monotonic()
@@ -125,10 +145,13 @@ def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
         readings.append(meter.power_during(lambda: run_batch(calls)))
         states.append(meter.device_state())
         watts = [r.watts for r in readings if r.watts is not None]
-        if len(readings) >= precision.min_windows and len(watts) >= 2 and \
-                relative_spread(watts) / math.sqrt(len(watts)) <= precision.target_rse:
+        if len(readings) < precision.min_windows or len(watts) < 2:
+            continue
+        if stop_above_j is not None and clearly_above(readings, stop_above_j):
+            return readings, states, time.monotonic() - start, True
+        if relative_spread(watts) / math.sqrt(len(watts)) <= precision.target_rse:
             break
-    return readings, states, time.monotonic() - start
+    return readings, states, time.monotonic() - start, False
 
 
 def _summarize(readings: list[PowerReading], states: list[dict], flags: list[str],
@@ -150,8 +173,10 @@ def _summarize(readings: list[PowerReading], states: list[dict], flags: list[str
 
 def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latency_s: float,
                    precision: Precision, max_clock_mhz: float | None = None,
-                   power_limit_w: float | None = None) -> EnergyResult:
-    """`run_batch(n)` runs n calls back to back, synchronizes, and returns seconds per call."""
+                   power_limit_w: float | None = None,
+                   stop_above_j: float | None = None) -> EnergyResult:
+    """`run_batch(n)` runs n calls back to back, synchronizes, and returns seconds per call;
+    `stop_above_j`: stop early once the energy per call is clearly above it (step 5)."""
     attempts: list[tuple[list[PowerReading], list[dict], int]] = []
     all_flags: list[list[str]] = []
     spent = 0.0
@@ -159,11 +184,13 @@ def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latenc
     for attempt in range(1 + precision.remeasure):
         seconds = window_seconds(meter, latency_s, precision, scale=2.0 ** attempt)
         calls = max(1, math.ceil(seconds / latency_s))
-        readings, states, took = _attempt(meter, run_batch, calls, warmup_calls, precision)
+        readings, states, took, stopped = _attempt(meter, run_batch, calls, warmup_calls,
+                                                   precision, stop_above_j)
         spent += took
         attempts.append((readings, states, calls))
-        all_flags.append(quality_flags(readings, precision, max_clock_mhz, power_limit_w))
-        if not set(all_flags[-1]) & REMEASURE_FLAGS:
+        all_flags.append(quality_flags(readings, precision, max_clock_mhz, power_limit_w)
+                         + (["stopped_early"] if stopped else []))
+        if stopped or not set(all_flags[-1]) & REMEASURE_FLAGS:
             break
 
     def badness(i: int) -> tuple[int, float]:

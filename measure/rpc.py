@@ -118,11 +118,13 @@ class RemoteWorker:
         return f"{self.info['host']}:{self.info['device_index']}"
 
     def measure(self, artifact: str, decide: Callable[[Measurement], bool],
-                latency_bound_s: float | None, poll_s: float = 2.0) -> Measurement:
+                latency_bound_s: float | None, energy_bound_j: float | None = None,
+                poll_s: float = 2.0) -> Measurement:
         remote = f"{uuid.uuid4().hex}.so"
         _call(self.call_timeout_s, self.session.upload, artifact, remote)
         _call(self.call_timeout_s, self._fn["submit"], remote,
-              -1.0 if latency_bound_s is None else latency_bound_s)
+              -1.0 if latency_bound_s is None else latency_bound_s,
+              -1.0 if energy_bound_j is None else energy_bound_j)
         while True:   # the remote worker times the kernel out itself; an empty reply: running
             if not (text := _call(poll_s + self.call_timeout_s, self._fn["next"], poll_s)):
                 continue
@@ -220,12 +222,13 @@ class RpcPool:
                     f"{self._alive} left, its candidate goes to another")
 
     def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
-            latency_bound_s: float | None = None) -> Measurement:
+            latency_bound_s: float | None = None,
+            energy_bound_j: float | None = None) -> Measurement:
         losses: list[str] = []
         while True:
             worker = self._take()
             try:
-                result = worker.measure(artifact, decide, latency_bound_s)
+                result = worker.measure(artifact, decide, latency_bound_s, energy_bound_j)
             except WorkerLost as err:
                 self._drop(worker, str(err))
                 losses.append(f"{worker.name}: {err}")

@@ -85,14 +85,17 @@ class Session:
         self.answers: queue.Queue = queue.Queue()
         util.Finalize(self, self.runner.close, exitpriority=10)  # before mp joins its children
 
-    def submit(self, path: str, latency_bound_s: float | None) -> None:
-        threading.Thread(target=self._measure, args=(path, latency_bound_s), daemon=True).start()
+    def submit(self, path: str, latency_bound_s: float | None,
+               energy_bound_j: float | None) -> None:
+        threading.Thread(target=self._measure, args=(path, latency_bound_s, energy_bound_j),
+                         daemon=True).start()
 
-    def _measure(self, path: str, latency_bound_s: float | None) -> None:
+    def _measure(self, path: str, latency_bound_s: float | None,
+                 energy_bound_j: float | None) -> None:
         from .worker import WorkerError
 
         try:
-            result = self.runner.run(path, self._ask, latency_bound_s)
+            result = self.runner.run(path, self._ask, latency_bound_s, energy_bound_j)
             self.events.put({"result": asdict(result), "restarts": self.runner.restarts})
         except WorkerError as err:
             self.events.put({"harness_error": str(err)})
@@ -126,9 +129,10 @@ def register(device_index: int) -> None:
         return encode({**s.info, "measurement": s.runner.measurement})
 
     @tvm_ffi.register_global_func(PREFIX + "submit", override=True)
-    def submit(file_name: str, latency_bound_s: float) -> None:
+    def submit(file_name: str, latency_bound_s: float, energy_bound_j: float) -> None:
         path = tvm.get_global_func("tvm.rpc.server.workpath")(file_name)
-        session["s"].submit(path, None if latency_bound_s < 0 else latency_bound_s)
+        session["s"].submit(path, None if latency_bound_s < 0 else latency_bound_s,
+                            None if energy_bound_j < 0 else energy_bound_j)
 
     @tvm_ffi.register_global_func(PREFIX + "next", override=True)
     def next_(wait_s: float) -> str:

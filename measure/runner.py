@@ -69,10 +69,12 @@ class CandidateRunner(Protocol):
     slots: int          # measurements it runs at once; `run` is called from that many threads
 
     def run(self, artifact: str, decide: "Callable[[Measurement], bool]" = ...,
-            latency_bound_s: float | None = None) -> Measurement:
+            latency_bound_s: float | None = None,
+            energy_bound_j: float | None = None) -> Measurement:
         """Check and time the kernel; measure its energy if there is a meter and
         `decide(measurement so far)` says so. With `latency_bound_s`, a kernel whose first
-        few latency samples exceed it is screened out: neither fully timed nor measured."""
+        few latency samples exceed it is screened out: neither fully timed nor measured. With
+        `energy_bound_j`, its energy windows stop once it is clearly above that (protocol step 5)."""
 
 
 def measurement_identity(config: MeasureConfig, meter: str | None) -> dict:
@@ -163,7 +165,8 @@ class Runner:
 
     def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
             expect: Callable[[float], None] = lambda seconds: None,
-            latency_bound_s: float | None = None) -> Measurement:
+            latency_bound_s: float | None = None,
+            energy_bound_j: float | None = None) -> Measurement:
         """`expect(seconds)` is told, after the first call, how long the rest may take."""
         phases: dict[str, float] = {}  # wall seconds of each step, to see where a tune's time goes
         clock = time.perf_counter()
@@ -186,7 +189,8 @@ class Runner:
                                meta={"bound_ratio": verdict.bound_ratio})
         expect(self.seconds_needed(phases["check_s"]))
         try:
-            result = self._time_and_measure(module, verdict, decide, latency_bound_s, lap)
+            result = self._time_and_measure(module, verdict, decide, latency_bound_s,
+                                            energy_bound_j, lap)
             after = judge(self.op, self.expected, self.out.numpy())  # what the timed runs left
             if after.ok:
                 after = self.check(module["main"], fresh=True)
@@ -204,7 +208,7 @@ class Runner:
 
     def _time_and_measure(self, module, verdict: Verdict,
                           decide: Callable[[Measurement], bool],
-                          latency_bound_s: float | None,
+                          latency_bound_s: float | None, energy_bound_j: float | None = None,
                           lap: Callable[[str], None] = lambda name: None) -> Measurement:
         samples, run_batch = self._timers(module)
         if latency_bound_s is not None:  # screening: a few samples first
@@ -225,7 +229,8 @@ class Runner:
             result.meta["energy_skipped"] = True
         elif self.meter is not None:
             energy = measure_energy(self.meter, run_batch, result.latency_s,
-                                    self.config.precision, self.max_clock_mhz, self.power_limit_w)
+                                    self.config.precision, self.max_clock_mhz, self.power_limit_w,
+                                    stop_above_j=energy_bound_j)
             lap("energy_s")
             result.energy_j, result.power_w = energy.energy_j, energy.power_w
             result.meta.update(meter=self.meter.name, idle_w=self.idle_w,

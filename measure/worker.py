@@ -61,11 +61,11 @@ def _serve(conn, spec: WorkerSpec) -> None:
             return bool(conn.recv())
 
         while (job := conn.recv()) is not None:
-            artifact, latency_bound_s = job
+            artifact, latency_bound_s, energy_bound_j = job
             try:
                 result = runner.run(artifact, ask_parent,
                                     lambda seconds: conn.send({"expect_s": seconds}),
-                                    latency_bound_s)
+                                    latency_bound_s, energy_bound_j)
             except MeterError as err:
                 conn.send({"harness_error": f"energy meter failed: {err}"})
                 return
@@ -139,11 +139,12 @@ class IsolatedRunner:
         self._start()
 
     def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
-            latency_bound_s: float | None = None) -> Measurement:
+            latency_bound_s: float | None = None,
+            energy_bound_j: float | None = None) -> Measurement:
         """Measure in the worker; `decide` answers the worker's "measure energy?" question."""
         if not self._proc.is_alive():
             self._restart()
-        self._conn.send((artifact, latency_bound_s))
+        self._conn.send((artifact, latency_bound_s, energy_bound_j))
         timeout = self.timeout_s
         while True:
             if not self._conn.poll(timeout):

@@ -115,3 +115,15 @@ def test_spread_flag():
     readings = [meter.power_during(lambda: meter.run_batch(2000)) for _ in range(3)]
     assert "spread" in quality_flags(readings, Precision(max_spread=0.0), None)
     assert "spread" not in quality_flags(readings, Precision(max_spread=0.5), None)
+
+
+def test_a_clearly_worse_kernel_stops_after_min_windows_and_is_not_remeasured():
+    strict = Precision(target_rse=1e-6, max_windows=5, max_spread=0.0)  # never precise enough
+    full = measure(ReplayMeter(), strict)
+    assert len(full.windows) == 5 and full.attempts == 2                   # spread: re-measured
+    worse = measure(ReplayMeter(), strict, stop_above_j=0.8 * full.energy_j)
+    assert len(worse.windows) < 5 and worse.attempts == 1     # 2-3 windows: this trace's cv is ~5%
+    assert "stopped_early" in worse.flags
+    assert worse.energy_j == pytest.approx(full.energy_j, rel=0.03)        # still a measurement
+    close = measure(ReplayMeter(), strict, stop_above_j=0.995 * full.energy_j)  # within the noise
+    assert len(close.windows) == 5 and "stopped_early" not in close.flags

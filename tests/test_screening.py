@@ -81,3 +81,32 @@ def test_latency_objective_measures_energy_only_for_a_new_fastest(gpu_records):
     assert policy.decide(fastest * 1.1, 500.0, records) is False
     assert (policy.measured, policy.skipped) == (1, 2)
     assert EnergyPolicy(Objective("energy"), mode="all").decide(fastest * 1.1, None, records)
+
+
+def test_energy_bound_is_the_picks_energy_with_a_margin(gpu_records):
+    from energy_tuner.compiler.objective import ENERGY_STOP_FACTOR
+    records = as_records([r for r in gpu_records if r["run"] == "energy"])
+    pick = Objective("energy").choose(records)
+    assert Objective("energy").energy_bound(records) == pytest.approx(ENERGY_STOP_FACTOR * pick.energy_j)
+    bounded = Objective("energy", 1.03)
+    assert bounded.energy_bound(records) == pytest.approx(
+        ENERGY_STOP_FACTOR * bounded.choose(records).energy_j)
+    assert Objective("energy").energy_bound([]) is None
+    for kind in ("latency", "edp", "pareto"):
+        assert Objective(kind).energy_bound(records) is None
+
+
+def test_stopping_early_never_drops_the_chosen_kernel_on_h200_tunes(gpu_records):
+    """Replayed in measurement order: a candidate whose measured energy is above the bound of
+    those before it would have stopped early; the pick is never among them."""
+    objective = Objective("energy")
+    for run in ("latency", "energy"):
+        records = as_records([r for r in gpu_records if r["run"] == run])
+        pick, seen, stopped = objective.choose(records), [], 0
+        for r in records:
+            bound = objective.energy_bound(seen)
+            if bound is not None and r.energy_j is not None and r.energy_j > bound:
+                assert r is not pick
+                stopped += 1
+            seen.append(r)
+        assert stopped >= 10          # a real share of a tune's energy windows is saved

@@ -221,10 +221,11 @@ class TwoRunners:
         self.measurement = Runner(op, plat.device, None, config).measurement
         self.lock = threading.Lock()
 
-    def run(self, artifact, decide=lambda m: True, latency_bound_s=None):
+    def run(self, artifact, decide=lambda m: True, latency_bound_s=None, energy_bound_j=None):
         index, runner = self.free.get()
         try:
-            m = runner.run(artifact, decide, latency_bound_s=latency_bound_s)
+            m = runner.run(artifact, decide, latency_bound_s=latency_bound_s,
+                           energy_bound_j=energy_bound_j)
             m.meta["worker"] = index
             return m
         finally:
