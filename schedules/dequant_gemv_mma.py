@@ -1,0 +1,403 @@
+"""Low-bit GEMV on tensor cores: lut_mpgemm `impl=dequant` at m = 1 (fp16, CUDA sm_80+), the
+multiply done by `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` (float32 accumulation).
+
+Why: the SIMT dequant kernels (schedules/dequant_gemv_knobs.py) spend ~7 thread-instructions per
+weight (decode, int-to-float, x convert, FFMA, scales) and are close to issue bound at ~3x the
+bandwidth floor. Here the FMA and the x convert go to the tensor core and the decode produces
+fp16 pairs directly, ~2 instructions per weight at W4.
+
+The kernel. A warp owns 16 weight rows (the mma's M); the GEMV's single column is the mma's N.
+In the A fragment thread 4g + q holds rows g and g + 8 and four k slots; since a dot product
+does not care about the order of k, thread q of a row simply owns `thread_cols` (32 or 128)
+consecutive columns per step, the same for every row, and A and B agree on which column each
+slot is. Per step the thread loads its 32-bit plane words (cols/32 words of each of the `bits`
+planes of its two rows: one ld.global(.nc) per plane and row, 16-byte at 128 columns), and
+decodes each word of 32 weights with no int-to-float convert: N_i = OR_b ((P_b >> i) &
+0x11111111) << b holds q_(4p+i) in 4-bit field p (planes absent for bits < 4), and
+((N_i >> 4p) & 0x000F000F) | 0x64006400 is the fp16 pair (1024 + q_j, 1024 + q_(j+16)),
+j = 4p + i: 16 A words per row and word, which 8 mmas consume. B holds the matching x pairs
+(x_j, x_(j+16)), read as 16-byte words from a copy of the CTA's x slice in shared memory that
+is stored already permuted (`pair_columns`). `offset`: `hsub2` subtracts 1024 by one HSUB2 per
+pair (exact); `fold` leaves it in and subtracts 1024 sum(x) with the zero point (exact products
+and float32 sums: the error stays ~1e-5, far inside the op's 2e-3).
+
+Scales in float32: every step starts its chains from zero C, so C is the dot product of one
+span of columns, and acc += s (C - (z [+1024]) sum_x(span)) with the x sums per span computed
+once per CTA into shared memory. `fragment` says what a span is:
+- `quad`: all 8 B columns hold x, so an mma sums its quad's 4 threads (4 x thread_cols columns,
+  which must lie in one group); every thread of the quad then holds the row's sum.
+- `thread`: B column n holds x only in the registers of quad thread n // 2 (zeros elsewhere: the
+  other threads read a zero line of shared memory), so thread q's C columns 2q, 2q+1 hold its own
+  columns' sum (a span of thread_cols within one group), and the quad adds by two shuffles.
+`unroll` steps' loads are issued before any decode (the bytes in flight); `mma_chains`
+independent accumulators per step shorten the dependent mma chains. `row_warps` x `k_warps`
+warps per CTA (k_warps > 1 adds through shared memory); `ctas_per_sm`, `load`, `prefetch`,
+`split_k` and `split_reduce` are the fp16 GEMV space's (schedules/gemv_knobs.py).
+
+The CPU emulation (`emulate=True`, schedules/simt.py) runs the same decode on the same words and
+emulates each mma from the fragments of all 32 threads of the warp (`mma_m16n8k16`), so the
+mapping of fragments to columns is checked for real against the op's numpy reference.
+
+Left out: ldmatrix or shared staging of the planes, cp.async/bulk copies, m > 1 (B columns would
+hold up to 8 activation rows for free), and the 75% of each mma's work spent on unused columns.
+"""
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm import tirx
+from tvm.script import tirx as TS
+from tvm.script.ir_builder import tirx as T
+from tvm.target import Target
+
+from .dequant_gemv_knobs import DequantGemvKnobs, declare_dequant_args
+from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, THREADS_PER_SM, GemvKnobs, _ld_chain,
+                         _SplitKWriter, _UniformIf)
+from .knobs import Config, Knob, register
+from .lut_mpgemm import K_PER_BYTE
+from .op import Op
+from .simt import WARP, half, half2_word, mma_m16n8k16, prim_func, ramp
+
+MMA_ROWS = 16                   # weight rows per warp (the mma's M)
+WORD = 32                       # weights per 32-bit plane word
+PAIRS = WORD // 2               # fp16 pairs (A words) per word and row
+MAGIC = 0x64006400              # fp16 pair (1024, 1024)
+MAGIC_VALUE = 1024.0
+
+
+def pair_columns(h: int) -> tuple[int, int]:
+    """Columns (within a 32-column word) of the low and high fp16 of A word h: what the nibble
+    decode puts there, and so the order in which x is staged for B."""
+    return h, h + PAIRS
+
+
+@register
+class DequantGemvMma(GemvKnobs):
+    """lut_mpgemm dequant at m = 1 with the products on tensor cores (see the module docstring)."""
+
+    name = "lut-dequant-gemv-mma"
+    auto = False  # not run on a GPU yet: tuned only when named
+
+    def __init__(self, op: Op, target: Target, sms: int | None = None) -> None:
+        super().__init__(op, target, sms)
+        self.bits, self.group = op.bits, op.group_size
+
+    @classmethod
+    def applies(cls, op: Op, target: Target) -> bool:
+        return DequantGemvKnobs.applies(op, target)
+
+    @property
+    def knobs(self) -> tuple[Knob, ...]:
+        return (Knob("row_warps", (1, 2, 4, 8)),
+                Knob("k_warps", (1, 2, 4)),
+                Knob("thread_cols", (32, 128)),
+                Knob("unroll", (1, 2)),
+                Knob("mma_chains", (1, 2, 4)),
+                Knob("fragment", ("quad", "thread")),
+                Knob("offset", ("fold", "hsub2")),
+                Knob("ctas_per_sm", (0, 1, 2, 4, 8)),
+                Knob("load", tuple(v for v in LOADS if not v.startswith("bulk"))),
+                Knob("prefetch", PREFETCH),
+                Knob("split_k", (1, 2, 4, 8)),
+                Knob("split_reduce", ("atomic", "two_pass")))
+
+    # -- derived sizes -----------------------------------------------------------------------
+    def threads(self, config: Config) -> int:
+        return WARP * int(config["row_warps"]) * int(config["k_warps"])
+
+    def rows_per_block(self, config: Config) -> int:
+        return MMA_ROWS * int(config["row_warps"])
+
+    @staticmethod
+    def rows_per_thread(config: Config) -> int:
+        return 2
+
+    def substep(self, config: Config) -> int:
+        """Columns the CTA covers per unrolled sub-step (k_warps quads of 4 threads)."""
+        return int(config["k_warps"]) * 4 * int(config["thread_cols"])
+
+    def k_per_step(self, config: Config) -> int:
+        return int(config["unroll"]) * self.substep(config)
+
+    @staticmethod
+    def span(config: Config) -> int:
+        """Columns one mma chain sums (and so one x sum covers)."""
+        return int(config["thread_cols"]) * (4 if config["fragment"] == "quad" else 1)
+
+    def shared_bytes(self, config: Config) -> int:
+        """x permuted (fp16, plus a zero word), sums of x per word and per span, and the
+        cross-warp partial sums."""
+        k_slice, kw = self.k_slice(config), int(config["k_warps"])
+        red = kw * self.rows_per_block(config) * 4 if kw > 1 else 0
+        return (k_slice + WORD) * 2 + k_slice // WORD * 4 + k_slice // self.span(config) * 4 + red
+
+    def reject(self, config: Config) -> str | None:
+        span = self.span(config)
+        if self.group % span:
+            return (f"a chain's span of {span} columns ({config['fragment']} x thread_cols) must "
+                    f"lie inside a group of {self.group}")
+        if self.k % int(config["split_k"]) == 0 and self.k_slice(config) % self.k_per_step(config):
+            return (f"a step of {self.k_per_step(config)} columns (k_warps x 4 x thread_cols x "
+                    f"unroll) does not divide k/split_k={self.k_slice(config)}")
+        return super().reject(config)
+
+    # -- cost-model features -----------------------------------------------------------------
+    def bytes_per_thread_step(self, config: Config) -> int:
+        return 2 * int(config["unroll"]) * self.bits * int(config["thread_cols"]) // K_PER_BYTE
+
+    def weight_instructions(self, config: Config) -> float:
+        """Estimated thread-instructions per weight: assembling the 4-bit fields (a shift and a
+        lop3 per plane and field word: 8 per plane and 32 weights), a shift and a lop3 per pair
+        (1.0), the HSUB2 (0.5, `hsub2`), the mma (1 per 8 weights and thread), B's shared loads
+        (4 per 2 x 32 weights); per step and row the plane loads and the scale (~8)."""
+        cols = int(config["thread_cols"])
+        per = (8 * self.bits + 2 * PAIRS) / WORD + 1 / 8 + 4 / (2 * WORD)
+        per += 0.5 if config["offset"] == "hsub2" else 0.0
+        per_step_row = self.bits + 8 + 4 * int(config["mma_chains"]) / 2
+        return per + per_step_row / cols
+
+    def features(self, config: Config) -> dict[str, float]:
+        threads, per_thread = self.threads(config), self.bytes_per_thread_step(config)
+        ctas = self.grid_x(config) * int(config["split_k"])
+        resident = min(CTAS_PER_SM, THREADS_PER_SM // threads)
+        steps = self.k_slice(config) // self.k_per_step(config)
+        weights_per_byte = K_PER_BYTE / self.bits
+        return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
+                "rows_per_block": self.rows_per_block(config), "rows_per_thread": 2,
+                "bytes_in_flight_per_thread": per_thread,
+                "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
+                "instructions_per_byte": self.weight_instructions(config) * weights_per_byte,
+                "steps": steps, "shared_bytes": self.shared_bytes(config),
+                "split_k": int(config["split_k"]),
+                "persistent": float(int(config["ctas_per_sm"]) > 0), "bulk_stages": 0,
+                "load_" + str(config["load"]): 1.0, "x_shared": 1.0,
+                "k_warps": int(config["k_warps"]), "mma_chains": int(config["mma_chains"]),
+                "fragment_thread": float(config["fragment"] == "thread"),
+                "offset_fold": float(config["offset"] == "fold")}
+
+    def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
+        why = self.reject(config)
+        if why:
+            raise ValueError(f"config cannot run: {why}")
+        return tvm.IRModule({"main": prim_func("main", _MmaWriter(self, config, emulate).body)})
+
+
+class _MmaWriter(_SplitKWriter):
+    """Writes one config's kernel (see the module docstring)."""
+
+    def __init__(self, space: DequantGemvMma, config: Config, emulate: bool) -> None:
+        super().__init__(space, config, emulate)
+        self.bits, self.group = space.bits, space.group
+        self.row_warps, self.k_warps = int(config["row_warps"]), int(config["k_warps"])
+        self.cols, self.unroll = int(config["thread_cols"]), int(config["unroll"])
+        self.words = self.cols // WORD                         # plane words per row and sub-step
+        self.chains, self.span = int(config["mma_chains"]), space.span(config)
+        self.per_thread = config["fragment"] == "thread"
+        self.fold = config["offset"] == "fold"
+        self.rows, self.substep = space.rows_per_block(config), space.substep(config)
+        self.k_step = space.k_per_step(config)
+        self.steps = self.k_slice // self.k_step
+
+    def declare(self) -> None:
+        declare_dequant_args(self)
+        self.planes = T.decl_buffer((self.bits, self.n, self.k // WORD), "uint32",
+                                    data=self.packed.data)
+
+    # -- where a thread is -----------------------------------------------------------------------
+    def lane(self, t):
+        """(g, q): thread t's rows g, g + 8 of its warp's 16 and its place in the quad."""
+        return (t % WARP) // 4, t % 4
+
+    def row(self, t, r: int):
+        """The r-th (0: g, 1: g + 8) row of thread t in row block self.rb."""
+        g, _ = self.lane(t)
+        return self.rb * self.rows + (t // WARP) % self.row_warps * MMA_ROWS + g + 8 * r
+
+    def column(self, t, s, u: int):
+        """First column (within the CTA's k slice) of thread t's columns in sub-step u of step s."""
+        _, q = self.lane(t)
+        return s * self.k_step + u * self.substep + (t // WARP) // self.row_warps * 4 * self.cols \
+            + q * self.cols
+
+    # -- the CTA ---------------------------------------------------------------------------------
+    def block(self) -> None:
+        simt = self.simt
+        self.stage_x()
+        self.acc = simt.reg((2,), "float32")
+        self.w_reg = simt.reg((self.unroll * 2 * self.bits * self.words,), "uint32")
+        self.nib = simt.reg((2 * 4,), "uint32")
+        self.a_reg = simt.reg((2 * PAIRS,), "uint32")
+        self.b_reg = simt.reg((PAIRS,), "uint32")
+        self.c_reg = simt.reg((self.unroll * self.chains * 4,), "float32")
+        self.red = simt.shared((self.k_warps, self.rows), "float32") if self.k_warps > 1 else None
+        policy = self.evict_first_policy()
+        with T.serial(0, self.visits) as visit:
+            self.rb = self.bx + visit * self.grid_x
+            guard = _UniformIf(self.rb < self.blocks) if self.blocks % self.grid_x else None
+            with simt.threads() as t:
+                for r in range(2):
+                    self.acc.store(t, tirx.const(0.0, "float32"), r)
+            with T.serial(0, self.steps) as s:
+                with simt.threads() as t:          # every load of the step before any decode
+                    for i in range(self.unroll * self.chains * 4):
+                        self.c_reg.store(t, tirx.const(0.0, "float32"), i)
+                    for u in range(self.unroll):
+                        for r in range(2):
+                            self.load_planes(t, u, r, s, policy)
+                for u in range(self.unroll):
+                    for word in range(self.words):
+                        with simt.threads() as t:
+                            self.decode(t, u, word)
+                            self.load_x_pairs(t, s, u, word)
+                        with simt.threads() as t:
+                            for m in range(PAIRS // 2):
+                                chain = (u * self.chains + (word * PAIRS // 2 + m) % self.chains) * 4
+                                mma_m16n8k16(simt, t, self.a_reg,
+                                             (2 * m, PAIRS + 2 * m, 2 * m + 1, PAIRS + 2 * m + 1),
+                                             self.b_reg, (2 * m, 2 * m + 1),
+                                             self.c_reg, tuple(range(chain, chain + 4)))
+                with simt.threads() as t:
+                    self.apply_scales(t, s)
+            self.reduce_and_write()
+            if guard is not None:
+                guard.close()
+
+    def stage_x(self) -> None:
+        """The CTA's x slice into shared memory, each word's columns in A's pair order, with a
+        zero word after it; the float32 sum of x per word, then per span."""
+        simt, k_slice, threads = self.simt, self.k_slice, self.threads
+        words, spans = k_slice // WORD, k_slice // self.span
+        self.xp = simt.shared((k_slice + WORD,), "float16")
+        self.xp_words = T.decl_buffer(((k_slice + WORD) // 2,), "uint32", data=self.xp.data,
+                                      scope=self.xp.scope())
+        word_sum = simt.shared((words,), "float32")
+        self.x_sum = simt.shared((spans,), "float32")
+        base = self.ks * k_slice
+        with simt.threads() as t:
+            with T.serial(0, math.ceil(words / threads)) as i:
+                w = i * threads + t
+                with T.If(w < words):
+                    with T.Then():
+                        total = tirx.const(0.0, "float32")
+                        for h in range(PAIRS):
+                            for e, col in enumerate(pair_columns(h)):
+                                value = self.x[base + w * WORD + col]
+                                T.buffer_store(self.xp, value, [w * WORD + 2 * h + e])
+                                total = total + value.astype("float32")
+                        T.buffer_store(word_sum, total, [w])
+            with T.If(t < WORD):
+                with T.Then():
+                    T.buffer_store(self.xp, tirx.const(0.0, "float16"), [k_slice + t])
+        simt.sync()
+        per_span = self.span // WORD
+        with simt.threads() as t:
+            with T.serial(0, math.ceil(spans / threads)) as i:
+                sp = i * threads + t
+                with T.If(sp < spans):
+                    with T.Then():
+                        total = word_sum[sp * per_span]
+                        for j in range(1, per_span):
+                            total = total + word_sum[sp * per_span + j]
+                        T.buffer_store(self.x_sum, total, [sp])
+        simt.sync()
+
+    def load_planes(self, t, u: int, r: int, s, policy) -> None:
+        """The thread's words of every plane of its row r in sub-step u: one load per plane."""
+        row, n_words = self.row(t, r), self.words
+        word = (self.ks * self.k_slice + self.column(t, s, u)) // WORD
+        for b in range(self.bits):
+            at = ((u * 2 + r) * self.bits + b) * n_words
+            if self.load == "plain" or self.emulate:
+                self.w_reg.store(t, self.planes[b, row, ramp(word, n_words)], ramp(at, n_words))
+                continue
+            dst = [self.w_reg.load(t, at + i) for i in range(n_words)]
+            extra = [policy.load(t, 0)] if self.load == "nc_evict_first" else []
+            chain = _ld_chain(self.load, self.prefetch, n_words)
+            T.evaluate(TS.ptx[chain](*dst, self.planes.ptr_to([b, row, word]), *extra))
+
+    def decode(self, t, u: int, word: int) -> None:
+        """A words of plane word `word` of sub-step u, both rows: a_reg[r * 16 + 4p + i] is the
+        fp16 pair (1024 + q_(4p+i), 1024 + q_(4p+i+16)), or q itself with `hsub2`."""
+        u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+        for r in range(2):
+            planes = [self.w_reg.load(t, ((u * 2 + r) * self.bits + b) * self.words + word)
+                      for b in range(self.bits)]
+            for i in range(4):
+                fields = u32(0)
+                for b, plane in enumerate(planes):
+                    fields = fields | (((plane >> u32(i)) & u32(0x11111111)) << u32(b))
+                self.nib.store(t, fields, r * 4 + i)
+            for i in range(4):
+                for p in range(4):
+                    at = r * PAIRS + 4 * p + i
+                    pair = ((self.nib.load(t, r * 4 + i) >> u32(4 * p)) & u32(0x000F000F)) | u32(MAGIC)
+                    self.a_reg.store(t, pair, at)
+                    if not self.fold:
+                        self.subtract_magic(t, at)
+
+    def subtract_magic(self, t, at: int) -> None:
+        """a_reg[at] -= (1024, 1024) as fp16 pairs (HSUB2; exact for 1024 + q)."""
+        if not self.emulate:
+            word = self.a_reg.load(t, at)
+            T.evaluate(TS.ptx["sub.f16x2"](word, word, tirx.const(MAGIC, "uint32")))
+            return
+        word = self.a_reg.load(t, at)
+        self.a_reg.store(t, half2_word(half(word, 0) - MAGIC_VALUE, half(word, 1) - MAGIC_VALUE), at)
+
+    def load_x_pairs(self, t, s, u: int, word: int) -> None:
+        """B words of `word`: the x pairs of the thread's columns (16-byte shared loads); with
+        `fragment=thread` only quad thread g // 2 of B column g reads them, the others zeros."""
+        col = self.column(t, s, u) + word * WORD
+        if self.per_thread:
+            g, q = self.lane(t)
+            col = tirx.if_then_else(g // 2 == q, col, self.k_slice)
+        for v in range(PAIRS // 4):
+            self.b_reg.store(t, self.xp_words[ramp(col // 2 + 4 * v, 4)], ramp(4 * v, 4))
+
+    def apply_scales(self, t, s) -> None:
+        """acc[r] += scale (C - zero' sum_x) per sub-step, C the sum of its mma chains."""
+        for u in range(self.unroll):
+            col = self.column(t, s, u)
+            span_col = col if self.per_thread else col - self.lane(t)[1] * self.cols
+            group = (self.ks * self.k_slice + col) // self.group
+            x_sum = self.x_sum[span_col // self.span]
+            for r in range(2):
+                c = self.c_reg.load(t, u * self.chains * 4 + 2 * r)
+                for ch in range(1, self.chains):
+                    c = c + self.c_reg.load(t, (u * self.chains + ch) * 4 + 2 * r)
+                row = self.row(t, r)
+                zero = self.zeros[row, group]
+                if self.fold:
+                    zero = zero + tirx.const(MAGIC_VALUE, "float32")
+                self.acc.store(t, self.acc.load(t, r) + self.scales[row, group] * (c - zero * x_sum), r)
+
+    def reduce_and_write(self) -> None:
+        """Sum each row over its quad (`thread`) and its k warps; quad thread 0 writes."""
+        simt = self.simt
+        if self.per_thread:
+            for r in range(2):
+                simt.xor_sum(self.acc, 4, r)
+        if self.red is None:
+            with simt.threads() as t:
+                with T.If(t % 4 == 0):
+                    with T.Then():
+                        for r in range(2):
+                            self.write(self.row(t, r), self.acc.load(t, r))
+            return
+        with simt.threads() as t:
+            with T.If(t % 4 == 0):
+                with T.Then():
+                    for r in range(2):
+                        local = self.row(t, r) - self.rb * self.rows
+                        T.buffer_store(self.red, self.acc.load(t, r),
+                                       [(t // WARP) // self.row_warps, local])
+        simt.sync()
+        with simt.threads() as t:
+            with T.If(t < self.rows):
+                with T.Then():
+                    total = self.red[0, t]
+                    for kw in range(1, self.k_warps):
+                        total = total + self.red[kw, t]
+                    self.write(self.rb * self.rows + t, total)
+        simt.sync()      # red is written again by the next row block
