@@ -230,6 +230,7 @@ class _MmaWriter(_SplitKWriter):
         self.a_reg = simt.reg((2 * PAIRS,), "uint32")
         self.b_reg = simt.reg((PAIRS,), "uint32")
         self.c_reg = simt.reg((self.unroll * self.chains * 4,), "float32")
+        self.x_col = simt.reg((1,), "int32")
         self.red = simt.shared((self.k_warps, self.rows), "float32") if self.k_warps > 1 else None
         policy = self.evict_first_policy()
         with T.serial(0, self.visits) as visit:
@@ -323,10 +324,11 @@ class _MmaWriter(_SplitKWriter):
         for r in range(2):
             planes = [self.w_reg.load(t, ((u * 2 + r) * self.bits + b) * self.words + word)
                       for b in range(self.bits)]
-            for i in range(4):
+            for i in range(4):       # ((P_b >> i) & 0x11111111) << b, as one shift and a lop3
                 fields = u32(0)
                 for b, plane in enumerate(planes):
-                    fields = fields | (((plane >> u32(i)) & u32(0x11111111)) << u32(b))
+                    moved = plane >> u32(i - b) if i >= b else plane << u32(b - i)
+                    fields = fields | (moved & u32(0x11111111 << b))
                 self.nib.store(t, fields, r * 4 + i)
             for i in range(4):
                 for p in range(4):
@@ -349,9 +351,10 @@ class _MmaWriter(_SplitKWriter):
         """B words of `word`: the x pairs of the thread's columns (16-byte shared loads); with
         `fragment=thread` only quad thread g // 2 of B column g reads them, the others zeros."""
         col = self.column(t, s, u) + word * WORD
-        if self.per_thread:
+        if self.per_thread:     # the column into a register first: the loads stay 16-byte loads
             g, q = self.lane(t)
-            col = tirx.if_then_else(g // 2 == q, col, self.k_slice)
+            self.x_col.store(t, tirx.if_then_else(g // 2 == q, col, self.k_slice) // 2, 0)
+            col = self.x_col.load(t, 0) * 2
         for v in range(PAIRS // 4):
             self.b_reg.store(t, self.xp_words[ramp(col // 2 + 4 * v, 4)], ramp(4 * v, 4))
 
