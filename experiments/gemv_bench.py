@@ -137,7 +137,7 @@ CURATED_MMA = [  # tensor-core dequant: 16-byte plane loads first, then bytes in
     {"load": "nc_no_allocate", "prefetch": "L2::256B", "unroll": 2},
     {"thread_cols": 32, "fragment": "quad", "unroll": 2, "mma_chains": 1},
     {"thread_cols": 32, "fragment": "thread", "unroll": 2, "row_warps": 8},
-    {"row_warps": 1, "k_warps": 4, "unroll": 2},
+    {"row_warps": 1, "k_warps": 4},
 ]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass
