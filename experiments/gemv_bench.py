@@ -123,21 +123,23 @@ CURATED_DEQUANT = [  # the nibble decode first, each against a shift-decode twin
     {"split_k": 2, "load": "nc"},
 ]
 BASE_MMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "unroll": 1, "mma_chains": 2,
-            "fragment": "thread", "offset": "fold", "ctas_per_sm": 0, "load": "nc_no_allocate",
-            "prefetch": "none", "split_k": 1, "split_reduce": "atomic"}
-CURATED_MMA = [  # tensor-core dequant: 16-byte plane loads first, then bytes in flight, grid, split-k
+            "fragment": "thread", "offset": "fold", "decode": "scaled", "ctas_per_sm": 0,
+            "load": "nc_no_allocate", "prefetch": "none", "split_k": 1, "split_reduce": "atomic"}
+CURATED_MMA = [  # tensor-core dequant: the decodes and offsets first, then bytes in flight, grid, split-k
     {},
-    {"unroll": 2},
+    {"decode": "shift"},
     {"offset": "hsub2"},
+    {"unroll": 2},
     {"mma_chains": 4, "unroll": 2, "load": "nc"},
     {"row_warps": 2, "k_warps": 2},
     {"row_warps": 8, "ctas_per_sm": 2},
     {"ctas_per_sm": 4, "unroll": 2, "load": "nc_evict_first"},
     {"split_k": 2, "split_reduce": "two_pass"},
-    {"load": "nc_no_allocate", "prefetch": "L2::256B", "unroll": 2},
+    {"prefetch": "L2::256B", "unroll": 2},
     {"thread_cols": 32, "fragment": "quad", "unroll": 2, "mma_chains": 1},
-    {"thread_cols": 32, "fragment": "thread", "unroll": 2, "row_warps": 8},
+    {"thread_cols": 32, "unroll": 2, "row_warps": 8},
     {"row_warps": 1, "k_warps": 4},
+    {"offset": "hsub2", "decode": "shift", "unroll": 2},
 ]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass

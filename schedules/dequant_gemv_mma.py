@@ -96,6 +96,7 @@ class DequantGemvMma(GemvKnobs):
                 Knob("mma_chains", (1, 2, 4)),
                 Knob("fragment", ("quad", "thread")),
                 Knob("offset", ("fold", "hsub2")),
+                Knob("decode", ("shift", "scaled")),
                 Knob("ctas_per_sm", (0, 1, 2, 4, 8)),
                 Knob("load", tuple(v for v in LOADS if not v.startswith("bulk"))),
                 Knob("prefetch", PREFETCH),
@@ -125,12 +126,20 @@ class DequantGemvMma(GemvKnobs):
         """Columns one mma chain sums (and so one x sum covers)."""
         return int(config["thread_cols"]) * (4 if config["fragment"] == "quad" else 1)
 
+    @staticmethod
+    def sums(fold: bool, scaled: bool) -> int:
+        """x sums kept per word and span: of x, and of the staged x where they differ (`scaled`)
+        and the magic offset multiplies them (`fold`)."""
+        return 2 if fold and scaled else 1
+
     def shared_bytes(self, config: Config) -> int:
         """x permuted (fp16, plus a zero word), sums of x per word and per span, and the
         cross-warp partial sums."""
         k_slice, kw = self.k_slice(config), int(config["k_warps"])
         red = kw * self.rows_per_block(config) * 4 if kw > 1 else 0
-        return (k_slice + WORD) * 2 + k_slice // WORD * 4 + k_slice // self.span(config) * 4 + red
+        sums = self.sums(config["offset"] == "fold", config["decode"] == "scaled")
+        return ((k_slice + WORD) * 2 + sums * (k_slice // WORD + k_slice // self.span(config)) * 4
+                + red)
 
     def reject(self, config: Config) -> str | None:
         span = self.span(config)
@@ -147,12 +156,15 @@ class DequantGemvMma(GemvKnobs):
         return 2 * int(config["unroll"]) * self.bits * int(config["thread_cols"]) // K_PER_BYTE
 
     def weight_instructions(self, config: Config) -> float:
-        """Estimated thread-instructions per weight: assembling the 4-bit fields (a shift and a
-        lop3 per plane and field word: 8 per plane and 32 weights), a shift and a lop3 per pair
-        (1.0), the HSUB2 (0.5, `hsub2`), the mma (1 per 8 weights and thread), B's shared loads
-        (4 per 2 x 32 weights); per step and row the plane loads and the scale (~8)."""
+        """Estimated thread-instructions per weight: assembling the 4-bit fields (a lop3 per
+        plane and field word and a shift where the bit moves: ~7 per plane and 32 weights), the
+        pairs (`shift`: a shift and a lop3 each but the first of 4, 28 per 32 weights; `scaled`:
+        a lop3 each and one shift per 2, 20), the HSUB2 (0.5, `hsub2`), the mma (1 per 8
+        weights and thread), B's shared loads (4 per 2 x 32 weights); per step and row the plane
+        loads and the scale (~8)."""
         cols = int(config["thread_cols"])
-        per = (8 * self.bits + 2 * PAIRS) / WORD + 1 / 8 + 4 / (2 * WORD)
+        pairs = 20 if config["decode"] == "scaled" else 28
+        per = (7 * self.bits + pairs) / WORD + 1 / 8 + 4 / (2 * WORD)
         per += 0.5 if config["offset"] == "hsub2" else 0.0
         per_step_row = self.bits + 8 + 4 * int(config["mma_chains"]) / 2
         return per + per_step_row / cols
@@ -174,7 +186,8 @@ class DequantGemvMma(GemvKnobs):
                 "load_" + str(config["load"]): 1.0, "x_shared": 1.0,
                 "k_warps": int(config["k_warps"]), "mma_chains": int(config["mma_chains"]),
                 "fragment_thread": float(config["fragment"] == "thread"),
-                "offset_fold": float(config["offset"] == "fold")}
+                "offset_fold": float(config["offset"] == "fold"),
+                "decode_scaled": float(config["decode"] == "scaled")}
 
     def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
         why = self.reject(config)
@@ -195,6 +208,7 @@ class _MmaWriter(_SplitKWriter):
         self.chains, self.span = int(config["mma_chains"]), space.span(config)
         self.per_thread = config["fragment"] == "thread"
         self.fold = config["offset"] == "fold"
+        self.scaled = config["decode"] == "scaled"
         self.rows, self.substep = space.rows_per_block(config), space.substep(config)
         self.k_step = space.k_per_step(config)
         self.steps = self.k_slice // self.k_step
@@ -272,21 +286,30 @@ class _MmaWriter(_SplitKWriter):
         self.xp = simt.shared((k_slice + WORD,), "float16")
         self.xp_words = T.decl_buffer(((k_slice + WORD) // 2,), "uint32", data=self.xp.data,
                                       scope=self.xp.scope())
-        word_sum = simt.shared((words,), "float32")
-        self.x_sum = simt.shared((spans,), "float32")
+        self.sums = sums = DequantGemvMma.sums(self.fold, self.scaled)
+        word_sum = simt.shared((sums, words), "float32")
+        self.x_sum = simt.shared((sums, spans), "float32")
         base = self.ks * k_slice
         with simt.threads() as t:
             with T.serial(0, math.ceil(words / threads)) as i:
                 w = i * threads + t
                 with T.If(w < words):
                     with T.Then():
-                        total = tirx.const(0.0, "float32")
+                        totals = [tirx.const(0.0, "float32")] * sums
                         for h in range(PAIRS):
                             for e, col in enumerate(pair_columns(h)):
                                 value = self.x[base + w * WORD + col]
-                                T.buffer_store(self.xp, value, [w * WORD + 2 * h + e])
-                                total = total + value.astype("float32")
-                        T.buffer_store(word_sum, total, [w])
+                                staged = value
+                                if self.scaled and self.field_scale(h) != 1:
+                                    staged = (value.astype("float32")
+                                              * tirx.const(1 / self.field_scale(h), "float32")
+                                              ).astype("float16")
+                                T.buffer_store(self.xp, staged, [w * WORD + 2 * h + e])
+                                totals[0] = totals[0] + value.astype("float32")
+                                if sums == 2:
+                                    totals[1] = totals[1] + staged.astype("float32")
+                        for i, total in enumerate(totals):
+                            T.buffer_store(word_sum, total, [i, w])
             with T.If(t < WORD):
                 with T.Then():
                     T.buffer_store(self.xp, tirx.const(0.0, "float16"), [k_slice + t])
@@ -297,10 +320,11 @@ class _MmaWriter(_SplitKWriter):
                 sp = i * threads + t
                 with T.If(sp < spans):
                     with T.Then():
-                        total = word_sum[sp * per_span]
-                        for j in range(1, per_span):
-                            total = total + word_sum[sp * per_span + j]
-                        T.buffer_store(self.x_sum, total, [sp])
+                        for i in range(sums):
+                            total = word_sum[i, sp * per_span]
+                            for j in range(1, per_span):
+                                total = total + word_sum[i, sp * per_span + j]
+                            T.buffer_store(self.x_sum, total, [i, sp])
         simt.sync()
 
     def load_planes(self, t, u: int, r: int, s, policy) -> None:
@@ -333,10 +357,20 @@ class _MmaWriter(_SplitKWriter):
             for i in range(4):
                 for p in range(4):
                     at = r * PAIRS + 4 * p + i
-                    pair = ((self.nib.load(t, r * 4 + i) >> u32(4 * p)) & u32(0x000F000F)) | u32(MAGIC)
+                    fields = self.nib.load(t, r * 4 + i)
+                    if self.scaled:     # fields 1, 3 (5, 7) stay in bits 4-7: 1024 + 16 q
+                        fields, mask = fields >> u32(8 * (p // 2)), 0x000F000F << (4 * (p % 2))
+                    else:
+                        fields, mask = fields >> u32(4 * p), 0x000F000F
+                    pair = (fields & u32(mask)) | u32(MAGIC)
                     self.a_reg.store(t, pair, at)
                     if not self.fold:
                         self.subtract_magic(t, at)
+
+    def field_scale(self, h: int) -> int:
+        """What A word h's values are multiplied by: 16 for the odd fields under `scaled`
+        (their x is staged divided by 16), else 1."""
+        return 16 if self.scaled and (h // 4) % 2 else 1
 
     def subtract_magic(self, t, at: int) -> None:
         """a_reg[at] -= (1024, 1024) as fp16 pairs (HSUB2; exact for 1024 + q)."""
@@ -364,16 +398,16 @@ class _MmaWriter(_SplitKWriter):
             col = self.column(t, s, u)
             span_col = col if self.per_thread else col - self.lane(t)[1] * self.cols
             group = (self.ks * self.k_slice + col) // self.group
-            x_sum = self.x_sum[span_col // self.span]
+            x_sum = self.x_sum[0, span_col // self.span]
+            offset = tirx.const(MAGIC_VALUE, "float32") * self.x_sum[self.sums - 1, span_col // self.span] \
+                if self.fold else tirx.const(0.0, "float32")
             for r in range(2):
                 c = self.c_reg.load(t, u * self.chains * 4 + 2 * r)
                 for ch in range(1, self.chains):
                     c = c + self.c_reg.load(t, (u * self.chains + ch) * 4 + 2 * r)
                 row = self.row(t, r)
-                zero = self.zeros[row, group]
-                if self.fold:
-                    zero = zero + tirx.const(MAGIC_VALUE, "float32")
-                self.acc.store(t, self.acc.load(t, r) + self.scales[row, group] * (c - zero * x_sum), r)
+                correction = self.zeros[row, group] * x_sum + offset
+                self.acc.store(t, self.acc.load(t, r) + self.scales[row, group] * (c - correction), r)
 
     def reduce_and_write(self) -> None:
         """Sum each row over its quad (`thread`) and its k warps; quad thread 0 writes."""

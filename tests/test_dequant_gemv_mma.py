@@ -23,8 +23,8 @@ from energy_tuner.schedules.simt import Simt, half2_word, mma_m16n8k16, prim_fun
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 BASE = {"row_warps": 2, "k_warps": 1, "thread_cols": 32, "unroll": 1, "mma_chains": 1,
-        "fragment": "quad", "offset": "fold", "ctas_per_sm": 0, "load": "plain", "prefetch": "none",
-        "split_k": 1, "split_reduce": "atomic"}
+        "fragment": "quad", "offset": "fold", "decode": "shift", "ctas_per_sm": 0, "load": "plain",
+        "prefetch": "none", "split_k": 1, "split_reduce": "atomic"}
 
 
 def op(bits=4, zero_points=False, n=64, k=1024, group=128, m=1, impl="dequant"):
@@ -126,6 +126,7 @@ def test_features_count_packed_bytes_and_fewer_instructions_than_simt():
     assert f["threads"] == 64 and f["rows_per_block"] == 32
     hsub = s.features({**cfg, "offset": "hsub2"})
     assert f["instructions_per_byte"] < hsub["instructions_per_byte"]
+    assert s.features({**cfg, "decode": "scaled"})["instructions_per_byte"] < f["instructions_per_byte"]
     simt = DequantGemvKnobs(op(bits=4), SM90, sms=2).features(
         {"threads_per_row": 4, "rows_per_cta": 8, "weights_per_load": 128, "unroll": 2,
          "ctas_per_sm": 0, "load": "nc", "prefetch": "none", "x_stage": "shared", "split_k": 1,
@@ -150,7 +151,10 @@ def _run_emulated(s: DequantGemvMma, cfg: dict, seed: int = 0) -> float:
     (2, True, {"k_warps": 2, "row_warps": 1, "unroll": 2, "split_k": 2, "split_reduce": "two_pass"}),
     (3, True, {"fragment": "thread", "ctas_per_sm": 1, "row_warps": 1, "split_k": 2, "load": "nc"}),
     (1, False, {"fragment": "thread", "offset": "hsub2", "k_warps": 4, "row_warps": 1}),
-    (4, True, {"thread_cols": 128, "fragment": "thread", "mma_chains": 2}),
+    (4, True, {"thread_cols": 128, "fragment": "thread", "mma_chains": 2, "decode": "scaled"}),
+    (4, True, {"decode": "scaled", "offset": "hsub2", "unroll": 2}),
+    (2, False, {"decode": "scaled", "fragment": "thread", "k_warps": 2, "split_k": 2}),
+    (3, True, {"decode": "scaled", "row_warps": 4, "ctas_per_sm": 1}),
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, changes):
     s = space(bits=bits, zero_points=zero_points)
@@ -189,7 +193,8 @@ def _cuda_source(s: DequantGemvMma, cfg: dict) -> str:
 
 
 @pytest.mark.parametrize("bits, changes, loads", [
-    (4, {"thread_cols": 128, "fragment": "thread", "load": "nc_no_allocate", "mma_chains": 2},
+    (4, {"thread_cols": 128, "fragment": "thread", "load": "nc_no_allocate", "mma_chains": 2,
+         "decode": "scaled"},
      r"ld\.global\.nc\.L1::no_allocate\.v4\.b32"),
     (2, {"thread_cols": 128, "fragment": "thread", "unroll": 2, "offset": "hsub2", "load": "nc",
          "prefetch": "L2::256B"}, r"ld\.global\.nc\.L2::256B\.v4\.b32"),
@@ -218,6 +223,10 @@ def test_cuda_source_has_mma_and_compiles(bits, changes, loads, tmp_path):
 GPU_CONFIGS = {
     "w4_fold_128": (4, False, {"thread_cols": 128, "fragment": "thread", "mma_chains": 2, "row_warps": 4,
                                "load": "nc_no_allocate"}),
+    "w4_scaled_fold": (4, False, {"thread_cols": 128, "fragment": "thread", "mma_chains": 2,
+                                  "row_warps": 4, "load": "nc_no_allocate", "decode": "scaled"}),
+    "w4z_scaled_hsub2": (4, True, {"thread_cols": 128, "fragment": "thread", "decode": "scaled",
+                                   "offset": "hsub2", "unroll": 2, "load": "nc"}),
     "w4z_hsub2_quad": (4, True, {"offset": "hsub2", "unroll": 2, "load": "nc"}),
     "w2_splitk_kwarps": (2, False, {"thread_cols": 128, "fragment": "thread", "k_warps": 2, "split_k": 2,
                                     "ctas_per_sm": 2, "load": "nc_evict_first"}),
