@@ -4,7 +4,7 @@ multiply done by `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` (float32 ac
 Why: the SIMT dequant kernels (schedules/dequant_gemv_knobs.py) spend ~7 thread-instructions per
 weight (decode, int-to-float, x convert, FFMA, scales) and are close to issue bound at ~3x the
 bandwidth floor. Here the FMA and the x convert go to the tensor core and the decode produces
-fp16 pairs directly, ~2 instructions per weight at W4.
+fp16 pairs directly: ~1.8 instructions per weight at W4, ~1.4 at W2 (`weight_instructions`).
 
 The kernel. A warp owns 16 weight rows (the mma's M); the GEMV's single column is the mma's N.
 In the A fragment thread 4g + q holds rows g and g + 8 and four k slots; since a dot product
@@ -13,22 +13,28 @@ consecutive columns per step, the same for every row, and A and B agree on which
 slot is. Per step the thread loads its 32-bit plane words (cols/32 words of each of the `bits`
 planes of its two rows: one ld.global(.nc) per plane and row, 16-byte at 128 columns), and
 decodes each word of 32 weights with no int-to-float convert: N_i = OR_b ((P_b >> i) &
-0x11111111) << b holds q_(4p+i) in 4-bit field p (planes absent for bits < 4), and
-((N_i >> 4p) & 0x000F000F) | 0x64006400 is the fp16 pair (1024 + q_j, 1024 + q_(j+16)),
+0x11111111) << b holds q_(4p+i) in 4-bit field p (planes absent for bits < 4: W1-W4 all work),
+and ((N_i >> 4p) & 0x000F000F) | 0x64006400 is the fp16 pair (1024 + q_j, 1024 + q_(j+16)),
 j = 4p + i: 16 A words per row and word, which 8 mmas consume. B holds the matching x pairs
 (x_j, x_(j+16)), read as 16-byte words from a copy of the CTA's x slice in shared memory that
-is stored already permuted (`pair_columns`). `offset`: `hsub2` subtracts 1024 by one HSUB2 per
-pair (exact); `fold` leaves it in and subtracts 1024 sum(x) with the zero point (exact products
-and float32 sums: the error stays ~1e-5, far inside the op's 2e-3).
-
+is stored already permuted (`pair_columns`).
+- `decode=scaled` (an improvement on that): fields 1 and 3 are not shifted down but masked in
+  place, (N_i & 0x00F000F0) | 0x64006400 = 1024 + 16 q, and their x are staged divided by 16
+  (exact but for |x| < 2^-10, which become fp16 subnormals): one shift per two pairs saved.
+- `offset`: `hsub2` subtracts 1024 by one HSUB2 per pair (exact); `fold` leaves it in and
+  subtracts 1024 sum(staged x) in float32 with the zero point. Exact products and float32 sums
+  (~5e-5 relative on the tests' data, inside the op's 2e-3), but the C values are ~1000x the
+  dot product, so a tensor core that truncates its float32 sums loses more: the GPU tests check
+  both.
 Scales in float32: every step starts its chains from zero C, so C is the dot product of one
-span of columns, and acc += s (C - (z [+1024]) sum_x(span)) with the x sums per span computed
-once per CTA into shared memory. `fragment` says what a span is:
+span of columns, and acc += s (C - z sum_x(span) [- 1024 sum_staged_x(span)]) with the x sums
+per span computed once per CTA into shared memory. `fragment` says what a span is:
 - `quad`: all 8 B columns hold x, so an mma sums its quad's 4 threads (4 x thread_cols columns,
   which must lie in one group); every thread of the quad then holds the row's sum.
 - `thread`: B column n holds x only in the registers of quad thread n // 2 (zeros elsewhere: the
   other threads read a zero line of shared memory), so thread q's C columns 2q, 2q+1 hold its own
-  columns' sum (a span of thread_cols within one group), and the quad adds by two shuffles.
+  columns' sum (a span of thread_cols within one group, so 128 columns work with group 128),
+  and the quad adds by two shuffles at the end.
 `unroll` steps' loads are issued before any decode (the bytes in flight); `mma_chains`
 independent accumulators per step shorten the dependent mma chains. `row_warps` x `k_warps`
 warps per CTA (k_warps > 1 adds through shared memory); `ctas_per_sm`, `load`, `prefetch`,
@@ -38,8 +44,11 @@ The CPU emulation (`emulate=True`, schedules/simt.py) runs the same decode on th
 emulates each mma from the fragments of all 32 threads of the warp (`mma_m16n8k16`), so the
 mapping of fragments to columns is checked for real against the op's numpy reference.
 
-Left out: ldmatrix or shared staging of the planes, cp.async/bulk copies, m > 1 (B columns would
-hold up to 8 activation rows for free), and the 75% of each mma's work spent on unused columns.
+Left out: a weight layout made for this kernel (nibble-packed words would skip the field
+assembly, ~0.9 of the 1.8 instructions per weight at W4; the op's packing is bit planes),
+ldmatrix or shared staging of the planes, cp.async/bulk copies, m > 1 (B's 8 columns could
+hold 8 activation rows at no extra cost; here 7 of them are unused or zero), and the x staging
+per CTA is not overlapped with the first weight loads.
 """
 from __future__ import annotations
 
@@ -51,7 +60,7 @@ from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
-from .dequant_gemv_knobs import DequantGemvKnobs, declare_dequant_args
+from .dequant_gemv_knobs import X_VECTOR, DequantGemvKnobs, declare_dequant_args
 from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, THREADS_PER_SM, GemvKnobs, _ld_chain,
                          _SplitKWriter, _UniformIf)
 from .knobs import Config, Knob, register
@@ -290,15 +299,19 @@ class _MmaWriter(_SplitKWriter):
         word_sum = simt.shared((sums, words), "float32")
         self.x_sum = simt.shared((sums, spans), "float32")
         base = self.ks * k_slice
+        x_word = simt.reg((WORD,), "float16")
         with simt.threads() as t:
             with T.serial(0, math.ceil(words / threads)) as i:
                 w = i * threads + t
                 with T.If(w < words):
                     with T.Then():
+                        for v in range(WORD // X_VECTOR):            # 16-byte loads
+                            x_word.store(t, self.x[ramp(base + w * WORD + v * X_VECTOR, X_VECTOR)],
+                                         ramp(v * X_VECTOR, X_VECTOR))
                         totals = [tirx.const(0.0, "float32")] * sums
                         for h in range(PAIRS):
                             for e, col in enumerate(pair_columns(h)):
-                                value = self.x[base + w * WORD + col]
+                                value = x_word.load(t, col)
                                 staged = value
                                 if self.scaled and self.field_scale(h) != 1:
                                     staged = (value.astype("float32")
