@@ -62,7 +62,7 @@ from tvm.target import Target
 
 from .dequant_gemv_knobs import X_VECTOR, DequantGemvKnobs, declare_dequant_args
 from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, THREADS_PER_SM, GemvKnobs, _ld_chain,
-                         _SplitKWriter, _UniformIf)
+                         _SplitKWriter, _UniformIf, load_features)
 from .knobs import Config, Knob, register
 from .lut_mpgemm import K_PER_BYTE
 from .op import Op
@@ -192,7 +192,7 @@ class DequantGemvMma(GemvKnobs):
                 "steps": steps, "shared_bytes": self.shared_bytes(config),
                 "split_k": int(config["split_k"]),
                 "persistent": float(int(config["ctas_per_sm"]) > 0), "bulk_stages": 0,
-                "load_" + str(config["load"]): 1.0, "x_shared": 1.0,
+                **load_features(str(config["load"])), "x_shared": 1.0,
                 "k_warps": int(config["k_warps"]), "mma_chains": int(config["mma_chains"]),
                 "fragment_thread": float(config["fragment"] == "thread"),
                 "offset_fold": float(config["offset"] == "fold"),

@@ -79,6 +79,12 @@ def bulk_stages(load: str) -> int:
     return int(load.removeprefix("bulk")) if load.startswith("bulk") else 0
 
 
+def load_features(load: str) -> dict[str, float]:
+    """The load path one-hot, with the same keys for every config (the cost model's feature
+    rows are read by the first row's names)."""
+    return {"load_" + v: float(v == load) for v in LOADS}
+
+
 def _ld_chain(load: str, prefetch: str, lanes32: int) -> str:
     """The PTX load for `lanes32` 32-bit words under a load-path knob value."""
     parts = ["ld", "global", "nc"]
@@ -223,7 +229,8 @@ class GemvKnobs(KnobSpace):
                 "split_k": int(config["split_k"]),
                 "persistent": float(int(config["ctas_per_sm"]) > 0),
                 "bulk_stages": bulk_stages(str(config["load"])),
-                "load_" + str(config["load"]): 1.0, "x_shared": float(config["x_stage"] == "shared")}
+                **load_features(str(config["load"])),
+                "x_shared": float(config["x_stage"] == "shared")}
 
     def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
         """The kernel for config (a CUDA kernel; `emulate=True`: its serial CPU emulation)."""

@@ -268,3 +268,13 @@ def test_kernel_on_gpu_matches_numpy(name):
     ex["main"](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
     ref = s.op.reference(inputs)
     assert np.linalg.norm(out.numpy() - ref) / np.linalg.norm(ref) <= s.op.tolerance
+
+
+def test_feature_rows_have_the_same_names_for_every_config():
+    from energy_tuner.costmodel.features import knob_features
+
+    s, rng = space(n=4096, k=4096), np.random.default_rng(0)
+    configs = [c for c in (s.sample(rng) for _ in range(200)) if s.reject(c) is None]
+    assert len({c["load"] for c in configs}) > 1
+    rows = knob_features(s.op, [s.features(c) for c in configs])
+    assert rows.shape[0] == len(configs) and np.isfinite(rows).all()
