@@ -219,6 +219,27 @@ def test_cuda_source_has_mma_and_compiles(bits, changes, loads, tmp_path):
     assert ("sub.f16x2" in ptx) == (cfg["offset"] == "hsub2")
 
 
+@pytest.mark.parametrize("bits, changes", [
+    (4, {"thread_cols": 128, "fragment": "thread", "mma_chains": 4, "unroll": 2, "decode": "scaled",
+         "load": "nc", "row_warps": 4}),
+    (2, {"thread_cols": 128, "fragment": "thread", "k_warps": 4, "row_warps": 1, "unroll": 2}),
+])
+def test_registers_without_spills(bits, changes, tmp_path):
+    """ptxas -v: the register arrays stay in registers (indices all constant) at the widest
+    configs the bench plans."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    s = DequantGemvMma(op(bits=bits, n=28672, k=8192), SM90, sms=132)
+    (tmp_path / "k.cu").write_text(_cuda_source(s, {**BASE, **changes}))
+    out = subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v",
+                          "-o", str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")],
+                         check=True, capture_output=True, text=True).stderr
+    registers = [int(r) for r in re.findall(r"Used (\d+) registers", out)]
+    assert registers and max(registers) <= 128
+    assert re.findall(r"(\d+) bytes spill stores", out) == ["0"] * len(registers)
+    assert "0 bytes stack frame" in out
+
+
 # -- GPU ----------------------------------------------------------------------------------------------
 GPU_CONFIGS = {
     "w4_fold_128": (4, False, {"thread_cols": 128, "fragment": "thread", "mma_chains": 2, "row_warps": 4,
