@@ -4,7 +4,8 @@ multiply done by `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` (float32 ac
 Why: the SIMT dequant kernels (schedules/dequant_gemv_knobs.py) spend ~7 thread-instructions per
 weight (decode, int-to-float, x convert, FFMA, scales) and are close to issue bound at ~3x the
 bandwidth floor. Here the FMA and the x convert go to the tensor core and the decode produces
-fp16 pairs directly: ~1.8 instructions per weight at W4, ~1.4 at W2 (`weight_instructions`).
+fp16 pairs directly: ~2.3 instructions per weight at W4, ~1.9 at W2 (`weight_instructions`;
+0.5 less with `offset=fold`).
 
 The kernel. A warp owns 16 weight rows (the mma's M); the GEMV's single column is the mma's N.
 In the A fragment thread 4g + q holds rows g and g + 8 and four k slots; since a dot product
@@ -21,11 +22,13 @@ is stored already permuted (`pair_columns`).
 - `decode=scaled` (an improvement on that): fields 1 and 3 are not shifted down but masked in
   place, (N_i & 0x00F000F0) | 0x64006400 = 1024 + 16 q, and their x are staged divided by 16
   (exact but for |x| < 2^-10, which become fp16 subnormals): one shift per two pairs saved.
-- `offset`: `hsub2` subtracts 1024 by one HSUB2 per pair (exact); `fold` leaves it in and
-  subtracts 1024 sum(staged x) in float32 with the zero point. Exact products and float32 sums
-  (~5e-5 relative on the tests' data, inside the op's 2e-3), but the C values are ~1000x the
-  dot product, so a tensor core that truncates its float32 sums loses more: the GPU tests check
-  both.
+- `offset`: `hsub2` subtracts 1024 by one HSUB2 per pair (exact: C is the dot product itself);
+  `fold` leaves it in and subtracts 1024 sum(staged x) in float32 with the zero point, saving
+  0.5 instruction per weight. Its products are exact, but C is then ~1024/7.5 ~ 140x larger
+  than the dot product: with round-to-nearest float32 sums (the CPU emulation) that costs
+  ~5e-5 relative on the tests' data, but tensor cores truncate when they align and add (Fasi
+  et al., 2021), ~1 ulp of C per addition, and a chain of 32 mmas could then reach ~1e-3 of the
+  op's 2e-3. Hence `hsub2` is the bench's base and `fold` a variant the GPU tests check.
 Scales in float32: every step starts its chains from zero C, so C is the dot product of one
 span of columns, and acc += s (C - z sum_x(span) [- 1024 sum_staged_x(span)]) with the x sums
 per span computed once per CTA into shared memory. `fragment` says what a span is:
@@ -118,10 +121,6 @@ class DequantGemvMma(GemvKnobs):
 
     def rows_per_block(self, config: Config) -> int:
         return MMA_ROWS * int(config["row_warps"])
-
-    @staticmethod
-    def rows_per_thread(config: Config) -> int:
-        return 2
 
     def substep(self, config: Config) -> int:
         """Columns the CTA covers per unrolled sub-step (k_warps quads of 4 threads)."""

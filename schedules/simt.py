@@ -10,7 +10,9 @@ through a buffer between two phases. A phase ends where the GPU program would sy
 exchange registers, so running the phases one after another is exactly the GPU semantics. This
 lets the CPU check a kernel's index arithmetic (rows, columns, split-k, grid-stride loops, the
 cross-thread reduction) for real on llvm; what it cannot check are the CUDA-only instructions
-(cache-qualified PTX loads, atomics), which it replaces by plain loads and serial adds.
+(cache-qualified PTX loads, atomics), which it replaces by plain loads and serial adds. A warp's
+tensor-core product (`mma_m16n8k16`) is emulated from the fragments of all its 32 threads as
+PTX lays them out, so a kernel's mapping of data to fragments is checked too.
 """
 from __future__ import annotations
 

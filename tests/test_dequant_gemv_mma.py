@@ -135,9 +135,18 @@ def test_features_count_packed_bytes_and_fewer_instructions_than_simt():
 
 
 # -- emulated numerics ------------------------------------------------------------------------------
-def _run_emulated(s: DequantGemvMma, cfg: dict, seed: int = 0) -> float:
-    ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
+def _inputs(s: DequantGemvMma, seed: int = 0, outliers: bool = False) -> list[np.ndarray]:
+    """The op's random inputs; `outliers`: every 97th activation 3000 (a span's sum of products
+    then overflows fp16, not float32)."""
     inputs = s.op.inputs(np.random.default_rng(seed))
+    if outliers:
+        inputs[0][:, ::97] = 3000.0
+    return inputs
+
+
+def _run_emulated(s: DequantGemvMma, cfg: dict, seed: int = 0, outliers: bool = False) -> float:
+    ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
+    inputs = _inputs(s, seed, outliers)
     out = tvm.runtime.tensor(np.full(s.op.output_shape, np.nan, "float32"))
     ex["main"](*[tvm.runtime.tensor(a) for a in inputs], out)
     ref, got = s.op.reference(inputs), out.numpy()
@@ -171,6 +180,13 @@ def test_random_valid_configs_match_numpy():
         if s.reject(cfg) is None and cfg["thread_cols"] == 32:   # 128 columns: slow to emulate
             assert _run_emulated(s, cfg, seed=checked) <= s.op.tolerance, cfg
             checked += 1
+
+
+@pytest.mark.parametrize("offset", ["fold", "hsub2"])
+def test_activation_outliers_stay_accurate(offset):
+    s = space(bits=4, zero_points=True)
+    cfg = {**BASE, "offset": offset, "decode": "scaled", "fragment": "thread"}
+    assert _run_emulated(s, cfg, outliers=True) <= s.op.tolerance
 
 
 @pytest.mark.parametrize("fragment", ["quad", "thread"])
@@ -253,6 +269,10 @@ GPU_CONFIGS = {
                                     "ctas_per_sm": 2, "load": "nc_evict_first"}),
     "w2z_two_pass": (2, True, {"thread_cols": 128, "fragment": "thread", "unroll": 2, "split_k": 2,
                                "split_reduce": "two_pass", "prefetch": "L2::128B", "load": "nc"}),
+    "w4_fold_outliers": (4, True, {"thread_cols": 128, "fragment": "thread", "decode": "scaled",
+                                   "outliers": True}),
+    "w4_hsub2_outliers": (4, True, {"thread_cols": 128, "fragment": "thread", "decode": "scaled",
+                                    "offset": "hsub2", "outliers": True}),
 }
 
 
@@ -281,10 +301,11 @@ def test_kernel_on_gpu_matches_numpy(name):
     dev, target = _gpu_target()
     bits, zero_points, changes = GPU_CONFIGS[name]
     s = DequantGemvMma(op(bits=bits, zero_points=zero_points, n=4096, k=4096), target)
-    cfg = {**BASE, **changes}
+    outliers = changes.get("outliers", False)
+    cfg = {**BASE, **{k: v for k, v in changes.items() if k != "outliers"}}
     assert s.reject(cfg) is None
     ex = tvm.compile(s.module(cfg), target=target, **s.compile_options)
-    inputs = s.op.inputs(np.random.default_rng(0))
+    inputs = _inputs(s, outliers=outliers)
     out = tvm.runtime.tensor(np.full(s.op.output_shape, np.nan, "float32"), dev)
     ex["main"](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
     ref = s.op.reference(inputs)
