@@ -164,6 +164,7 @@ def _run_emulated(s: DequantGemvMma, cfg: dict, seed: int = 0, outliers: bool = 
     (4, True, {"decode": "scaled", "offset": "hsub2", "unroll": 2}),
     (2, False, {"decode": "scaled", "fragment": "thread", "k_warps": 2, "split_k": 2}),
     (3, True, {"decode": "scaled", "row_warps": 4, "ctas_per_sm": 1}),
+    (1, True, {"decode": "scaled", "mma_chains": 2, "split_k": 4}),
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, changes):
     s = space(bits=bits, zero_points=zero_points)
