@@ -6,8 +6,9 @@ MetaSchedule space generator for an op on a target.
 from . import conv2d, lut_mpgemm, matmul  # noqa: F401  registers the ops
 from . import lut, lut_intrin, lut_space  # noqa: F401
 from . import hopper_gemm  # noqa: F401  registers the Hopper GEMM knob space
-from . import dequant_gemv_knobs, dequant_gemv_mma, gemv_knobs  # noqa: F401  registers the GEMV knob spaces
+from . import dequant_gemv_knobs, gemv_knobs  # noqa: F401  registers the GEMV knob spaces
 from . import cpu_matmul  # noqa: F401  registers its knob space
+from . import dequant_gemv_mma  # noqa: F401  registers the tensor-core dequant GEMV space
 from .op import Op, OpError, make_op, op_from_description, OPS
 from .space import design_space
 
