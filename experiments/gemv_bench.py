@@ -29,6 +29,8 @@ pass): each shape gets an equal share of what is left, and configs that do not f
 random normal weights quantized and packed as the op does, its output checked against the
 float64 product with the dequantized weights, and cuBLAS fp16 GEMV on those dequantized weights
 (fp16, in their own rotated sets) as the reference: the comparison issue 10 asks for.
+`--space lut-dequant-gemv-mma` measures the tensor-core dequant kernels
+(schedules/dequant_gemv_mma.py, their hand-picked CURATED_MMA first) instead of the SIMT ones.
 
 --dry-run needs no GPU: it writes OUT/plan.json with the configs per shape, the reasons why
 random samples were rejected (counts), and whether each config builds to CUDA source.
@@ -56,6 +58,7 @@ from tvm.target import Target
 from energy_tuner.measure import l2
 from energy_tuner.schedules import OpError, make_op
 from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
+from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
@@ -119,6 +122,30 @@ CURATED_DEQUANT = [  # the nibble decode first, each against a shift-decode twin
     {"unroll": 2, "load": "nc_no_allocate", "ctas_per_sm": 4},
     {"split_k": 2, "load": "nc"},
 ]
+BASE_MMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "unroll": 1, "mma_chains": 2,
+            "fragment": "thread", "offset": "hsub2", "decode": "scaled", "ctas_per_sm": 0,
+            "load": "nc_no_allocate", "prefetch": "none", "split_k": 1, "split_reduce": "atomic"}
+CURATED_MMA = [  # tensor-core dequant: offsets and decodes first, then bytes in flight, grid, split-k
+    {},
+    {"offset": "fold"},                      # 0.5 instruction per weight less; float32 sums ~140x
+    {"decode": "shift"},                     # larger than the dot product (see the space's doc)
+    {"unroll": 2},
+    {"mma_chains": 4, "unroll": 2, "load": "nc"},
+    {"row_warps": 2, "k_warps": 2},
+    {"row_warps": 8, "ctas_per_sm": 2},
+    {"ctas_per_sm": 4, "unroll": 2, "load": "nc_evict_first"},
+    {"split_k": 2, "split_reduce": "two_pass"},
+    {"prefetch": "L2::256B", "unroll": 2},
+    {"thread_cols": 32, "fragment": "quad", "unroll": 2, "mma_chains": 1},
+    {"thread_cols": 32, "unroll": 2, "row_warps": 8},
+    {"row_warps": 1, "k_warps": 4},
+    {"offset": "fold", "unroll": 2, "mma_chains": 4},
+]
+# --space: the spaces the bench can measure per --op, the first the default, with the base and the
+# hand-picked changes of their ld pass and their bulk pass
+BENCH_SPACES = {"gemv": {GemvKnobs.name: (GemvKnobs, BASE, CURATED, CURATED_BULK)},
+                "dequant": {DequantGemvKnobs.name: (DequantGemvKnobs, BASE_DEQUANT, CURATED_DEQUANT, []),
+                            DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, [])}}
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 
@@ -137,8 +164,13 @@ def make_op_for(args, n: int, k: int):
                     "zero_points": args.zero_points, "impl": "dequant"})
 
 
+def space_name(args) -> str:
+    """The --space to measure (default: the op's first)."""
+    return args.space or next(iter(BENCH_SPACES[args.op]))
+
+
 def make_space(args, n: int, k: int, target: Target, sms: int) -> GemvKnobs:
-    cls = GemvKnobs if args.op == "gemv" else DequantGemvKnobs
+    cls = BENCH_SPACES[args.op][space_name(args)][0]
     return cls(make_op_for(args, n, k), target, sms=sms)
 
 
@@ -155,11 +187,9 @@ def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
             configs.append(cfg)
             keys.add(space.key(cfg))
 
-    if isinstance(space, DequantGemvKnobs):
-        base, curated = BASE_DEQUANT, ([] if bulk else CURATED_DEQUANT)
-    else:
-        base, curated = BASE, (CURATED_BULK if bulk else CURATED)
-    for changes in curated:
+    _, base, curated, curated_bulk = next(v for spaces in BENCH_SPACES.values()
+                                          for v in spaces.values() if type(space) is v[0])
+    for changes in (curated_bulk if bulk else curated):
         take({**base, **changes})
     rng, reasons = np.random.default_rng(seed), Counter()
     for _ in range(2000):
@@ -506,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wbits", type=int, choices=(1, 2, 3, 4), default=4)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--zero-points", action="store_true")
+    ap.add_argument("--space", help="knob space to measure (gemv: gemv-simt; dequant: "
+                    "lut-dequant-gemv-simt, the default, or lut-dequant-gemv-mma)")
     ap.add_argument("--shapes", type=shapes, help="NxK,NxK,... (default: issue 10's for --op)")
     ap.add_argument("--configs", type=int, default=16, help="configs per shape, ld loads")
     ap.add_argument("--bulk-configs", type=int, default=5, help="configs per shape, bulk copies")
@@ -520,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.t0 = time.monotonic()
     args.shapes = args.shapes or (SHAPES if args.op == "gemv" else DEQUANT_SHAPES)
+    if args.space is not None and args.space not in BENCH_SPACES[args.op]:
+        print(f"--space for --op {args.op} must be one of {', '.join(BENCH_SPACES[args.op])}, "
+              f"got {args.space!r}", file=sys.stderr)
+        return 2
     if args.configs < 1 or args.ref_every < 1 or args.bulk_configs < 0 \
             or not 0 <= args.bulk_share < 1:
         print("--configs and --ref-every must be >= 1, --bulk-configs >= 0, "

@@ -114,6 +114,18 @@ class DequantGemvKnobs(GemvKnobs):
         return tvm.IRModule({"main": prim_func("main", _DequantWriter(self, config, emulate).body)})
 
 
+def declare_dequant_args(writer) -> None:
+    """The op's arguments on `writer`: x (k,), packed [bits, n, k/8], scales, zeros, y (n,)."""
+    n, k, groups = writer.n, writer.k, writer.k // writer.group
+    x = T.arg("x", T.buffer((1, k), "float16"))
+    writer.packed = T.arg("packed", T.buffer((writer.bits, n, k // K_PER_BYTE), "uint8"))
+    writer.scales = T.arg("scales", T.buffer((n, groups), "float32"))
+    writer.zeros = T.arg("zeros", T.buffer((n, groups), "float32"))
+    y = T.arg("out", T.buffer((1, n), "float32"))
+    writer.x = T.decl_buffer((k,), "float16", data=x.data)      # m = 1: seen as vectors
+    writer.y = T.decl_buffer((n,), "float32", data=y.data)
+
+
 class _DequantWriter(_Writer):
     def __init__(self, space: DequantGemvKnobs, config: Config, emulate: bool) -> None:
         super().__init__(space, config, emulate)
@@ -125,14 +137,7 @@ class _DequantWriter(_Writer):
         self.x_vector = X_VECTOR // 2 if self.x_f32 else X_VECTOR  # 16-byte x loads either way
 
     def declare(self) -> None:
-        n, k, groups = self.n, self.k, self.k // self.group
-        x = T.arg("x", T.buffer((1, k), "float16"))
-        self.packed = T.arg("packed", T.buffer((self.bits, n, k // K_PER_BYTE), "uint8"))
-        self.scales = T.arg("scales", T.buffer((n, groups), "float32"))
-        self.zeros = T.arg("zeros", T.buffer((n, groups), "float32"))
-        y = T.arg("out", T.buffer((1, n), "float32"))
-        self.x = T.decl_buffer((k,), "float16", data=x.data)      # m = 1: seen as vectors
-        self.y = T.decl_buffer((n,), "float32", data=y.data)
+        declare_dequant_args(self)
 
     def registers(self) -> None:
         simt = self.simt

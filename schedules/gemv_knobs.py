@@ -48,7 +48,7 @@ from tvm.target import Target
 
 from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
-from .simt import WARP, Reg, Simt, prim_func, ramp
+from .simt import WARP, Simt, prim_func, ramp
 
 LOADS = ("plain", "nc", "nc_no_allocate", "nc_evict_first", "bulk2", "bulk3", "bulk4")
 PREFETCH = ("none", "L2::128B", "L2::256B")
@@ -77,6 +77,12 @@ def sm_count(target: Target) -> int:
 def bulk_stages(load: str) -> int:
     """Shared tiles in the ring of a bulk-copy load path ("bulk3" -> 3); 0 for the others."""
     return int(load.removeprefix("bulk")) if load.startswith("bulk") else 0
+
+
+def load_features(load: str) -> dict[str, float]:
+    """The load path one-hot, with the same keys for every config (the cost model's feature
+    rows are read by the first row's names)."""
+    return {"load_" + v: float(v == load) for v in LOADS}
 
 
 def _ld_chain(load: str, prefetch: str, lanes32: int) -> str:
@@ -223,7 +229,8 @@ class GemvKnobs(KnobSpace):
                 "split_k": int(config["split_k"]),
                 "persistent": float(int(config["ctas_per_sm"]) > 0),
                 "bulk_stages": bulk_stages(str(config["load"])),
-                "load_" + str(config["load"]): 1.0, "x_shared": float(config["x_stage"] == "shared")}
+                **load_features(str(config["load"])),
+                "x_shared": float(config["x_stage"] == "shared")}
 
     def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
         """The kernel for config (a CUDA kernel; `emulate=True`: its serial CPU emulation)."""
@@ -237,34 +244,28 @@ def gemv_kernel(space: GemvKnobs, config: Config, emulate: bool) -> tirx.PrimFun
     return prim_func("main", _Writer(space, config, emulate).body)
 
 
-class _Writer:
-    """Writes the kernel of one config (see the module docstring for its structure)."""
+class _SplitKWriter:
+    """A kernel of (grid_x, split_k) CTAs whose partial sums of y are added by float32 atomics
+    into a zeroed y (a zeroing kernel first) or written to a workspace that a second kernel
+    reduces (`two_pass`); subclasses write the CTA's program (`block`)."""
 
     def __init__(self, space: GemvKnobs, config: Config, emulate: bool) -> None:
         self.n, self.k, self.emulate = space.n, space.k, emulate
-        self.tpr, self.rpt = int(config["threads_per_row"]), space.rows_per_thread(config)
-        self.rows = space.rows_per_block(config)             # rows per row block
-        self.unroll, self.lanes = int(config["unroll"]), space.lanes(config)
         self.split, self.threads = int(config["split_k"]), space.threads(config)
-        self.k_slice, self.k_step = space.k_slice(config), space.k_per_step(config)
-        self.steps = self.k_slice // self.k_step
+        self.k_slice = space.k_slice(config)
         self.grid_x, self.blocks = space.grid_x(config), space.row_blocks(config)
         self.visits = math.ceil(self.blocks / self.grid_x)
         self.load, self.prefetch = str(config["load"]), str(config["prefetch"])
-        self.stages = bulk_stages(self.load)
-        self.x_shared = config["x_stage"] == "shared"
         self.two_pass = self.split > 1 and config["split_reduce"] == "two_pass"
         self.atomic = self.split > 1 and not self.two_pass
 
     def declare(self) -> None:
         """The kernel's arguments: self.x (k,) and self.y (n,) as the kernel indexes them."""
-        self.W = T.arg("W", T.buffer((self.n, self.k), "float16"))
-        self.x = T.arg("x", T.buffer((self.k,), "float16"))
-        self.y = T.arg("y", T.buffer((self.n,), "float32"))
+        raise NotImplementedError
 
-    def registers(self) -> None:
-        self.w_reg = self.simt.reg((self.rpt * self.unroll * self.lanes,), "float16")
-        self.x_reg = self.simt.reg((self.unroll * self.lanes,), "float16")
+    def block(self) -> None:
+        """The program of CTA (self.bx, self.ks)."""
+        raise NotImplementedError
 
     def body(self) -> None:
         self.declare()
@@ -272,15 +273,10 @@ class _Writer:
             _elementwise(self.emulate, self.n,
                          lambda i: T.buffer_store(self.y, tirx.const(0.0, "float32"), [i]))
         self.part = T.alloc_buffer((self.split, self.n), "float32") if self.two_pass else None
-        self.simt = simt = Simt(self.threads, self.emulate)
-        with simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
+        self.simt = Simt(self.threads, self.emulate)
+        with self.simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
             self.bx, self.ks = bx, ks
-            self.acc = simt.reg(self.acc_shape(), "float32")
-            self.registers()
-            self.stage_x()
-            red = self.red_shape()
-            self.red = simt.shared(red, "float32") if red else None
-            self.loop()
+            self.block()
         if self.two_pass:
             def reduce(i):
                 total = self.part[0, i]
@@ -289,18 +285,63 @@ class _Writer:
                 T.buffer_store(self.y, total, [i])
             _elementwise(self.emulate, self.n, reduce)
 
+    def evict_first_policy(self):
+        """`nc_evict_first` on CUDA: a register holding an L2 evict_first cache policy."""
+        if self.load != "nc_evict_first" or self.emulate:
+            return None
+        policy = self.simt.reg((1,), "uint64")
+        with self.simt.threads() as t:
+            T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
+                policy.load(t, 0), tirx.const(1.0, "float32")))
+        return policy
+
+    def write(self, row, value) -> None:
+        y = self.y
+        if self.two_pass:
+            T.buffer_store(self.part, value, [self.ks, row])
+        elif self.atomic and not self.emulate:
+            T.evaluate(tirx.call_extern("float32", "atomicAdd", y.access_ptr("rw", offset=row), value))
+        elif self.atomic:
+            T.buffer_store(y, y[row] + value, [row])
+        else:
+            T.buffer_store(y, value, [row])
+
+
+class _Writer(_SplitKWriter):
+    """Writes the kernel of one config (see the module docstring for its structure)."""
+
+    def __init__(self, space: GemvKnobs, config: Config, emulate: bool) -> None:
+        super().__init__(space, config, emulate)
+        self.tpr, self.rpt = int(config["threads_per_row"]), space.rows_per_thread(config)
+        self.rows = space.rows_per_block(config)             # rows per row block
+        self.unroll, self.lanes = int(config["unroll"]), space.lanes(config)
+        self.k_step = space.k_per_step(config)
+        self.steps = self.k_slice // self.k_step
+        self.stages = bulk_stages(self.load)
+        self.x_shared = config["x_stage"] == "shared"
+
+    def declare(self) -> None:
+        self.W = T.arg("W", T.buffer((self.n, self.k), "float16"))
+        self.x = T.arg("x", T.buffer((self.k,), "float16"))
+        self.y = T.arg("y", T.buffer((self.n,), "float32"))
+
+    def registers(self) -> None:
+        self.w_reg = self.simt.reg((self.rpt * self.unroll * self.lanes,), "float16")
+        self.x_reg = self.simt.reg((self.unroll * self.lanes,), "float16")
+
+    def block(self) -> None:
+        simt = self.simt
+        self.acc = simt.reg((self.rpt * self.unroll,), "float32")
+        self.registers()
+        self.stage_x()
+        self.red = simt.shared((self.rows, self.tpr // WARP), "float32") \
+            if self.tpr > WARP else None
+        if self.stages:
+            self.bulk_loop()
+        else:
+            self.register_loop()
+
     # -- pieces ---------------------------------------------------------------------------------
-    def acc_shape(self) -> tuple[int, ...]:
-        """float32 accumulators per thread: one per row and unrolled vector."""
-        return (self.rpt * self.unroll,)
-
-    def red_shape(self) -> tuple[int, ...] | None:
-        """The shared buffer where a row's warps meet (None when a row fits in a warp)."""
-        return (self.rows, self.tpr // WARP) if self.tpr > WARP else None
-
-    def loop(self) -> None:
-        self.bulk_loop() if self.stages else self.register_loop()
-
     def stage_x(self) -> None:
         """x_src[x_base + j] is x[ks * k_slice + j]: x itself, or the CTA's copy in shared memory."""
         self.x_src, self.x_base = self.x, self.ks * self.k_slice
@@ -384,28 +425,7 @@ class _Writer:
                     for i, at in enumerate(sums):
                         self.write(rb * self.rows + self.slot(t, i), acc.load(t, at))
 
-    def write(self, row, value) -> None:
-        y = self.y
-        if self.two_pass:
-            T.buffer_store(self.part, value, [self.ks, row])
-        elif self.atomic and not self.emulate:
-            T.evaluate(tirx.call_extern("float32", "atomicAdd", y.access_ptr("rw", offset=row), value))
-        elif self.atomic:
-            T.buffer_store(y, y[row] + value, [row])
-        else:
-            T.buffer_store(y, value, [row])
-
     # -- register path: every thread loads its own weights ---------------------------------------
-    def evict_first_policy(self) -> Reg | None:
-        """The L2 evict_first cache policy the `nc_evict_first` loads name (None otherwise)."""
-        if self.load != "nc_evict_first" or self.emulate:
-            return None
-        policy = self.simt.reg((1,), "uint64")
-        with self.simt.threads() as t:
-            T.evaluate(TS.ptx["createpolicy.fractional.L2::evict_first.b64"](
-                policy.load(t, 0), tirx.const(1.0, "float32")))
-        return policy
-
     def register_loop(self) -> None:
         simt = self.simt
         policy = self.evict_first_policy()

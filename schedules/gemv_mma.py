@@ -4,9 +4,9 @@ Why: at a given bandwidth a GEMV's board power follows the instructions spent pe
 (schedules/gemv_knobs.py's docstring; its SIMT kernels stream as fast as cuBLAS at 11-18% more
 power, experiments/results/gemv_h200_2026-12-01). A SIMT fp16 GEMV spends a convert per weight,
 a convert per activation and an FFMA per weight, ~1.5 instructions per byte. Here one
-`mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` multiplies 16 rows by 16 columns (512 bytes
-of weights) and accumulates in float32: with the loads, ~7 instructions per 32 bytes a thread
-moves, about a fifth.
+`mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` (simt.mma_m16n8k16) multiplies 16 rows by 16
+columns (512 bytes of weights) and accumulates in float32: with the loads, ~0.1 instructions per
+byte a thread moves, about a tenth.
 
 The GEMV's single column is the mma's N = 8: every B column holds the same x, so all columns of
 the accumulator hold the same sums. A warp owns 16 rows. In the fragments of m16n8k16, thread
@@ -21,9 +21,9 @@ reduction). `warps_k` warps of a CTA split each step's columns; their sums meet 
 memory. The grid, split-k and load paths are those of the SIMT space (schedules/gemv_knobs.py).
 
 The CPU emulation (`emulate=True`, run on llvm by tests/test_gemv_mma.py) computes each mma from
-the same fragment registers: the warp's threads write their fragments into a 16 x 16 A tile and
-a 16 x 8 B tile as the fragment layout places them, then each thread forms its accumulators
-from the tiles. A wrong column mapping therefore gives wrong sums on the CPU too.
+the same fragment registers (simt.mma_m16n8k16 reads the warp's other threads' A and B registers
+as the PTX fragment layout places them), so a wrong column mapping gives wrong sums on the CPU
+too.
 
 Left out: bulk (TMA) copies; fp16 accumulation; a column owned by fewer than 4 threads.
 """
@@ -38,12 +38,12 @@ from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
 from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM,
-                         _ld_chain, _UniformIf, _Writer, sm_arch, sm_count)
+                         _ld_chain, _SplitKWriter, _UniformIf, _Writer, load_features, sm_arch,
+                         sm_count)
 from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
-from .simt import WARP, prim_func, ramp
+from .simt import WARP, mma_m16n8k16, prim_func, ramp
 
-MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 ROWS_PER_WARP = 16
 CHUNK = 8                          # fp16 columns per 16-byte chunk
 THREADS_PER_ROW_GROUP = 4          # threads c = 0..3 share a row pair's columns
@@ -146,7 +146,7 @@ class GemvMmaKnobs(KnobSpace):
                 "steps": steps, "shared_bytes": self.shared_bytes(config),
                 "split_k": int(config["split_k"]),
                 "persistent": float(int(config["ctas_per_sm"]) > 0),
-                "load_" + str(config["load"]): 1.0, "x_shared": float(config["x_stage"] == "shared")}
+                **load_features(str(config["load"])), "x_shared": float(config["x_stage"] == "shared")}
 
     def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
         """The kernel for config (a CUDA kernel; `emulate=True`: its serial CPU emulation)."""
@@ -157,55 +157,37 @@ class GemvMmaKnobs(KnobSpace):
 
 
 class _MmaWriter(_Writer):
-    """Writes the kernel of one config (see the module docstring for its structure); x staging,
-    the evict-first policy and the result write are the SIMT writer's."""
+    """Writes the kernel of one config (see the module docstring for its structure); the split-k
+    launch, the arguments, x staging, the evict-first policy and the result write are the SIMT
+    writer's."""
 
-    def __init__(self, space: GemvMmaKnobs, config: Config, emulate: bool) -> None:  # noqa: D107
-        # not _Writer.__init__: the geometry differs; these are the attributes its shared parts use
-        self.n, self.k, self.emulate = space.n, space.k, emulate
+    def __init__(self, space: GemvMmaKnobs, config: Config, emulate: bool) -> None:
+        _SplitKWriter.__init__(self, space, config, emulate)   # not _Writer's SIMT geometry
         self.warps, self.warps_k = int(config["warps"]), int(config["warps_k"])
-        self.unroll, self.threads = int(config["unroll"]), space.threads(config)
-        self.rows, self.split = space.rows_per_block(config), int(config["split_k"])
-        self.k_slice, self.k_step = space.k_slice(config), space.k_per_step(config)
+        self.unroll, self.rows = int(config["unroll"]), space.rows_per_block(config)
+        self.k_step = space.k_per_step(config)
         self.steps = self.k_slice // self.k_step
-        self.grid_x, self.blocks = space.grid_x(config), space.row_blocks(config)
-        self.visits = math.ceil(self.blocks / self.grid_x)
-        self.load, self.prefetch = str(config["load"]), str(config["prefetch"])
         self.x_shared, self.lanes = config["x_stage"] == "shared", CHUNK
-        self.two_pass = self.split > 1 and config["split_reduce"] == "two_pass"
-        self.atomic = self.split > 1 and not self.two_pass
 
     # -- thread geometry -------------------------------------------------------------------------
-    def lane(self, t):
-        return t % WARP
-
     def row(self, t, half: int):
         """Row (within the row block) of thread t's A rows g (half 0) and g + 8 (half 1)."""
         warp_row = t // WARP // self.warps_k
-        return warp_row * ROWS_PER_WARP + self.lane(t) // 4 + 8 * half
+        return warp_row * ROWS_PER_WARP + t % WARP // 4 + 8 * half
 
     def column(self, t, s, u: int):
         """First column of thread t's u-th chunk in step s (within the split's k slice)."""
-        wk, c = t // WARP % self.warps_k, self.lane(t) % 4
+        wk, c = t // WARP % self.warps_k, t % WARP % 4
         return s * self.k_step + ((u * self.warps_k + wk) * 4 + c) * CHUNK
 
-    # -- the kernel: _Writer.body with these pieces ------------------------------------------------
-    def acc_shape(self) -> tuple[int, ...]:
-        return (4,)                                  # the C fragment: rows g, g + 8 x 2 columns
-
-    def red_shape(self) -> tuple[int, ...] | None:
-        return (self.rows, self.warps_k) if self.warps_k > 1 else None
-
-    def registers(self) -> None:
+    # -- the CTA's program -----------------------------------------------------------------------
+    def block(self) -> None:
         simt = self.simt
+        self.acc = simt.reg((4,), "float32")       # the C fragment: rows g, g + 8 x 2 columns
         self.w_reg = simt.reg((2 * self.unroll * CHUNK,), "float16")
         self.x_reg = simt.reg((self.unroll * CHUNK,), "float16")
-        if self.emulate:
-            self.a_tile = simt.shared((self.warps, ROWS_PER_WARP, 16), "float16")
-            self.b_tile = simt.shared((self.warps, 16, 8), "float16")
-
-    def loop(self) -> None:
-        simt = self.simt
+        self.stage_x()
+        self.red = simt.shared((self.rows, self.warps_k), "float32") if self.warps_k > 1 else None
         policy = self.evict_first_policy()
         with T.serial(0, self.visits) as visit:
             rb = self.bx + visit * self.grid_x
@@ -217,13 +199,10 @@ class _MmaWriter(_Writer):
                 with simt.threads() as t:
                     self.load_step(t, rb, s, policy)
                     if not self.emulate:
-                        for u in range(self.unroll):
-                            for j in range(2):
-                                self.mma(t, u, j)
-                if self.emulate:
-                    for u in range(self.unroll):
-                        for j in range(2):
-                            self.emulated_mma(u, j)
+                        self.mmas(t)
+                if self.emulate:           # the mma reads other threads' registers: a phase later
+                    with simt.threads() as t:
+                        self.mmas(t)
             self.reduce_and_write(rb)
             if guard is not None:
                 guard.close()
@@ -261,33 +240,14 @@ class _MmaWriter(_Writer):
         b = [u * CHUNK + lo, u * CHUNK + lo + 1, u * CHUNK + hi, u * CHUNK + hi + 1]
         return a, b
 
-    def mma(self, t, u: int, j: int) -> None:
-        a, b = self.fragments(u, j)
+    def mmas(self, t) -> None:
+        """The step's mmas: two per chunk, into the accumulators."""
         aw, bw = self.w_reg.view("uint32"), self.x_reg.view("uint32")
-        acc = [self.acc.load(t, i) for i in range(4)]
-        T.evaluate(TS.ptx[MMA](*acc, *[aw.load(t, i // 2) for i in a[::2]],
-                               *[bw.load(t, i // 2) for i in b[::2]], *acc))
-
-    def emulated_mma(self, u: int, j: int) -> None:
-        """The warp's mma on the CPU: fragments into the A and B tiles where the m16n8k16 layout
-        puts them (one phase), then each thread's accumulators from the tiles (another)."""
-        a, b = self.fragments(u, j)
-        with self.simt.threads() as t:
-            warp, g, c = t // WARP, self.lane(t) // 4, self.lane(t) % 4
-            slots = [(g, 2 * c), (g, 2 * c + 1), (g + 8, 2 * c), (g + 8, 2 * c + 1),
-                     (g, 8 + 2 * c), (g, 9 + 2 * c), (g + 8, 8 + 2 * c), (g + 8, 9 + 2 * c)]
-            for (r, kk), i in zip(slots, a):
-                T.buffer_store(self.a_tile, self.w_reg.load(t, i), [warp, r, kk])
-            for kk, i in zip((2 * c, 2 * c + 1, 8 + 2 * c, 9 + 2 * c), b):
-                T.buffer_store(self.b_tile, self.x_reg.load(t, i), [warp, kk, g])
-        with self.simt.threads() as t:
-            warp, g, c = t // WARP, self.lane(t) // 4, self.lane(t) % 4
-            for i, (r, col) in enumerate(((g, 2 * c), (g, 2 * c + 1), (g + 8, 2 * c), (g + 8, 2 * c + 1))):
-                total = self.acc.load(t, i)
-                for kk in range(16):
-                    total = total + (self.a_tile[warp, r, kk].astype("float32")
-                                     * self.b_tile[warp, kk, col].astype("float32"))
-                self.acc.store(t, total, i)
+        for u in range(self.unroll):
+            for j in range(2):
+                a, b = self.fragments(u, j)
+                mma_m16n8k16(self.simt, t, aw, tuple(i // 2 for i in a[::2]),
+                             bw, tuple(i // 2 for i in b[::2]), self.acc, (0, 1, 2, 3))
 
     def reduce_and_write(self, rb) -> None:
         """Thread c = 0 of each warp holds its rows' sums (accumulators 0 and 2); with k-warps
@@ -295,13 +255,13 @@ class _MmaWriter(_Writer):
         simt = self.simt
         if self.red is None:
             with simt.threads() as t:
-                with T.If(self.lane(t) % 4 == 0):
+                with T.If(t % 4 == 0):
                     with T.Then():
                         for half in range(2):
                             self.write(rb * self.rows + self.row(t, half), self.acc.load(t, 2 * half))
             return
         with simt.threads() as t:
-            with T.If(self.lane(t) % 4 == 0):
+            with T.If(t % 4 == 0):
                 with T.Then():
                     for half in range(2):
                         T.buffer_store(self.red, self.acc.load(t, 2 * half),

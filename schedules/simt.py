@@ -10,7 +10,9 @@ through a buffer between two phases. A phase ends where the GPU program would sy
 exchange registers, so running the phases one after another is exactly the GPU semantics. This
 lets the CPU check a kernel's index arithmetic (rows, columns, split-k, grid-stride loops, the
 cross-thread reduction) for real on llvm; what it cannot check are the CUDA-only instructions
-(cache-qualified PTX loads, atomics), which it replaces by plain loads and serial adds.
+(cache-qualified PTX loads, atomics), which it replaces by plain loads and serial adds. A warp's
+tensor-core product (`mma_m16n8k16`) is emulated from the fragments of all its 32 threads as
+PTX lays them out, so a kernel's mapping of data to fragments is checked too.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Iterator
 
 import tvm
 from tvm import tirx
+from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 
 FULL_MASK = 0xFFFFFFFF
@@ -125,6 +128,46 @@ class Simt:
                 T.buffer_store(swap, reg.load(t ^ off, at), [t])
             with self.threads() as t:
                 reg.store(t, reg.load(t, at) + swap[t], at)
+
+
+MMA_F16_F32 = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+
+
+def half(word, high: int) -> tirx.PrimExpr:
+    """The fp16 in the low (high=0) or high half of a 32-bit word, as float32."""
+    bits = ((word >> tirx.const(16 * high, "uint32")) & tirx.const(0xFFFF, "uint32")).astype("uint16")
+    return tirx.reinterpret("float16", bits).astype("float32")
+
+
+def half2_word(low, high) -> tirx.PrimExpr:
+    """The 32-bit word of two float32 values rounded to fp16 (low half first)."""
+    bits = [tirx.reinterpret("uint16", v.astype("float16")).astype("uint32") for v in (low, high)]
+    return bits[0] | (bits[1] << tirx.const(16, "uint32"))
+
+
+def mma_m16n8k16(simt: Simt, t, a: Reg, a_at: tuple[int, ...], b: Reg, b_at: tuple[int, ...],
+                 c: Reg, c_at: tuple[int, ...]) -> None:
+    """D = A B + C for the warp of thread t (fp16 A 16x16 row-major, B 16x8, fp32 C, D in C),
+    with the fragments of PTX's mma.m16n8k16: thread 4g + q holds A words (row g, k 2q..2q+1),
+    (g+8, 2q..), (g, 2q+8..), (g+8, 2q+8..) at a_at, B words (k 2q..2q+1, column g),
+    (2q+8.., g) at b_at (uint32 registers of two fp16 each, low half first), C (g, 2q),
+    (g, 2q+1), (g+8, 2q), (g+8, 2q+1) at c_at. Emulated, each thread reads the other threads'
+    A and B registers, so they must have been written in an earlier phase."""
+    if not simt.emulate:
+        T.evaluate(TS.ptx[MMA_F16_F32](*[c.load(t, i) for i in c_at], *[a.load(t, i) for i in a_at],
+                                       *[b.load(t, i) for i in b_at], *[c.load(t, i) for i in c_at]))
+        return
+    lane = t % WARP
+    warp, g, q = t - lane, lane // 4, lane % 4
+    for i, at in enumerate(c_at):
+        upper, col = i // 2, 2 * q + i % 2         # row g + 8 * upper, column col
+        total = c.load(t, at)
+        for k_thread in range(4):
+            ta, tb = warp + 4 * g + k_thread, warp + 4 * col + k_thread
+            for a_word, b_word in ((a_at[upper], b_at[0]), (a_at[2 + upper], b_at[1])):
+                for h in range(2):
+                    total = total + half(a.load(ta, a_word), h) * half(b.load(tb, b_word), h)
+        c.store(t, total, at)
 
 
 def ramp(base, lanes: int) -> tirx.PrimExpr:

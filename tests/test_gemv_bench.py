@@ -98,3 +98,31 @@ def test_summary_takes_least_energy_within_the_latency_bound():
     assert row["ref"]["ms"] == pytest.approx(0.0305)
     assert row["ours"]["config"] == {"a": 2} and row["ours"]["trials"] == 3
     assert out["l2"] == "rotate" and out["commit"] == "abc"
+
+
+def test_dry_run_of_the_tensor_core_space(tmp_path):
+    rc = gemv_bench.main(["--dry-run", "--op", "dequant", "--wbits", "4", "--space",
+                          "lut-dequant-gemv-mma", "--out", str(tmp_path), "--configs", "3",
+                          "--shapes", "28672x8192"])
+    (plan,) = json.loads((tmp_path / "plan.json").read_text())
+    assert rc == 0 and plan["builds"] == [True, True, True]
+    assert plan["configs"][0] == {**gemv_bench.BASE_MMA, **gemv_bench.CURATED_MMA[0]}
+    assert "thread_cols" in plan["configs"][2]
+
+
+def test_every_curated_mma_config_is_valid_on_issue_10_shapes():
+    from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
+
+    for bits in (2, 4):
+        for n, k in gemv_bench.DEQUANT_SHAPES:
+            op = make_op("lut_mpgemm", f"m=1,n={n},k={k}", "float16",
+                         {"wbits": bits, "group_size": 128, "zero_points": False, "impl": "dequant"})
+            space = DequantGemvMma(op, gemv_bench.SM90, sms=132)
+            for changes in gemv_bench.CURATED_MMA:
+                assert space.reject({**gemv_bench.BASE_MMA, **changes}) is None, (n, k, changes)
+
+
+def test_space_must_fit_the_op(tmp_path, capsys):
+    assert gemv_bench.main(["--dry-run", "--out", str(tmp_path), "--space",
+                            "lut-dequant-gemv-mma"]) == 2
+    assert "--space for --op gemv must be one of gemv-simt" in capsys.readouterr().err

@@ -226,3 +226,14 @@ def test_kernel_on_gpu_matches_numpy(name):
     ex["main"](tvm.runtime.tensor(w, dev), tvm.runtime.tensor(x, dev), y)
     ref = s.op.reference([w, x])
     assert np.linalg.norm(y.numpy() - ref) / np.linalg.norm(ref) <= s.op.tolerance
+
+
+def test_feature_rows_have_the_same_names_for_every_config():
+    """The cost model reads every config's features by the first row's names."""
+    from energy_tuner.costmodel.features import knob_features
+
+    s, rng = space(n=4096, k=4096, sms=132), np.random.default_rng(0)
+    configs = [c for c in (s.sample(rng) for _ in range(200)) if s.reject(c) is None]
+    assert len({c["load"] for c in configs}) > 1
+    rows = knob_features(s.op, [s.features(c) for c in configs])
+    assert rows.shape[0] == len(configs) and np.isfinite(rows).all()
