@@ -30,7 +30,8 @@ random normal weights quantized and packed as the op does, its output checked ag
 float64 product with the dequantized weights, and cuBLAS fp16 GEMV on those dequantized weights
 (fp16, in their own rotated sets) as the reference: the comparison issue 10 asks for.
 `--space lut-dequant-gemv-mma` measures the tensor-core dequant kernels
-(schedules/dequant_gemv_mma.py, their hand-picked CURATED_MMA first) instead of the SIMT ones.
+(schedules/dequant_gemv_mma.py, their hand-picked CURATED_MMA first) instead of the SIMT ones;
+`--space gemv-mma` the tensor-core fp16 GEMV (schedules/gemv_mma.py, CURATED_GEMV_MMA first).
 
 --dry-run needs no GPU: it writes OUT/plan.json with the configs per shape, the reasons why
 random samples were rejected (counts), and whether each config builds to CUDA source.
@@ -60,6 +61,7 @@ from energy_tuner.schedules import OpError, make_op
 from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
+from energy_tuner.schedules.gemv_mma import GemvMmaKnobs
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
 DEQUANT_SHAPES = SHAPES[1:]          # issue 10's W4/W2 table
@@ -141,9 +143,30 @@ CURATED_MMA = [  # tensor-core dequant: offsets and decodes first, then bytes in
     {"row_warps": 1, "k_warps": 4},
     {"offset": "fold", "unroll": 2, "mma_chains": 4},
 ]
+BASE_GEMV_MMA = {"warps": 4, "warps_k": 1, "unroll": 4, "ctas_per_sm": 0, "load": "nc_no_allocate",
+                 "prefetch": "none", "x_stage": "global", "split_k": 1, "split_reduce": "atomic"}
+CURATED_GEMV_MMA = [  # fp16 on tensor cores: bytes in flight, then rows per CTA and k-warps, grid
+    {},
+    {"unroll": 8},
+    {"unroll": 2},
+    {"load": "nc"},
+    {"load": "nc_evict_first"},
+    {"prefetch": "L2::256B"},
+    {"warps": 4, "warps_k": 4},              # 16 rows per CTA: enough CTAs for n = 4096
+    {"warps": 8, "warps_k": 2, "unroll": 2},
+    {"warps": 8, "warps_k": 8, "unroll": 1},
+    {"ctas_per_sm": 4},
+    {"ctas_per_sm": 2, "warps": 8, "warps_k": 2},
+    {"x_stage": "shared", "warps": 8, "warps_k": 4},
+    {"split_k": 2, "split_reduce": "two_pass"},
+    {"split_k": 4, "warps": 2},
+    {"warps": 2, "unroll": 8},
+    {"warps": 1, "unroll": 8},
+]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass
-BENCH_SPACES = {"gemv": {GemvKnobs.name: (GemvKnobs, BASE, CURATED, CURATED_BULK)},
+BENCH_SPACES = {"gemv": {GemvKnobs.name: (GemvKnobs, BASE, CURATED, CURATED_BULK),
+                         GemvMmaKnobs.name: (GemvMmaKnobs, BASE_GEMV_MMA, CURATED_GEMV_MMA, [])},
                 "dequant": {DequantGemvKnobs.name: (DequantGemvKnobs, BASE_DEQUANT, CURATED_DEQUANT, []),
                             DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, [])}}
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,

@@ -125,4 +125,13 @@ def test_every_curated_mma_config_is_valid_on_issue_10_shapes():
 def test_space_must_fit_the_op(tmp_path, capsys):
     assert gemv_bench.main(["--dry-run", "--out", str(tmp_path), "--space",
                             "lut-dequant-gemv-mma"]) == 2
-    assert "--space for --op gemv must be one of gemv-simt" in capsys.readouterr().err
+    assert "--space for --op gemv must be one of gemv-simt, gemv-mma" in capsys.readouterr().err
+
+
+def test_every_curated_fp16_mma_config_is_valid_on_issue_10_shapes():
+    from energy_tuner.schedules.gemv_mma import GemvMmaKnobs
+
+    for n, k in gemv_bench.SHAPES:
+        space = GemvMmaKnobs(make_op("gemv", f"{n},{k}", "float16"), gemv_bench.SM90, sms=132)
+        configs, _ = gemv_bench.bench_configs(space, len(gemv_bench.CURATED_GEMV_MMA), seed=0)
+        assert configs == [{**gemv_bench.BASE_GEMV_MMA, **c} for c in gemv_bench.CURATED_GEMV_MMA]
