@@ -55,7 +55,9 @@ class GemvMmaKnobs(KnobSpace):
 
     name = "gemv-mma"
     compile_options = {"tir_pipeline": "tirx"}
-    auto = False  # not measured on a GPU yet: tuned only when named (--space gemv-mma)
+    # measured on an H200 (experiments/results/tensor_core_gemv_h200_2026-12-01): slower than
+    # cuBLAS and the SIMT space at as much power, so it is tuned only when named (--space gemv-mma)
+    auto = False
 
     def __init__(self, op: Op, target: Target, sms: int | None = None) -> None:
         super().__init__(op, target)

@@ -321,3 +321,14 @@ def test_feature_rows_have_the_same_names_for_every_config():
     assert len({c["load"] for c in configs}) > 1
     rows = knob_features(s.op, [s.features(c) for c in configs])
     assert rows.shape[0] == len(configs) and np.isfinite(rows).all()
+
+
+def test_auto_picks_the_tensor_core_space_and_its_seeds_run_on_issue_shapes():
+    from energy_tuner.compiler.spaces import choose_space
+
+    for bits in (2, 4):
+        for n, k in ((14336, 4096), (4096, 14336), (28672, 8192)):
+            chosen = choose_space(op(bits=bits, n=n, k=k), SM90)
+            assert isinstance(chosen, DequantGemvMma)
+            assert chosen.seeds() and all(chosen.reject(c) is None for c in chosen.seeds())
+    assert not isinstance(choose_space(op(impl="lut"), SM90), DequantGemvMma)
