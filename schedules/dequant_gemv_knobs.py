@@ -49,6 +49,7 @@ class DequantGemvKnobs(GemvKnobs):
     """lut_mpgemm dequant kernels at m = 1 (see the module docstring)."""
 
     name = "lut-dequant-gemv-simt"
+    auto = False  # its tensor-core twin (dequant_gemv_mma.py) is 1.5x faster on an H200
 
     def __init__(self, op: Op, target: Target, sms: int | None = None) -> None:
         super().__init__(op, target, sms)
@@ -73,6 +74,10 @@ class DequantGemvKnobs(GemvKnobs):
                 Knob("split_reduce", ("atomic", "two_pass")),
                 Knob("scale_apply", ("weight", "chunk")),
                 Knob("decode", ("shift", "nibble")))
+
+    def seeds(self) -> list[Config]:
+        """None: the fp16 space's seeds are not configs of this one."""
+        return []
 
     def lanes(self, config: Config) -> int:
         """Weights per load unit (a chunk)."""

@@ -88,7 +88,7 @@ def test_applies_to_the_dequant_twin_at_m1_only():
     assert not DequantGemvMma.applies(op(m=2), SM90)
     assert not DequantGemvMma.applies(op(impl="lut"), SM90)
     assert not DequantGemvMma.applies(op(), Target("llvm"))
-    assert DequantGemvMma.auto is False
+    assert DequantGemvMma.auto and not DequantGemvKnobs.auto
 
 
 def test_reject_reasons():

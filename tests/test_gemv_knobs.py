@@ -237,3 +237,12 @@ def test_feature_rows_have_the_same_names_for_every_config():
     assert len({c["load"] for c in configs}) > 1
     rows = knob_features(s.op, [s.features(c) for c in configs])
     assert rows.shape[0] == len(configs) and np.isfinite(rows).all()
+
+
+def test_auto_picks_the_simt_space_for_fp16_gemv_and_its_seeds_run_on_issue_shapes():
+    from energy_tuner.compiler.spaces import choose_space
+
+    for n, k in [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]:
+        chosen = choose_space(make_op("gemv", f"{n},{k}", "float16"), SM90)
+        assert type(chosen) is GemvKnobs
+        assert len(chosen.seeds()) == 3 and all(chosen.reject(c) is None for c in chosen.seeds())
