@@ -63,6 +63,7 @@ class TuneStats:
 
 @dataclass
 class Batch:
+    """A proposed batch as the loop measures it."""
     candidates: list[Candidate]     # as proposed: the strategy is told about all of them
     fresh: list[Candidate]          # those to measure: new, within the budget
     builds: list[Future]            # their BuildResults, started when the batch was planned
@@ -218,16 +219,17 @@ class Tuner:
 
         with tempfile.TemporaryDirectory(prefix="tune-artifacts-") as out_dir:
             threads = len(os.sched_getaffinity(0))
-            builder = Builder(self.space.target, out_dir, compile_options=self.space.compile_options,
-                              workers=max(1, threads - 1) if self.overlap else threads)
+            builder = Builder(self.space.target, out_dir,
+                              workers=max(1, threads - 1) if self.overlap else threads,
+                              compile_options=self.space.compile_options)
 
             def plan(candidates: list[Candidate], planned: int,
                      in_flight: Sequence[Candidate] = ()) -> Batch:
                 """The new ones among `candidates` (neither known nor `in_flight`), as many as
                 the budget takes after `planned` measurements, their builds started."""
                 taken = known.keys() | {c.mod_hash for c in in_flight}
-                fresh = list({c.mod_hash: c for c in candidates if c.mod_hash not in taken}.values())
-                fresh = fresh[: remaining - planned]
+                new = {c.mod_hash: c for c in candidates if c.mod_hash not in taken}
+                fresh = list(new.values())[: remaining - planned]
                 return Batch(candidates, fresh, builder.submit([c.mod for c in fresh]))
 
             proposal: Future | None = None

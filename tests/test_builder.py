@@ -1,4 +1,5 @@
-"""The Builder's pool on llvm: results in submission order, close neither waits nor runs the queue."""
+"""The Builder's pool on llvm: results in submission order; close neither waits for a build nor
+runs the queued ones."""
 import numpy as np
 import psutil
 import tvm
