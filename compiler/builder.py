@@ -1,17 +1,24 @@
 """Parallel builds of scheduled IRModules into loadable shared libraries.
 
-A long-lived pool of TVM's Popen workers (one fresh Python process each, so a compiler crash or hang
-only costs that worker) compiles with `tvm.compile` and exports each kernel as a `.so`. Failures are
-returned as errors; the caller counts them as invalid candidates.
+A pool of long-lived TVM Popen workers (one fresh Python process each, so a compiler crash or hang
+only costs that worker) compiles with `tvm.compile` and exports each kernel as a `.so`. `submit`
+queues builds and returns their futures at once, so the caller can measure one kernel while others
+compile; `close` cancels the queued builds and kills the running ones (with their compiler
+processes), so an interrupted tune never waits for a build. Failures are returned as errors; the
+caller counts them as invalid candidates.
 """
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Callable
 
 import tvm
-from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+from tvm.support.popen_pool import PopenWorker, kill_child_processes
 from tvm.target import Target
 
 # WMMA fp16->fp32 candidates hit this TVM 0.27 check unless storage rewrite is off (GUIDE §1).
@@ -61,23 +68,77 @@ def _first_error_line(text: str) -> str:
     return ((errors or lines or ["unknown build error"])[-1])[:500]
 
 
+def _kill(worker: PopenWorker) -> None:
+    """Kill a worker's process and its children (e.g. nvcc) and reap it, leaving its pipes to the
+    thread that may be reading them (closing a pipe another thread reads would wait for it)."""
+    proc = worker._proc  # noqa: SLF001  TVM's PopenWorker.kill closes the pipes first
+    if proc is not None:
+        kill_child_processes(proc.pid)
+        proc.kill()
+        proc.wait()
+
+
 class Builder:
+    """`workers` build processes, each served by a daemon thread that takes the next queued build
+    (builds start in the order they were submitted)."""
+
     def __init__(self, target: Target, out_dir: str, workers: int, timeout_s: float = 120.0,
                  compile_options: dict | None = None) -> None:
         self.target, self.out_dir, self.options = target, out_dir, compile_options or {}
-        self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()   # held while a build is handed to a worker, and by close
+        self.closed = False
+        self.workers = [PopenWorker() for _ in range(workers)]
+        for worker in self.workers:
+            threading.Thread(target=self._serve, args=(worker,), daemon=True, name="build").start()
+
+    def job(self, mod: tvm.IRModule) -> tuple[Callable[..., str], tuple]:
+        """What a worker process runs to build `mod`: a function returning the library's path,
+        and its arguments."""
+        return _worker_build, (mod, self.target, self.out_dir, self.options)
+
+    def submit(self, mods: list[tvm.IRModule]) -> list[Future]:
+        """Queue the builds; their BuildResults as futures, in the order of `mods`."""
+        futures = []
+        for mod in mods:
+            futures.append(Future())
+            self.queue.put((self.job(mod), futures[-1]))
+        return futures
 
     def build(self, mods: list[tvm.IRModule]) -> list[BuildResult]:
-        results = []
-        jobs = [(mod, self.target, self.out_dir, self.options) for mod in mods]
-        for res in self.pool.map_with_error_catching(lambda job: _worker_build(*job), jobs):
-            if res.status == StatusKind.COMPLETE:
-                results.append(BuildResult(res.value, None))
-            elif res.status == StatusKind.TIMEOUT:
-                results.append(BuildResult(None, "build timed out"))
-            else:
-                results.append(BuildResult(None, _first_error_line(str(res.value))))
-        return results
+        return [future.result() for future in self.submit(mods)]
+
+    def _serve(self, worker: PopenWorker) -> None:
+        while True:
+            item = self.queue.get()
+            with self.lock:
+                if item is None or self.closed:
+                    break
+                (fn, args), future = item
+                if not future.set_running_or_notify_cancel():
+                    continue
+                worker.send(fn, args, timeout=self.timeout_s)  # close() kills what was sent
+            try:
+                future.set_result(BuildResult(worker.recv(), None))
+            except TimeoutError:
+                future.set_result(BuildResult(None, "build timed out"))
+            except Exception as err:  # the compiler's error, or the worker died (killed)
+                future.set_result(BuildResult(None, _first_error_line(str(err))))
+        worker.kill()
 
     def close(self) -> None:
-        self.pool.shutdown()
+        """Cancel the queued builds, kill the running ones; returns without waiting for a build."""
+        with self.lock:
+            self.closed = True
+            for worker in self.workers:
+                _kill(worker)
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[1].cancel()
+        for _ in self.workers:
+            self.queue.put(None)

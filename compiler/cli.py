@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "space that applies, else trace")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
     p.add_argument("--no-overlap", action="store_true",
-                   help="on a GPU, search and measure in turns (by default the next batch is "
-                        "searched for on all CPUs but one while the current batch is measured)")
+                   help="on a GPU, search, build and measure in turns (by default the next "
+                        "batch is searched for and built on all CPUs but one while the current "
+                        "batch is measured)")
     remote = p.add_argument_group("measuring on RPC workers (README: Measuring on many GPUs)")
     remote.add_argument("--tracker", metavar="HOST:PORT",
                         help="measure on the servers registered with this TVM RPC tracker "

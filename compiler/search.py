@@ -3,8 +3,9 @@
 The space and the strategy are chosen by name (compiler/spaces.py, compiler/strategies): TVM's
 EvolutionarySearch over MetaSchedule trace spaces, our genetic search over knob spaces. The loop
 itself knows neither: it dedupes proposals against the database, builds them in parallel
-(compiler/builder.py), measures them (measure/; on several workers at once where the runner
-has several slots), stores every result as it arrives
+(compiler/builder.py; with `overlap`, while the batch before is measured), measures them
+(measure/; on several workers at once where the runner has several slots), stores every result
+as it arrives
 (compiler/database.py), retrains the cost model, and tells the strategy. Driving the strategy
 ourselves (not `ms.tune_tir`) lets measure/ record energy, correctness and metadata for every
 candidate, lets the SQLite store resume a run, lets the model learn energy, and lets the dynamic
@@ -20,7 +21,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tvm
@@ -61,6 +62,14 @@ class TuneStats:
 
 
 @dataclass
+class Batch:
+    """A proposed batch as the loop measures it."""
+    candidates: list[Candidate]     # as proposed: the strategy is told about all of them
+    fresh: list[Candidate]          # those to measure: new, within the budget
+    builds: list[Future]            # their BuildResults, started when the batch was planned
+
+
+@dataclass
 class TuneResult:
     records: list[Record]       # every record of this workload, all runs and objectives
     stats: TuneStats = field(default_factory=TuneStats)
@@ -91,9 +100,13 @@ class Tuner:
     a registered strategy's name, or None for the space's default (compiler/strategies).
 
     overlap: propose the next batch while the current one is measured (TVM's strategy runs in
-    C++ without the GIL). Worth it only when the device is not the CPU that searches; the search
-    then leaves one core to the measuring worker. The next batch is proposed with the model and
-    strategy state of the batch before: they are updated only when no proposal is running.
+    C++ without the GIL), start its builds as soon as it is proposed, and measure each candidate
+    as soon as its build is done. Worth it only when the device is not the CPU that searches and
+    builds (on the CPU they would disturb the timings); search and builds then leave one core to
+    the measuring worker. The next batch is proposed with the model and strategy state of the
+    batch before: they are updated only when no proposal is running, so batch i+1 is proposed
+    from the results up to batch i-1 (without overlap: up to batch i). With one measurement slot
+    the records are stored in the order proposed, whatever order the builds finish in.
 
     measurement: how candidates will be measured (`measure.runner.measurement_identity`), for a
     tuner whose runner is attached later (runner None); otherwise the runner's."""
@@ -205,50 +218,71 @@ class Tuner:
         retrain()
 
         with tempfile.TemporaryDirectory(prefix="tune-artifacts-") as out_dir:
-            builder = Builder(self.space.target, out_dir, workers=len(os.sched_getaffinity(0)),
+            threads = len(os.sched_getaffinity(0))
+            builder = Builder(self.space.target, out_dir,
+                              workers=max(1, threads - 1) if self.overlap else threads,
                               compile_options=self.space.compile_options)
+
+            def plan(candidates: list[Candidate], planned: int,
+                     in_flight: Sequence[Candidate] = ()) -> Batch:
+                """The new ones among `candidates` (neither known nor `in_flight`), as many as
+                the budget takes after `planned` measurements, their builds started."""
+                taken = known.keys() | {c.mod_hash for c in in_flight}
+                new = {c.mod_hash: c for c in candidates if c.mod_hash not in taken}
+                fresh = list(new.values())[: remaining - planned]
+                return Batch(candidates, fresh, builder.submit([c.mod for c in fresh]))
+
             proposal: Future | None = None
             try:
-                candidates = wait(start_proposal(at_once))
-                while candidates:
-                    fresh = list({c.mod_hash: c for c in candidates
-                                  if c.mod_hash not in known}.values())
-                    fresh = fresh[: remaining - stats.measured]
-                    building = time.perf_counter()
-                    builds = builder.build([c.mod for c in fresh])
-                    stats.build_wait_s += time.perf_counter() - building
-                    power = self._predicted_power(strategy, fresh)
-                    more = stats.measured + len(fresh) < remaining
-                    if more and self.overlap:  # search on while the device measures
+                batch = plan(wait(start_proposal(at_once)), 0)
+                while batch.candidates:
+                    planned = stats.measured + len(batch.fresh)
+                    more = planned < remaining
+                    power = self._predicted_power(strategy, batch.fresh)
+                    builds = self._waited(batch.builds, stats)
+                    if not self.overlap:  # measure once every build is done (building while
+                        builds = iter(list(builds))  # measuring on the CPU disturbs its timing)
+                    elif more:  # search on while the device measures
                         proposal = start_proposal(in_background)
-                    measured = []
-                    for cand, built, watts, m in self._measured(zip(fresh, builds, power)):
+                    measured, upcoming = [], None
+                    for cand, built, watts, m in self._measured(zip(batch.fresh, builds, power)):
                         record = self._book(cand, built, watts, m, stats)
                         record.id = self.db.add(record)
                         records.append(record)
                         measured.append((record, cand))
                         on_record(record)
+                        if proposal is not None and proposal.done():  # build it while measuring
+                            upcoming, proposal = plan(wait(proposal), planned, batch.fresh), None
                     if proposal is not None:  # the strategy and model are not thread-safe
-                        next_candidates = wait(proposal)
-                        proposal = None
+                        upcoming, proposal = plan(wait(proposal), planned, batch.fresh), None
                     for record, cand in measured:
                         learn(record, cand)
                     # measured now, or in an earlier run (answered from the database)
-                    strategy.end_batch(candidates, known)
+                    strategy.end_batch(batch.candidates, known)
                     retrain()
                     if not more:
                         break
-                    candidates = next_candidates if self.overlap else wait(start_proposal(at_once))
+                    batch = upcoming or plan(wait(start_proposal(at_once)), stats.measured)
                 else:
                     stats.exhausted = True
             finally:
-                builder.close()
+                builder.close()  # cancels queued builds, kills running ones: nothing waits
                 if proposal is not None:  # interrupted while searching: let the search end
                     proposal.exception()
                 strategy.close()
         stats.strategy_report = strategy.report()
         stats.wall_s = time.perf_counter() - started
         return TuneResult(records, stats)
+
+    @staticmethod
+    def _waited(builds: list[Future], stats: TuneStats) -> Iterator[BuildResult]:
+        """The builds' results in order, the time spent waiting for each added to
+        stats.build_wait_s (with several measurement slots: the time a free slot waited)."""
+        for build in builds:
+            started = time.perf_counter()
+            built = build.result()
+            stats.build_wait_s += time.perf_counter() - started
+            yield built
 
     def _predicted_power(self, strategy, candidates: list[Candidate]) -> list[float | None]:
         """Predicted energy per second of (burst) latency, per candidate; None untrained."""

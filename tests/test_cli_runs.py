@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from energy_tuner.compiler.cli import main
 from energy_tuner.compiler.export import export_name
 from energy_tuner.schedules import make_op
 from tests.fake_powercap import ClockPowercap
+from tests.gated_builder import logged, wait_for
 
 SMALL = ["--op", "matmul", "--shape", "32,32,32", "--target", "llvm"]
 
@@ -116,6 +118,35 @@ def test_interrupt_or_terminate_leaves_no_traceback_and_no_folder(tmp_path, sign
     assert "interrupted" in err
     assert not run_folders(db) and not list(tmp.iterdir())
     assert rows(db)[:len(seen)] == seen
+
+
+GATED_TUNE = """
+import sys
+from pathlib import Path
+from energy_tuner.compiler import search
+from energy_tuner.compiler.cli import main
+from tests.gated_builder import gated
+search.Builder = gated(Path(sys.argv[1]), {2: "never"}, workers=1)  # build 2 runs until killed
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_waiting_for_a_build_stops_at_once(tmp_path, signum):
+    """The signal goes to the tune's process only (not to its build workers, as Ctrl-C in a
+    terminal would): the running build is killed, not waited for."""
+    db, log = tmp_path / "b.sqlite", tmp_path / "builds.log"
+    proc = subprocess.Popen([sys.executable, "-c", GATED_TUNE, str(log), *SMALL, "--trials", "4",
+                             "--db", str(db)], env={**os.environ, "PYTHONPATH": os.getcwd()},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = int(wait_for(log, "start 2 ").split()[2])
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=600)   # a hang fails; a slow host only waits
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert not logged(log, "end 2") and not logged(log, "start 3")
+    assert not psutil.pid_exists(pid)
+    assert not run_folders(db) and rows(db) == []   # all 4 are built before measuring on llvm
 
 
 def test_export_names_carry_the_ops_parameters():

@@ -6,6 +6,7 @@ import sys
 import threading
 
 import numpy as np
+import psutil
 import pytest
 import tvm
 
@@ -19,6 +20,7 @@ from energy_tuner.measure.runner import MeasureConfig, Runner
 from energy_tuner.compiler.database import TuningDatabase
 from energy_tuner.schedules import design_space, make_op
 from tests.conftest import TINY
+from tests.gated_builder import gated, lines, wait_for
 
 
 def rows(db):
@@ -156,6 +158,61 @@ def test_interrupted_tune_keeps_every_result_and_resumes(tmp_path, monkeypatch, 
     db.close()
 
 
+def small_tuner(db, space="cpu_matmul", runner=None, overlap=True):
+    op = make_op("matmul", "32,32,32", "float32")
+    plat = resolve("llvm")
+    runner = runner or Runner(op, plat.device, None,
+                              MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1))
+    return Tuner(op, plat, runner, db, Objective("latency"), batch=3, overlap=overlap,
+                 population=64, space=space)
+
+
+def test_an_interrupt_does_not_wait_for_a_running_build(tmp_path, monkeypatch):
+    """Ctrl-C while build 2 runs (it waits for an event that never comes) and build 3 is queued:
+    the tune stops at once, build 2 is killed, build 3 never starts, the result is stored."""
+    log = tmp_path / "builds.log"
+    monkeypatch.setattr(search, "Builder", gated(log, {2: "never"}, workers=1))
+    db = TuningDatabase(tmp_path / "t.sqlite")
+    seen = []
+
+    def interrupt_while_building(record):
+        seen.append(record)
+        wait_for(log, "start 2 ")   # candidate 1 is measured while build 2 runs ...
+        raise KeyboardInterrupt     # ... when Ctrl-C comes
+
+    with pytest.raises(KeyboardInterrupt):
+        small_tuner(db).tune(6, on_record=interrupt_while_building)
+    pid = int(wait_for(log, "start 2 ").split()[2])
+    assert not psutil.pid_exists(pid)
+    assert [line.split()[:2] for line in lines(log)] == [["start", "1"], ["end", "1"],
+                                                         ["start", "2"]]
+    assert [r["id"] for r in rows(tmp_path / "t.sqlite")] == [r.id for r in seen] == [1]
+    monkeypatch.undo()
+    result = small_tuner(db).tune(6)
+    assert result.stats.previous == 1 and result.stats.measured == 5
+    assert len({r["mod_hash"] for r in rows(tmp_path / "t.sqlite")}) == 6
+    db.close()
+
+
+@pytest.mark.parametrize("space", ["cpu_matmul", "trace"])
+def test_an_overlapped_tune_is_the_same_for_the_same_seed(tmp_path, monkeypatch, space):
+    """The same tune twice, builds 1 and 2 finishing in one order, then in the other: the same
+    candidates in the same order. With overlap batch 2 is proposed from the results up to batch 0
+    (none), so both batches are set by the seed alone, whatever latencies were measured."""
+    tunes = []
+    for run, (first, second) in enumerate([(2, 1), (1, 2)]):
+        log = tmp_path / f"builds{run}.log"
+        monkeypatch.setattr(search, "Builder", gated(log, {second: f"end {first}"}, workers=2))
+        db = TuningDatabase(tmp_path / f"t{run}.sqlite")
+        result = small_tuner(db, space).tune(6)
+        db.close()
+        ends = [line for line in lines(log) if line.startswith("end")]
+        assert ends.index(f"end {first}") < ends.index(f"end {second}")
+        assert result.stats.measured == 6 and len(result.stats.proposal_s) == 2
+        tunes.append([(r.mod_hash, json.dumps(r.trace)) for r in result.records])
+    assert tunes[0] == tunes[1] and len(set(tunes[0])) == 6
+
+
 def test_model_is_saved_and_warm_starts_a_similar_workload(tmp_path):
     plat = resolve("llvm")
     config = MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1)
@@ -234,12 +291,14 @@ class TwoRunners:
             self.free.put((index, runner))
 
 
-def test_a_runner_with_two_slots_measures_every_candidate_once(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_runner_with_two_slots_measures_every_candidate_once(tmp_path, overlap):
     op = make_op("matmul", "32,32,32", "float32")
     plat = resolve("llvm")
     runner = TwoRunners(op, plat, MeasureConfig(latency_repeats=2, latency_min_repeat_ms=1))
     db = TuningDatabase(tmp_path / "t.sqlite")
-    result = Tuner(op, plat, runner, db, Objective("latency"), batch=4, population=64).tune(8)
+    result = Tuner(op, plat, runner, db, Objective("latency"), batch=4, population=64,
+                   overlap=overlap).tune(8)
     records = db.records(result.records[0].workload_key)
     assert len(records) == 8 == result.stats.measured
     assert len({r.mod_hash for r in records}) == 8
