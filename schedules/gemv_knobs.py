@@ -98,6 +98,23 @@ def _ld_chain(load: str, prefetch: str, lanes32: int) -> str:
     return ".".join(parts)
 
 
+def tiling_reject(space, config: Config, rows_are: str, step_is: str) -> str | None:
+    """The tiling rules of every GEMV space: rows per CTA divide n, split_k divides k, a step
+    divides the split's slice, and split_reduce keeps its canonical value without split-k.
+    `rows_are` and `step_is` say how the space makes its rows per CTA and its step."""
+    rows, split = space.rows_per_block(config), int(config["split_k"])
+    if space.n % rows:
+        return f"{rows} rows per CTA ({rows_are}) do not divide n={space.n}"
+    if space.k % split:
+        return f"split_k {split} does not divide k={space.k}"
+    if space.k_slice(config) % space.k_per_step(config):
+        return (f"a step of {space.k_per_step(config)} {step_is} does not divide "
+                f"k/split_k={space.k_slice(config)}")
+    if split == 1 and config["split_reduce"] != "atomic":
+        return "split_reduce only matters with split_k > 1 (its canonical value is atomic)"
+    return None
+
+
 @register
 class GemvKnobs(KnobSpace):
     """fp16 GEMV kernels on CUDA sm_80+ (see the module docstring for what each knob does)."""
@@ -181,21 +198,15 @@ class GemvKnobs(KnobSpace):
         return x_bytes + red + ring
 
     def reject(self, config: Config) -> str | None:
-        threads, split = self.threads(config), int(config["split_k"])
+        threads = self.threads(config)
         if threads > MAX_THREADS:
             return f"{threads} threads per CTA > {MAX_THREADS}"
         if threads < WARP:
             return f"{threads} threads per CTA < one warp"
-        if self.n % self.rows_per_block(config):
-            return (f"{self.rows_per_block(config)} rows per CTA (rows_per_cta x rows_per_thread) "
-                    f"do not divide n={self.n}")
-        if self.k % split:
-            return f"split_k {split} does not divide k={self.k}"
-        if self.k_slice(config) % self.k_per_step(config):
-            return (f"a step of {self.k_per_step(config)} elements (threads_per_row x lanes x "
-                    f"unroll) does not divide k/split_k={self.k_slice(config)}")
-        if split == 1 and config["split_reduce"] != "atomic":
-            return "split_reduce only matters with split_k > 1 (its canonical value is atomic)"
+        why = tiling_reject(self, config, "rows_per_cta x rows_per_thread",
+                            "elements (threads_per_row x lanes x unroll)")
+        if why:
+            return why
         if (config["load"] == "plain" or bulk_stages(str(config["load"]))) \
                 and config["prefetch"] != "none":
             return "prefetch qualifiers apply to the ld.global.nc loads only"

@@ -37,9 +37,9 @@ from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
-from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM,
-                         _ld_chain, _SplitKWriter, _UniformIf, _Writer, load_features, sm_arch,
-                         sm_count)
+from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM, _ld_chain,
+                         _SplitKWriter, _UniformIf, _Writer, load_features, sm_arch, sm_count,
+                         tiling_reject)
 from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
 from .simt import WARP, mma_m16n8k16, prim_func, ramp
@@ -113,19 +113,12 @@ class GemvMmaKnobs(KnobSpace):
         return x_bytes + red
 
     def reject(self, config: Config) -> str | None:
-        warps, warps_k, split = int(config["warps"]), int(config["warps_k"]), int(config["split_k"])
+        warps, warps_k = int(config["warps"]), int(config["warps_k"])
         if warps % warps_k:
             return f"warps_k {warps_k} does not divide warps {warps}"
-        if self.n % self.rows_per_block(config):
-            return (f"{self.rows_per_block(config)} rows per CTA (16 x warps / warps_k) do not "
-                    f"divide n={self.n}")
-        if self.k % split:
-            return f"split_k {split} does not divide k={self.k}"
-        if self.k_slice(config) % self.k_per_step(config):
-            return (f"a step of {self.k_per_step(config)} columns (32 x unroll x warps_k) does "
-                    f"not divide k/split_k={self.k_slice(config)}")
-        if split == 1 and config["split_reduce"] != "atomic":
-            return "split_reduce only matters with split_k > 1 (its canonical value is atomic)"
+        why = tiling_reject(self, config, "16 x warps / warps_k", "columns (32 x unroll x warps_k)")
+        if why:
+            return why
         if config["load"] == "plain" and config["prefetch"] != "none":
             return "prefetch qualifiers apply to the ld.global.nc loads only"
         if self.shared_bytes(config) > STATIC_SHARED:

@@ -14,6 +14,7 @@ from tvm.target import Target
 from energy_tuner.schedules import make_op
 from energy_tuner.schedules.gemv_mma import GemvMmaKnobs, _MmaWriter
 from energy_tuner.schedules.knobs import knob_spaces
+from tests.test_gemv_knobs import _run_emulated   # the same check: emulated on llvm vs numpy
 
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
@@ -70,18 +71,6 @@ def test_features_and_mutators():
         assert len(diff) == 1
         changed.update(diff)
     assert changed == {k.name for k in s.knobs}
-
-
-def _run_emulated(s: GemvMmaKnobs, cfg: dict, seed: int = 0) -> float:
-    ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((s.n, s.k)).astype("float16")
-    x = rng.standard_normal(s.k).astype("float16")
-    y = tvm.runtime.tensor(np.full(s.n, np.nan, "float32"))
-    ex["main"](tvm.runtime.tensor(w), tvm.runtime.tensor(x), y)
-    ref = s.op.reference([w, x])
-    got = y.numpy()
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else np.inf
 
 
 @pytest.mark.parametrize("name", list(PATHS))
