@@ -211,6 +211,17 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         bi = tile // tiles_per_batch
 
     @T.macro
+    def init_barriers(full, empty, tid):
+        """Thread 0: each stage's full barrier waits for one arrival (the TMA bytes), its empty
+        barrier for one per consumer warpgroup; then every thread may use them."""
+        if tid == 0:
+            for s in T.unroll(S):
+                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
+                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
+            T.ptx.fence.proxy.async_.shared__cta()
+        T.cuda.cta_sync()
+
+    @T.macro
     def load_stage(smem, full, A_map, B_map, s, kt, tm, tn, bi):
         """One elected thread: expect the stage's bytes on full[s], then issue its TMA copies."""
         T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(full[s]), T.uint32(stage_bytes))
@@ -281,12 +292,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         tn: T.int32
         bi: T.int32
 
-        if tid == 0:
-            for s in T.unroll(S):
-                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
-                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
-            T.ptx.fence.proxy.async_.shared__cta()
-        T.cuda.cta_sync()
+        init_barriers(full, empty, tid)
         tile_coords(bid, tm, tn, bi)
         if tid == 0:
             for s in T.unroll(n_pro):
@@ -336,12 +342,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         bi: T.int32
         it: T.int32
 
-        if tid == 0:
-            for s in T.unroll(S):
-                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
-                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
-            T.ptx.fence.proxy.async_.shared__cta()
-        T.cuda.cta_sync()
+        init_barriers(full, empty, tid)
         it = 0
         if tid < 128:
             # producer warpgroup: one thread streams every k-tile of every tile of this CTA
