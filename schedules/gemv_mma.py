@@ -35,13 +35,11 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
-from tvm.target import Target
 
-from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM, _ld_chain,
-                         _SplitKWriter, _UniformIf, _Writer, load_features, sm_arch, sm_count,
+from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM, GemvKnobs,
+                         _ld_chain, _SplitKWriter, _UniformIf, _Writer, load_features,
                          tiling_reject)
-from .knobs import Config, Knob, KnobSpace, register
-from .op import Op
+from .knobs import Config, Knob, register
 from .simt import WARP, mma_m16n8k16, prim_func, ramp
 
 ROWS_PER_WARP = 16
@@ -50,24 +48,14 @@ THREADS_PER_ROW_GROUP = 4          # threads c = 0..3 share a row pair's columns
 
 
 @register
-class GemvMmaKnobs(KnobSpace):
-    """fp16 GEMV on tensor cores (see the module docstring)."""
+class GemvMmaKnobs(GemvKnobs):
+    """fp16 GEMV on tensor cores (see the module docstring); the op, the grid and split-k are the
+    SIMT space's."""
 
     name = "gemv-mma"
-    compile_options = {"tir_pipeline": "tirx"}
     # measured on an H200 (experiments/results/tensor_core_gemv_h200_2026-12-01): slower than
     # cuBLAS and the SIMT space at as much power, so it is tuned only when named (--space gemv-mma)
     auto = False
-
-    def __init__(self, op: Op, target: Target, sms: int | None = None) -> None:
-        super().__init__(op, target)
-        self.n, self.k = op.shape["n"], op.shape["k"]
-        self.sms = sms or sm_count(target)
-
-    @classmethod
-    def applies(cls, op: Op, target: Target) -> bool:
-        return (op.name == "gemv" and op.dtype == "float16" and target.kind.name == "cuda"
-                and sm_arch(target) >= 80)
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -86,25 +74,13 @@ class GemvMmaKnobs(KnobSpace):
     def threads(config: Config) -> int:
         return WARP * int(config["warps"])
 
-    @staticmethod
-    def rows_per_block(config: Config) -> int:
+    def rows_per_block(self, config: Config) -> int:
         return ROWS_PER_WARP * int(config["warps"]) // int(config["warps_k"])
-
-    def k_slice(self, config: Config) -> int:
-        return self.k // int(config["split_k"])
 
     @staticmethod
     def k_per_step(config: Config) -> int:
         """Columns a CTA reads per step: 4 threads x 8 columns x unroll, per k-warp."""
         return THREADS_PER_ROW_GROUP * CHUNK * int(config["unroll"]) * int(config["warps_k"])
-
-    def row_blocks(self, config: Config) -> int:
-        return self.n // self.rows_per_block(config)
-
-    def grid_x(self, config: Config) -> int:
-        per_sm = int(config["ctas_per_sm"])
-        blocks = self.row_blocks(config)
-        return blocks if per_sm == 0 else min(blocks, per_sm * self.sms)
 
     def shared_bytes(self, config: Config) -> int:
         x_bytes = self.k_slice(config) * 2 if config["x_stage"] == "shared" else 0
@@ -124,6 +100,10 @@ class GemvMmaKnobs(KnobSpace):
         if self.shared_bytes(config) > STATIC_SHARED:
             return f"{self.shared_bytes(config)} B of shared memory > {STATIC_SHARED} B"
         return None
+
+    def seeds(self) -> list[Config]:
+        """None: the SIMT space's seeds are not configs of this one."""
+        return []
 
     def features(self, config: Config) -> dict[str, float]:
         threads, unroll = self.threads(config), int(config["unroll"])
