@@ -2,7 +2,8 @@
 
     python -m experiments.model_quality experiments/results/*/*.sqlite.gz
 
-Runs on a CPU: the schedules are rebuilt from the stored traces and featurized; no kernel runs.
+Runs on a CPU: the schedules are rebuilt from the stored traces (or, for a knob space such as
+hopper_gemm, its configs are featurized by the space itself) and featurized; no kernel runs.
 Per workload with at least 30 measured candidates, 4-fold cross-validation over all correct
 candidates, for the model with and without the weighted loss and with and without the
 kernel-level features. Besides Spearman and
@@ -21,10 +22,11 @@ import numpy as np
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
-from energy_tuner.costmodel.features import candidate_features
+from energy_tuner.costmodel.features import candidate_features, knob_features
 from energy_tuner.costmodel.model import KernelModel
 from energy_tuner.compiler.report_cli import read_records
 from energy_tuner.schedules import op_from_description
+from energy_tuner.schedules.knobs import SPACES
 
 FOLDS = 4
 
@@ -34,19 +36,27 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def featurize(records):
+H100 = tvm.target.Target("nvidia/nvidia-h100")
+
+
+def featurize(records) -> tuple[object, np.ndarray, bool]:
+    """The op, one feature row per record, and whether the rows end in the 6 kernel-level
+    features of a trace space (a knob space's rows are its own features)."""
     import tvm.s_tir.tensor_intrin  # noqa: F401  traces may tensorize with WMMA
 
     op = op_from_description(records[0].workload)
+    if isinstance(records[0].trace, dict):
+        space = SPACES[records[0].trace["space"]](op, H100)
+        return op, knob_features(op, [space.features(r.trace["config"]) for r in records]), False
     mod = tvm.IRModule({"main": op.prim_func()})
-    ctx = ms.TuneContext(mod=mod, target=tvm.target.Target("nvidia/nvidia-h100"), num_threads=2)
+    ctx = ms.TuneContext(mod=mod, target=H100, num_threads=2)
     args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
     cands = []
     for r in records:
         sch = tvm.s_tir.Schedule(mod)
         tvm.s_tir.schedule.Trace.apply_json_to_schedule(r.trace, sch)
         cands.append(ms.MeasureCandidate(sch, args))
-    return op, candidate_features(ctx, cands, op)
+    return op, candidate_features(ctx, cands, op), True
 
 
 PREDICTED = ("latency", "energy", "energy (latency measured)")
@@ -102,15 +112,17 @@ def workloads(paths: list[str]) -> dict[str, list]:
     return {key: list(by_trace.values()) for key, by_trace in groups.items()}
 
 
-def table(title: str, x: np.ndarray, lat: np.ndarray, energy: np.ndarray) -> None:
+def table(title: str, x: np.ndarray, lat: np.ndarray, energy: np.ndarray,
+          kernel_columns: bool = True) -> None:
     print(f"\n### {title}: {len(lat)} candidates, {FOLDS}-fold cross-validation\n")
     print("| model | quantity | Spearman | MAPE | Spearman, best 25% | MAPE, best 25% | "
           "regret of predicted best |")
     print("|---|---|---|---|---|---|---|")
     for weighted in (False, True):
-        for kernel in (False, True):
-            label = (f"{'weighted' if weighted else 'unweighted'}, "
-                     f"{'PerStore + kernel' if kernel else 'PerStore only'}")
+        for kernel in ((False, True) if kernel_columns else (True,)):
+            label = (f"{'weighted' if weighted else 'unweighted'}, " + (
+                f"{'PerStore + kernel' if kernel else 'PerStore only'}" if kernel_columns
+                else "knob features"))
             for name, (rho, mape, rho_top, mape_top, regret) in \
                     evaluate(x, lat, energy, weighted, kernel).items():
                 print(f"| {label} | {name} | {rho:.3f} | {mape:.1%} | {rho_top:.3f} | "
@@ -123,10 +135,10 @@ def main(paths: list[str], min_candidates: int = 30) -> None:
         if len(records) < min_candidates:
             skipped.append(f"{key} ({len(records)})")
             continue
-        _, x = featurize(records)
+        _, x, kernel_columns = featurize(records)
         lat = np.array([r.latency_s for r in records])
         energy = np.array([r.energy_j for r in records])
-        table(key, x, lat, energy)
+        table(key, x, lat, energy, kernel_columns)
     if skipped:
         print(f"\nSkipped, fewer than {min_candidates} candidates: " + "; ".join(skipped))
 
