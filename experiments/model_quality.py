@@ -39,15 +39,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 H100 = tvm.target.Target("nvidia/nvidia-h100")
 
 
-def featurize(records) -> tuple[object, np.ndarray, bool]:
-    """The op, one feature row per record, and whether the rows end in the 6 kernel-level
-    features of a trace space (a knob space's rows are its own features)."""
+def featurize(records) -> tuple[object, np.ndarray]:
+    """The op and one feature row per record: a trace space's (ending in the 6 kernel-level
+    features), or a knob space's own features (`of_knob_space`)."""
     import tvm.s_tir.tensor_intrin  # noqa: F401  traces may tensorize with WMMA
 
     op = op_from_description(records[0].workload)
     if isinstance(records[0].trace, dict):
         space = SPACES[records[0].trace["space"]](op, H100)
-        return op, knob_features(op, [space.features(r.trace["config"]) for r in records]), False
+        return op, knob_features(op, [space.features(r.trace["config"]) for r in records])
     mod = tvm.IRModule({"main": op.prim_func()})
     ctx = ms.TuneContext(mod=mod, target=H100, num_threads=2)
     args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
@@ -56,7 +56,11 @@ def featurize(records) -> tuple[object, np.ndarray, bool]:
         sch = tvm.s_tir.Schedule(mod)
         tvm.s_tir.schedule.Trace.apply_json_to_schedule(r.trace, sch)
         cands.append(ms.MeasureCandidate(sch, args))
-    return op, candidate_features(ctx, cands, op), True
+    return op, candidate_features(ctx, cands, op)
+
+
+def of_knob_space(records) -> bool:
+    return isinstance(records[0].trace, dict)
 
 
 PREDICTED = ("latency", "energy", "energy (latency measured)")
@@ -135,10 +139,10 @@ def main(paths: list[str], min_candidates: int = 30) -> None:
         if len(records) < min_candidates:
             skipped.append(f"{key} ({len(records)})")
             continue
-        _, x, kernel_columns = featurize(records)
+        _, x = featurize(records)
         lat = np.array([r.latency_s for r in records])
         energy = np.array([r.energy_j for r in records])
-        table(key, x, lat, energy, kernel_columns)
+        table(key, x, lat, energy, kernel_columns=not of_knob_space(records))
     if skipped:
         print(f"\nSkipped, fewer than {min_candidates} candidates: " + "; ".join(skipped))
 
