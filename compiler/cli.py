@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .database import TuningDatabase
     from .target import Platform
 
-DTYPES_FOR_TARGET = {"cuda": ("float16", "float32"), "llvm": ("float32",)}
+DTYPES_FOR_TARGET = {"cuda": ("float16", "bfloat16", "float32"), "llvm": ("float32",)}
 DEFAULT_DTYPE = {"cuda": "float16", "llvm": "float32"}
 
 
@@ -46,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(NHWC); lut_mpgemm m,n,k (weights n x k). matmul and gemv also take plain values in that "
                                    "order, e.g. 4096,4096,4096. Default: a per-op, per-target "
                                    "shape")
-    p.add_argument("--dtype", choices=("float16", "float32"),
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
                    help="input dtype; accumulation and output are float32 (default: float16 on "
-                        "cuda, float32 on llvm; llvm supports float32 only)")
+                        "cuda, float32 on llvm; llvm supports float32 only; bfloat16: matmul and "
+                        "batch_matmul)")
     p.add_argument("--accum", choices=("float32", "float16"),
                    help="matmul with --dtype float16: accumulate and write the output in float32 "
                         "(default) or float16 (as cuBLAS's CUBLAS_COMPUTE_16F; the correctness "

@@ -28,6 +28,19 @@ from energy_tuner.measure.protocol import Precision, measure_energy
 from energy_tuner.schedules import Op, make_op
 
 
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    """A host array as a CUDA tensor; bfloat16 (numpy's, from ml_dtypes) through its bits."""
+    if str(array.dtype) == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).cuda()
+    return torch.from_numpy(np.ascontiguousarray(array)).cuda()
+
+
+def reference_name(op: Op) -> str:
+    """The library call an op's kernels are compared with: e.g. "cublas fp16->fp32"."""
+    tag = "bf16" if op.dtype == "bfloat16" else "fp16"
+    return f"cublas {tag}->{'fp32' if op.output_dtype == 'float32' else tag}"
+
+
 def torch_variants(op: Op, x: list[torch.Tensor]) -> dict[str, Callable[[], torch.Tensor]]:
     """Library calls computing `op` from its inputs `x`, by name; each returns the op's output
     shape (possibly as a view)."""
@@ -41,10 +54,11 @@ def torch_variants(op: Op, x: list[torch.Tensor]) -> dict[str, Callable[[], torc
     if op.name == "gemv":
         b = b[:, None]                   # y = W x as an (n, k) @ (k, 1) product
     mm = torch.bmm if op.name == "batch_matmul" else torch.mm
-    variants = {"cublas fp16->fp16": lambda: mm(a, b).reshape(op.output_shape)}
+    tag = "bf16" if op.dtype == "bfloat16" else "fp16"
+    variants = {f"cublas {tag}->{tag}": lambda: mm(a, b).reshape(op.output_shape)}
     try:
         mm(a, b, out_dtype=torch.float32)
-        variants["cublas fp16->fp32"] = \
+        variants[f"cublas {tag}->fp32"] = \
             lambda: mm(a, b, out_dtype=torch.float32).reshape(op.output_shape)
     except (TypeError, RuntimeError) as err:
         print(f"fp32-out variant not available: {err}")

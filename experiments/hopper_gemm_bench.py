@@ -21,7 +21,6 @@ import sys
 import time
 from dataclasses import asdict
 
-import numpy as np
 import tvm
 
 from energy_tuner.schedules import make_op
@@ -43,9 +42,9 @@ CONFIGS = {
 }
 
 
-def make_case(case: str, accum: str):
+def make_case(case: str, accum: str, dtype: str = "float16"):
     name, shape = CASES[case]
-    return make_op(name, shape, "float16", {"accum": accum} if name == "matmul" and accum != "float32" else None)
+    return make_op(name, shape, dtype, {"accum": accum} if name == "matmul" and accum != "float32" else None)
 
 
 def kernel_for(op, cfg: GemmConfig):
@@ -54,11 +53,11 @@ def kernel_for(op, cfg: GemmConfig):
 
 
 FRESH_CHECK = r"""
-import sys, numpy as np, tvm
-so, m, n, k, b, out = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
+import sys, ml_dtypes, numpy as np, tvm
+so, m, n, k, b, out, dtype = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6], sys.argv[7]
 rng = np.random.default_rng(1)
 sa, sb, sc = ((b, m, k), (b, k, n), (b, m, n)) if b else ((m, k), (k, n), (m, n))
-a = rng.uniform(-1, 1, sa).astype("float16"); w = rng.uniform(-1, 1, sb).astype("float16")
+a = rng.uniform(-1, 1, sa).astype(dtype); w = rng.uniform(-1, 1, sb).astype(dtype)
 f = tvm.runtime.load_module(so)["main"]
 dev = tvm.cuda(0)
 c = tvm.runtime.tensor(np.full(sc, np.nan, out), dev)
@@ -104,14 +103,15 @@ def main() -> None:
     ap.add_argument("--cases", default="mm4096")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--accum", default="float32,float16")
+    ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"),
+                    help="input dtype (bfloat16: float32 output only)")
     ap.add_argument("--energy", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    import torch
     from energy_tuner.measure.meters import NvmlMeter
     from energy_tuner.measure.protocol import Precision, measure_energy
     from energy_tuner.measure.runner import MeasureConfig, Runner
-    from experiments.cublas_energy import torch_variants
+    from experiments.cublas_energy import reference_name, to_torch, torch_variants
     from experiments.measure_fidelity import events_batch
 
     dev = tvm.cuda(0)
@@ -121,8 +121,8 @@ def main() -> None:
 
     def library(op, runner, round_: str) -> None:
         """cuBLAS (torch) on the runner's inputs, with our energy protocol: a row of `rows`."""
-        x = [torch.from_numpy(np.asarray(a.numpy())).cuda() for a in runner.arg_sets[0]]
-        want = "cublas fp16->fp16" if op.output_dtype == "float16" else "cublas fp16->fp32"
+        x = [to_torch(a.numpy()) for a in runner.arg_sets[0]]
+        want = reference_name(op)
         fn = torch_variants(op, x).get(want)
         if fn is None:
             return
@@ -140,7 +140,7 @@ def main() -> None:
 
     for case in args.cases.split(","):
         for accum in args.accum.split(","):
-            op = make_case(case, accum)
+            op = make_case(case, accum, args.dtype)
             runner = Runner(op, dev, meter, MeasureConfig(), seed=0)
             library(op, runner, "before")
             for cname in args.configs.split(","):
@@ -169,7 +169,8 @@ def main() -> None:
                     row["tflops"] = op.flops / sustained / 1e12
                     g = op.shape
                     fresh = subprocess.run([sys.executable, "-c", FRESH_CHECK, so, str(g["m"]), str(g["n"]), str(g["k"]),
-                                            str(g.get("b", 0)), op.output_dtype], capture_output=True, text=True)
+                                            str(g.get("b", 0)), op.output_dtype, op.dtype],
+                                           capture_output=True, text=True)
                     row["fresh_process"] = (fresh.stdout + fresh.stderr).strip().splitlines()[-1:]
                 print(json.dumps({k: row.get(k) for k in ("case", "out_dtype", "config", "status", "rel_error", "ms", "tflops", "mj", "w", "error")}), flush=True)
                 rows.append(row)

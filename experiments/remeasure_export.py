@@ -21,16 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from energy_tuner.schedules import op_from_description
 
 
 def library_call(op, x):
-    from experiments.cublas_energy import torch_variants
+    from experiments.cublas_energy import reference_name, torch_variants
 
     variants = torch_variants(op, x)
-    name = "cublas fp16->fp32" if op.output_dtype == "float32" else "cublas fp16->fp16"
+    name = reference_name(op)
     return (name, variants[name]) if name in variants else next(iter(variants.items()))
 
 
@@ -61,6 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     import pynvml
     import torch
+    from experiments.cublas_energy import to_torch
     import tvm
     from energy_tuner.measure.meters import NvmlMeter
     from energy_tuner.measure.runner import MeasureConfig, Runner
@@ -77,7 +77,7 @@ def main() -> None:
         manifest = json.loads(manifest_path.read_text())
         op = op_from_description(manifest)
         runner = Runner(op, tvm.cuda(0), meter, MeasureConfig(), seed=args.seed)
-        x = [torch.from_numpy(np.asarray(a.numpy())).cuda() for a in runner.arg_sets[0]]
+        x = [to_torch(a.numpy()) for a in runner.arg_sets[0]]
         ref_name, fn = library_call(op, x)
         ours, ref = [], []
         for i in range(args.rounds):

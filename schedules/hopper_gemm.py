@@ -1,7 +1,8 @@
 """A Hopper (sm_90a) GEMM kernel family written in TVM's TIRx: TMA + mbarrier pipeline + wgmma.
 
-C[m, n] = A[m, k] @ B[k, n] (all row-major, as schedules/matmul.py defines the op), fp16 inputs,
-fp32 accumulators in registers, fp32 or fp16 output; batch_matmul adds a leading batch axis.
+C[m, n] = A[m, k] @ B[k, n] (all row-major, as schedules/matmul.py defines the op), fp16 or bf16
+inputs, fp32 accumulators in registers, fp32 or fp16 output; batch_matmul adds a leading batch
+axis.
 
 The kernel, for one output tile of BM x BN per CTA:
 - A tile (BM x BK, K-major) and B tile (BK x BN, N-major, so wgmma reads it transposed) are loaded by
@@ -41,7 +42,8 @@ from tvm.target import Target
 from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
 
-BK = 64                       # 64 fp16 = 128 bytes: one 128B-swizzle row
+BK = 64                       # 64 fp16 / bf16 = 128 bytes: one 128B-swizzle row
+WGMMA_TYPE = {"float16": "f16", "bfloat16": "bf16"}  # input dtype -> wgmma's A/B type
 SWIZZLE_128B = 3              # CUtensorMapSwizzle / descriptor swizzle code
 SMEM_LIMIT = 232448           # sm_90 opt-in shared memory per block (227 KB), static included
 SMEM_PER_SM = 233472          # shared memory of one SM (228 KB)
@@ -62,6 +64,7 @@ class GemmConfig:
     persistent: bool = False
     group_m: int = 8
     out_dtype: str = "float32"
+    in_dtype: str = "float16"  # or bfloat16 (same 2-byte layouts and swizzles; wgmma .bf16)
     l2_promotion: int = 2      # CUtensorMapL2promotion: 0 none, 1 64B, 2 128B, 3 256B
     epilogue: str = "direct"   # direct: registers -> global; tma / tma_half: -> swizzled smem -> TMA store
 
@@ -191,7 +194,9 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
     def c_coords(col, row, bi):
         return (col, row, bi) if batch else (col, row)
 
-    wgmma = f"wgmma.mma_async.sync.aligned.m64n{BN}k16.f32.f16.f16"
+    in_dtype = cfg.in_dtype
+    ab = WGMMA_TYPE[in_dtype]
+    wgmma = f"wgmma.mma_async.sync.aligned.m64n{BN}k16.f32.{ab}.{ab}"
     b_ldo = BK * 128 // 16          # chunk stride (LBO), 16-byte units
     sdo = 1024 // 16                # 8-row atom stride (SBO), 16-byte units
     max_tiles_per_cta = (num_tiles + grid - 1) // grid
@@ -271,18 +276,18 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
 
     @T.prim_func
     def simple(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
-        A = T.match_buffer(A_ptr, shape_a, "float16", align=16)
-        B = T.match_buffer(B_ptr, shape_b, "float16", align=16)
+        A = T.match_buffer(A_ptr, shape_a, in_dtype, align=16)
+        B = T.match_buffer(B_ptr, shape_b, in_dtype, align=16)
         C = T.match_buffer(C_ptr, shape_c, out, align=16)
         A_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
-        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, "float16", rank, A.data, *a_map_args)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, in_dtype, rank, A.data, *a_map_args)
         B_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
-        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, in_dtype, rank, B.data, *b_map_args)
 
         T.device_entry()
         bid = T.cta_id([grid])
         tid = T.thread_id([threads])
-        smem = T.alloc_buffer((S * stage_elems,), "float16", scope="shared.dyn", align=1024)
+        smem = T.alloc_buffer((S * stage_elems,), in_dtype, scope="shared.dyn", align=1024)
         full = T.alloc_shared((S,), "uint64")
         empty = T.alloc_shared((S,), "uint64")
         acc = T.alloc_local((acc_n,), "float32")
@@ -316,13 +321,13 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
 
     @T.prim_func
     def specialized(A_ptr: T.handle, B_ptr: T.handle, C_ptr: T.handle):
-        A = T.match_buffer(A_ptr, shape_a, "float16", align=16)
-        B = T.match_buffer(B_ptr, shape_b, "float16", align=16)
+        A = T.match_buffer(A_ptr, shape_a, in_dtype, align=16)
+        B = T.match_buffer(B_ptr, shape_b, in_dtype, align=16)
         C = T.match_buffer(C_ptr, shape_c, out, align=16)
         A_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
-        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, "float16", rank, A.data, *a_map_args)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", A_map, in_dtype, rank, A.data, *a_map_args)
         B_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
-        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, "float16", rank, B.data, *b_map_args)
+        T.call_packed("runtime.cuTensorMapEncodeTiled", B_map, in_dtype, rank, B.data, *b_map_args)
         C_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
         if tma_epi:
             T.call_packed("runtime.cuTensorMapEncodeTiled", C_map, out, rank, C.data, *c_map_args)
@@ -330,7 +335,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         T.device_entry()
         bid = T.cta_id([grid])
         tid = T.thread_id([threads])
-        smem = T.alloc_buffer((smem_elems,), "float16", scope="shared.dyn", align=1024)
+        smem = T.alloc_buffer((smem_elems,), in_dtype, scope="shared.dyn", align=1024)
         c_smem = T.decl_buffer((smem_elems * 2 // ob,), out, data=smem.data, scope="shared.dyn")
         full = T.alloc_shared((S,), "uint64")
         empty = T.alloc_shared((S,), "uint64")
@@ -408,7 +413,8 @@ def _product_shape(op: Op) -> tuple[int, int, int, int]:
 
 @register
 class HopperGemmSpace(KnobSpace):
-    """The TIRx wgmma + TMA GEMM family for matmul / batch_matmul with float16 inputs on sm_90.
+    """The TIRx wgmma + TMA GEMM family for matmul / batch_matmul with float16 or bfloat16 inputs
+    on sm_90.
 
     The builder compiles `module(config)` with `target=self.target` (sm_90a, which wgmma and
     setmaxnreg need; `main` also carries it as its "target" attribute) and `**compile_options`.
@@ -428,8 +434,8 @@ class HopperGemmSpace(KnobSpace):
     def why_not(cls, op: Op, target: Target) -> str | None:
         if op.name not in ("matmul", "batch_matmul"):
             return "it computes matmul and batch_matmul only"
-        if op.dtype != "float16":
-            return f"it takes float16 inputs, not {op.dtype}"
+        if op.dtype not in WGMMA_TYPE:
+            return f"it takes float16 or bfloat16 inputs, not {op.dtype}"
         arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
         if not arch.startswith("sm_90"):
             return (f"it needs a Hopper GPU (sm_90: wgmma and TMA), the target is "
@@ -459,7 +465,7 @@ class HopperGemmSpace(KnobSpace):
         return [best, direct, dict(best, block_n=128), dict(direct, block_n=128)]
 
     def gemm_config(self, config: Config) -> GemmConfig:
-        return GemmConfig(**config, out_dtype=self.op.output_dtype)
+        return GemmConfig(**config, out_dtype=self.op.output_dtype, in_dtype=self.op.dtype)
 
     def reject(self, config: Config) -> str | None:
         m, n, k, _ = _product_shape(self.op)

@@ -3,7 +3,9 @@
 float16 means float16 inputs with float32 accumulation and output (what tensor cores do natively
 and what MetaSchedule's WMMA rules match); float32 means float32 throughout. matmul also takes
 float16 inputs with float16 accumulation and output (option accum=float16), as cuBLAS's
-CUBLAS_COMPUTE_16F does: tensor cores accumulate in float16 at up to twice the rate.
+CUBLAS_COMPUTE_16F does: tensor cores accumulate in float16 at up to twice the rate. matmul and
+batch_matmul also take bfloat16 inputs (float32 accumulation and output), the format most LLM
+weights ship in.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Product(Op):
 @register
 class Matmul(Product):
     name = "matmul"
+    dtypes = ("float16", "bfloat16", "float32")
     positional = True
     default_shape = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
 
@@ -85,6 +88,7 @@ class Matmul(Product):
 @register
 class BatchMatmul(Op):
     name = "batch_matmul"
+    dtypes = ("float16", "bfloat16", "float32")
     shape_keys = ("b", "m", "n", "k")
     default_shape = {"cuda": "b=8,m=1024,n=1024,k=1024", "llvm": "b=4,m=64,n=64,k=64"}
 

@@ -10,6 +10,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import ml_dtypes  # noqa: F401  registers numpy's "bfloat16" dtype (inputs of the dense products)
 import numpy as np
 from tvm import te, tirx
 

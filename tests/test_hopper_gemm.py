@@ -38,8 +38,8 @@ def _has_sm90_gpu() -> bool:
         return False
 
 
-def _op(shape="4096,4096,4096", name="matmul", accum=None):
-    return make_op(name, shape, "float16", {"accum": accum} if accum else None)
+def _op(shape="4096,4096,4096", name="matmul", accum=None, dtype="float16"):
+    return make_op(name, shape, dtype, {"accum": accum} if accum else None)
 
 
 # -- which ops and targets the family takes ----------------------------------------------------
@@ -47,6 +47,7 @@ def test_applies_to_fp16_products_on_sm90_only():
     assert HopperGemmSpace.applies(_op(), H100)
     assert HopperGemmSpace.applies(_op(accum="float16"), H100)
     assert HopperGemmSpace.applies(_op("b=8,m=1024,n=1024,k=1024", "batch_matmul"), H100)
+    assert HopperGemmSpace.applies(_op(dtype="bfloat16"), H100)
     assert not HopperGemmSpace.applies(make_op("matmul", "256,256,256", "float32"), H100)
     assert not HopperGemmSpace.applies(_op("100,256,256"), H100)          # m not a multiple of 64
     assert not HopperGemmSpace.applies(make_op("gemv", "4096,4096", "float16"), H100)
@@ -60,7 +61,7 @@ def test_applies_to_fp16_products_on_sm90_only():
      "needs a Hopper GPU (sm_90: wgmma and TMA), the target is sm_80"),
     (_op(), Target("llvm"), "the target is llvm"),
     (_op("4000,4096,4096"), H100, "multiples of 64"),
-    (make_op("matmul", "256,256,256", "float32"), H100, "float16 inputs, not float32"),
+    (make_op("matmul", "256,256,256", "float32"), H100, "float16 or bfloat16 inputs, not float32"),
     (make_op("gemv", "4096,4096", "float16"), H100, "matmul and batch_matmul only"),
 ])
 def test_asking_for_the_family_where_it_cannot_run_says_why(op, target, reason):
@@ -168,6 +169,23 @@ def test_lowers_to_wgmma_and_tma(lowered_sources):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_bfloat16_inputs_lower_to_bf16_wgmma_and_bf16_tma_maps(tmp_path):
+    for name, shape in (("matmul", "4096,4096,4096"), ("batch_matmul", "b=4,m=256,n=256,k=512")):
+        space = HopperGemmSpace(_op(shape, name, dtype="bfloat16"), H100)
+        config = dict(HALF_EPILOGUE, block_n=64, persistent=False) if name == "batch_matmul" \
+            else HALF_EPILOGUE
+        ex = tvm.compile(space.module(config), target=space.target, **space.compile_options)
+        src = cuda_source(ex)
+        assert "wgmma.mma_async.sync.aligned.m64n%dk16.f32.bf16.bf16" % config["block_n"] in src
+        assert "f16.f16" not in src and "half" not in src.split("extern \"C\" __global__")[-1]
+        if shutil.which("nvcc"):
+            cu = tmp_path / f"{name}.cu"
+            cu.write_text(src)
+            res = subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-o",
+                                  str(tmp_path / f"{name}.cubin"), str(cu)], capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr[-2000:]
+
+
 def test_sources_compile_for_sm90a(lowered_sources, tmp_path):
     for i, (_, src) in enumerate(lowered_sources):
         cu = tmp_path / f"k{i}.cu"
@@ -272,6 +290,8 @@ CORRECT = [
     ("768,512,1024", None, "matmul", dict(HALF_EPILOGUE, block_n=128, group_m=1, consumers=1)),
     ("1024,1024,1024", "float16", "matmul", dict(HALF_EPILOGUE, stages=4)),
     ("b=3,m=256,n=512,k=512", None, "batch_matmul", HALF_EPILOGUE),
+    ("1024,1024,2048", "bf16", "matmul", HALF_EPILOGUE),                    # bfloat16 inputs
+    ("b=3,m=256,n=512,k=512", "bf16", "batch_matmul", BEST),
 ]
 
 
@@ -279,7 +299,7 @@ CORRECT = [
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
 def test_family_matches_numpy(shape, accum, name, config):
-    op = _op(shape, name, accum)
+    op = _op(shape, name, dtype="bfloat16") if accum == "bf16" else _op(shape, name, accum)
     assert _run(op, config) <= op.tolerance
 
 

@@ -115,3 +115,18 @@ def test_float16_accumulation_bound_passes_rounding_and_fails_dropped_products()
     assert rel(acc) < op.tolerance / 2
     dropped = a[:, : k - k // 64].astype(np.float32) @ b[: k - k // 64].astype(np.float32)
     assert rel(dropped) > 2 * op.tolerance
+
+
+def test_bfloat16_inputs_for_the_dense_products_only():
+    for name, shape in (("matmul", "64,32,128"), ("batch_matmul", "b=2,m=16,n=8,k=32")):
+        op = make_op(name, shape, "bfloat16")
+        a, b = op.inputs(np.random.default_rng(0))
+        assert str(a.dtype) == "bfloat16" and op.output_dtype == "float32"
+        exact = a.astype("float64") @ b.astype("float64")
+        assert np.allclose(op.reference([a, b]), exact, rtol=1e-5, atol=1e-5)
+        assert op.bytes_moved == 2 * (a.size + b.size) + 4 * exact.size
+    for name, shape in (("gemv", "64,64"), ("conv2d", "1,8,8,4,4,3,3")):
+        with pytest.raises(OpError, match="does not support dtype 'bfloat16'"):
+            make_op(name, shape, "bfloat16")
+    with pytest.raises(OpError, match="float16 accumulation needs float16 inputs"):
+        make_op("matmul", "64,64,64", "bfloat16", {"accum": "float16"})
