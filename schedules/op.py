@@ -10,9 +10,13 @@ import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-import ml_dtypes  # noqa: F401  registers numpy's "bfloat16" dtype (inputs of the dense products)
 import numpy as np
 from tvm import te, tirx
+
+try:
+    import ml_dtypes  # noqa: F401  registers numpy's "bfloat16" (inputs of the dense products)
+except ImportError:  # a machine without it (TVM's own use of it is optional too): no bfloat16
+    ml_dtypes = None
 
 
 class OpError(ValueError):
@@ -170,6 +174,8 @@ def make_op(name: str, shape_text: str, dtype: str, params: dict | None = None) 
     cls = OPS[name]
     if dtype not in cls.dtypes:
         raise OpError(f"op {name} does not support dtype {dtype!r} (supported: {', '.join(cls.dtypes)})")
+    if dtype == "bfloat16" and ml_dtypes is None:
+        raise OpError("bfloat16 needs the ml-dtypes package (pip install ml-dtypes)")
     known = [*cls.param_defaults, *cls.options]
     unknown = sorted(set(params or {}) - set(known))
     if unknown:
