@@ -349,3 +349,8 @@ def test_recorded_gpu_measurements_replay_in_the_space():
     fp16_4096 = [r for r in records if r["shape"] == {"m": 4096, "n": 4096, "k": 4096}
                  and r["out_dtype"] == "float16"]
     assert min(fp16_4096, key=lambda r: r["mj"])["config"]["epilogue"] == "tma"
+    fp32_4096 = [r for r in records if r["shape"] == {"m": 4096, "n": 4096, "k": 4096}
+                 and r["out_dtype"] == "float32"]
+    best = min(fp32_4096, key=lambda r: r["mj"])["config"]
+    assert best["epilogue"] == "tma_half"
+    assert HopperGemmSpace(_op(), H100).seeds()[0] == best    # the space's first seed is it
