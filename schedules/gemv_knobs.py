@@ -98,6 +98,13 @@ def _ld_chain(load: str, prefetch: str, lanes32: int) -> str:
     return ".".join(parts)
 
 
+def grid_and_load_knobs(loads: tuple[str, ...]) -> tuple[Knob, ...]:
+    """The knobs every GEMV space shares: the grid, the load path, x's staging and split-k."""
+    return (Knob("ctas_per_sm", (0, 1, 2, 4, 8)), Knob("load", loads), Knob("prefetch", PREFETCH),
+            Knob("x_stage", ("global", "shared")), Knob("split_k", (1, 2, 4, 8)),
+            Knob("split_reduce", ("atomic", "two_pass")))
+
+
 def tiling_reject(space, config: Config, rows_are: str, step_is: str) -> str | None:
     """The tiling rules of every GEMV space: rows per CTA divide n, split_k divides k, a step
     divides the split's slice, and split_reduce keeps its canonical value without split-k.
@@ -150,12 +157,7 @@ class GemvKnobs(KnobSpace):
                 Knob("rows_per_thread", (1, 2, 4)),
                 Knob("vector_bytes", (8, 16)),
                 Knob("unroll", (1, 2, 4)),
-                Knob("ctas_per_sm", (0, 1, 2, 4, 8)),
-                Knob("load", LOADS),
-                Knob("prefetch", PREFETCH),
-                Knob("x_stage", ("global", "shared")),
-                Knob("split_k", (1, 2, 4, 8)),
-                Knob("split_reduce", ("atomic", "two_pass")))
+                *grid_and_load_knobs(LOADS))
 
     # -- derived sizes -----------------------------------------------------------------------
     @staticmethod

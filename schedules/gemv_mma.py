@@ -36,8 +36,8 @@ from tvm import tirx
 from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 
-from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, STATIC_SHARED, THREADS_PER_SM, GemvKnobs,
-                         _ld_chain, _SplitKWriter, _UniformIf, _Writer, load_features,
+from .gemv_knobs import (CTAS_PER_SM, LOADS, STATIC_SHARED, THREADS_PER_SM, GemvKnobs, _ld_chain,
+                         _SplitKWriter, _UniformIf, _Writer, grid_and_load_knobs, load_features,
                          tiling_reject)
 from .knobs import Config, Knob, register
 from .simt import WARP, mma_m16n8k16, prim_func, ramp
@@ -62,12 +62,7 @@ class GemvMmaKnobs(GemvKnobs):
         return (Knob("warps", (1, 2, 4, 8)),
                 Knob("warps_k", (1, 2, 4, 8)),
                 Knob("unroll", (1, 2, 4, 8)),
-                Knob("ctas_per_sm", (0, 1, 2, 4, 8)),
-                Knob("load", tuple(v for v in LOADS if not v.startswith("bulk"))),
-                Knob("prefetch", PREFETCH),
-                Knob("x_stage", ("global", "shared")),
-                Knob("split_k", (1, 2, 4, 8)),
-                Knob("split_reduce", ("atomic", "two_pass")))
+                *grid_and_load_knobs(tuple(v for v in LOADS if not v.startswith("bulk"))))
 
     # -- derived sizes -----------------------------------------------------------------------
     @staticmethod
