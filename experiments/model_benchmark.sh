@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13's GPU benchmark in ONE device call: experiments/model_benchmark.py one case at a time,
-# each under its own time limit (a stopped case loses nothing: the tune db is shared and resumes,
-# and the next call with the same OUT continues), the tables' seeds making short budgets useful.
+# each under its own time limit. A stopped case loses nothing: its tune db (OUT/CASE/tune.sqlite)
+# resumes when the same command runs again. The spaces' seeds make short budgets useful.
 #   bash experiments/model_benchmark.sh OUT [COMMIT] [CASES] [TRIALS] [LIMIT_S per case]
 # CASES: comma-separated of decode1, decode16, prefill2048 (default prefill2048,decode1).
 # TVM must be staged in /tmp/site first (shared/device/prepare.sh here, .device/pK/stage.sh there).
