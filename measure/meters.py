@@ -302,14 +302,15 @@ class RaplMeter:
     the median gap between steps). A reading starts and ends on a step: the counters are polled
     until the first package's changes, and the change is timed as the midpoint of the two polls around it (a
     change seen only after a longer gap, e.g. when the poller was preempted, is not used; the
-    next one is), so energy and time span exactly the same whole number of steps. Counters that
-    do not advance, or a non-positive power, raise MeterError. RAPL has no instant-power field
+    next one is, until `patience_s` has passed: then a late-seen change is used with its coarser
+    time rather than none), so energy and time span exactly the same whole number of steps.
+    Counters that do not advance within `patience_s`, or a non-positive power, raise MeterError. RAPL has no instant-power field
     and no clock readings: those parts of a reading are None.
     """
 
     name = "rapl"
 
-    def __init__(self, root: str | os.PathLike = DEFAULT_POWERCAP, patience_s: float = 1.0) -> None:
+    def __init__(self, root: str | os.PathLike = DEFAULT_POWERCAP, patience_s: float = 2.0) -> None:
         self._root = root
         self._counters = RaplCounters(root)
         self._read = self._counters.read
@@ -326,7 +327,7 @@ class RaplMeter:
         while True:
             values, now = self._read(), time.monotonic()
             if values[0] != old[0]:
-                if now - before <= self._bracket_s:
+                if now - before <= self._bracket_s or now > deadline:  # a slow poller: coarser
                     return (before + now) / 2, values
                 old = values  # seen late: its time is uncertain, wait for the next change
             elif now > deadline:

@@ -32,7 +32,8 @@ def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
 def test_rapl_tick_period_is_measured(tmp_path):
     with ClockPowercap(tmp_path, tick_s=0.005):
         meter = RaplMeter(tmp_path)
-    assert meter.tick_period_s >= 0.005      # never below the tree's period (sleeps only oversleep)
+    # writes are >= 5 ms apart (sleeps only oversleep); a step is timed within its 1 ms bracket
+    assert meter.tick_period_s >= 0.004
 
 
 def test_rapl_missing_tree_says_why(tmp_path):
@@ -62,12 +63,12 @@ def test_measure_energy_protocol_with_rapl(tmp_path):
         time.sleep(calls * 0.001)
         return 0.001
 
-    precision = Precision(min_calls=20, min_windows=3, max_spread=0.2, warmup_s=0.05)
+    precision = Precision(min_calls=100, min_windows=3, max_spread=0.5, warmup_s=0.05)
     with ClockPowercap(tmp_path, watts=(50.0,), start_uj=(0,)):
         meter = RaplMeter(tmp_path)
         result = measure_energy(meter, run_batch, latency_s=0.001, precision=precision)
     window_calls = math.ceil(window_seconds(meter, 0.001, precision) / 0.001)
-    assert window_calls >= 20
+    assert window_calls >= 100
     assert state["calls"][:4] == [50, window_calls, window_calls, window_calls]  # warm-up, windows
     assert 3 <= len(result.windows) <= precision.max_windows
     assert "few_ticks" not in result.flags and result.attempts == 1

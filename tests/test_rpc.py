@@ -165,7 +165,8 @@ def test_a_tune_survives_a_killed_server(tracker, servers, tmp_path):
     # the command line on the servers left (free again once the pool closed its sessions)
     cli_db = tmp_path / "cli.sqlite"
     assert main(["--op", "matmul", "--shape", "32,32,32", "--target", "llvm", "--trials", "2",
-                 "--db", str(cli_db), "--tracker", f"127.0.0.1:{tracker}", "--key", KEY]) == 0
+                 "--db", str(cli_db), "--tracker", f"127.0.0.1:{tracker}", "--key", KEY,
+                 "--tracker-wait", "300"]) == 0       # the servers free again: a slow host waits
     cli = TuningDatabase(cli_db)
     stored = [r for key in cli.workload_keys() for r in cli.records(key)]
     cli.close()
@@ -187,7 +188,7 @@ def test_a_worker_that_loses_its_meter_drops_out(tracker, metered_servers, tmp_p
     try:
         assert pool.measurement["meter"] == "rapl" and len(tree_of) == 2
         for w in pool.workers:   # each worker's own idle power, measured by that worker
-            assert w["idle_w"] == pytest.approx(tree_of[w["pid"]].total_watts, rel=0.25)
+            assert w["idle_w"] == pytest.approx(tree_of[w["pid"]].total_watts, rel=0.4)  # 30 vs 60 W
         first = pool.run(good)
         assert first.status == "ok" and first.energy_j > 0
         broken = first.meta["worker"]["pid"]
