@@ -33,7 +33,7 @@ class Task:
     dtype: str
     count: int = 0
     nodes: list[str] = field(default_factory=list)
-    params: dict | None = None      # op options (e.g. matmul accum); graphs give none
+    params: dict | None = None      # op options (e.g. matmul accum)
 
     @property
     def key(self) -> tuple:
@@ -41,7 +41,8 @@ class Task:
 
     @property
     def label(self) -> str:
-        return f"{self.op} {','.join(map(str, self.shape.values()))} {self.dtype}"
+        options = "".join(f" {k}={v}" for k, v in sorted((self.params or {}).items()))
+        return f"{self.op} {','.join(map(str, self.shape.values()))} {self.dtype}{options}"
 
     def make_op(self):
         from ..schedules import make_op
@@ -50,10 +51,15 @@ class Task:
                        self.params)
 
 
-def linear_task(m: int, n: int, k: int) -> tuple[str, dict[str, int]]:
-    """How a linear layer y[m, n] = x[m, k] W[n, k]^T becomes one of our ops: a gemv on W as it
-    is stored when there is one row, else a matmul on W^T (k x n)."""
-    return ("gemv", {"n": n, "k": k}) if m == 1 else ("matmul", {"m": m, "n": n, "k": k})
+def linear_task(m: int, n: int, k: int, dtype: str) -> tuple[str, dict[str, int], str, dict | None]:
+    """How a linear layer y[m, n] = x[m, k] W[n, k]^T becomes one of our ops (op, shape, dtype,
+    params): a gemv on W as it is stored when there is one row, else a matmul on W^T (k x n).
+    A float16 matmul outputs float16 (accum=float16), as nn.Linear does, so that no float32
+    output is written and cast; the Hopper kernels still sum in float32 and round once."""
+    if m == 1:
+        return "gemv", {"n": n, "k": k}, dtype, None
+    return "matmul", {"m": m, "n": n, "k": k}, dtype, \
+        {"accum": "float16"} if dtype == "float16" else None
 
 
 class _Builder:
@@ -62,11 +68,13 @@ class _Builder:
     def __init__(self, name: str, **attrs) -> None:
         self.graph = nx.DiGraph(name=name, **attrs)
 
-    def task(self, name: str, op: str, shape: dict[str, int], dtype: str, after: list[str]) -> str:
-        return self._add(name, after, kind="task", op=op, shape=shape, dtype=dtype)
+    def task(self, name: str, op: str, shape: dict[str, int], dtype: str, after: list[str],
+             params: dict | None = None) -> str:
+        return self._add(name, after, kind="task", op=op, shape=shape, dtype=dtype, params=params)
 
     def linear(self, name: str, m: int, n: int, k: int, dtype: str, after: list[str]) -> str:
-        return self.task(name, *linear_task(m, n, k), dtype, after)
+        op, shape, dtype, params = linear_task(m, n, k, dtype)
+        return self.task(name, op, shape, dtype, after, params)
 
     def torch(self, name: str, op: str, after: list[str]) -> str:
         return self._add(name, after, kind="torch", op=op)
@@ -211,7 +219,7 @@ def tasks(graph: nx.DiGraph) -> list[Task]:
         node = graph.nodes[name]
         if node["kind"] != "task":
             continue
-        task = Task(node["op"], dict(node["shape"]), node["dtype"])
+        task = Task(node["op"], dict(node["shape"]), node["dtype"], params=node.get("params"))
         task = found.setdefault(task.key, task)
         task.count += 1
         task.nodes.append(name)
@@ -242,7 +250,8 @@ def module_graph(module, example_inputs: tuple) -> nx.DiGraph:
         if found is None:
             g.torch(node.name, _fx_name(traced, node), after)
         else:
-            g.task(node.name, *found, after)
+            op, shape, dtype, params = found
+            g.task(node.name, op, shape, dtype, after, params)
     return g.graph
 
 
@@ -261,8 +270,8 @@ def _meta(arg) -> tuple[tuple[int, ...], str] | None:
     return tuple(int(d) for d in meta.shape), str(meta.dtype).removeprefix("torch.")
 
 
-def _fx_task(traced, node) -> tuple[str, dict[str, int], str] | None:
-    """(op, shape, dtype) of an fx node we can run, else None."""
+def _fx_task(traced, node) -> tuple[str, dict[str, int], str, dict | None] | None:
+    """(op, shape, dtype, params) of an fx node we can run, else None."""
     import operator
 
     import torch
@@ -275,7 +284,7 @@ def _fx_task(traced, node) -> tuple[str, dict[str, int], str] | None:
     if node.op == "call_module":
         mod = traced.get_submodule(node.target)
         if isinstance(mod, torch.nn.Linear):
-            return (*linear_task(math.prod(x_shape[:-1]), mod.out_features, mod.in_features), dtype)
+            return linear_task(math.prod(x_shape[:-1]), mod.out_features, mod.in_features, dtype)
         if isinstance(mod, torch.nn.Conv2d) and len(x_shape) == 4 and mod.groups == 1 \
                 and mod.dilation == (1, 1) and mod.stride[0] == mod.stride[1] \
                 and mod.padding_mode == "zeros" and isinstance(mod.padding, tuple) \
@@ -283,22 +292,22 @@ def _fx_task(traced, node) -> tuple[str, dict[str, int], str] | None:
             n, c, h, w = x_shape
             return ("conv2d", {"n": n, "h": h, "w": w, "c": c, "k": mod.out_channels,
                                "r": mod.kernel_size[0], "s": mod.kernel_size[1],
-                               "stride": mod.stride[0], "pad": mod.padding[0]}, dtype)
+                               "stride": mod.stride[0], "pad": mod.padding[0]}, dtype, None)
         return None
     if len(inputs) < 2 or inputs[1] is None or inputs[1][1] != dtype:
         return None
     w_shape = inputs[1][0]
     if node.op == "call_function" and node.target is F.linear:
-        return (*linear_task(math.prod(x_shape[:-1]), w_shape[0], w_shape[1]), dtype)
+        return linear_task(math.prod(x_shape[:-1]), w_shape[0], w_shape[1], dtype)
     products = {torch.matmul, torch.mm, torch.bmm, operator.matmul}
     if not ((node.op == "call_function" and node.target in products)
             or (node.op == "call_method" and node.target in ("matmul", "mm", "bmm"))):
         return None
     if len(x_shape) == 2 and len(w_shape) == 2 and x_shape[1] == w_shape[0]:
-        return "matmul", {"m": x_shape[0], "n": w_shape[1], "k": x_shape[1]}, dtype
+        return "matmul", {"m": x_shape[0], "n": w_shape[1], "k": x_shape[1]}, dtype, None
     if len(x_shape) == 2 and len(w_shape) == 1 and x_shape[1] == w_shape[0]:
-        return "gemv", {"n": x_shape[0], "k": x_shape[1]}, dtype
+        return "gemv", {"n": x_shape[0], "k": x_shape[1]}, dtype, None
     if len(x_shape) >= 3 and x_shape[:-2] == w_shape[:-2] and x_shape[-1] == w_shape[-2]:
         return "batch_matmul", {"b": math.prod(x_shape[:-2]), "m": x_shape[-2],
-                                "n": w_shape[-1], "k": x_shape[-1]}, dtype
+                                "n": w_shape[-1], "k": x_shape[-1]}, dtype, None
     return None

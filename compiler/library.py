@@ -349,8 +349,8 @@ def linear_class() -> type:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             *lead, k = x.shape
             n = self.weight.shape[0]
-            op, _ = linear_task(math.prod(lead), n, k)
             dtype = str(x.dtype).removeprefix("torch.")
+            op = linear_task(math.prod(lead), n, k, dtype)[0]
             a, b = (self.weight.detach(), x.reshape(k)) if op == "gemv" else \
                 (x.reshape(-1, k), self.weight_t)
             out_dtype = self.library.out_dtype(op, [tuple(a.shape), tuple(b.shape)], dtype)

@@ -61,7 +61,8 @@ def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
     rows = []
     for r in run.results:
         row = {"case": f"{name}/{r.task.label}", "op": r.task.op, "shape": r.task.shape,
-               "dtype": r.task.dtype, "out_dtype": "float32", "count": r.task.count}
+               "dtype": r.task.dtype, "out_dtype": r.task.make_op().output_dtype,
+               "count": r.task.count}
         if r.ours:
             row["ours"] = {"ms": r.ours.latency_s * 1e3, "objective": args.objective.label,
                            "trials": r.trials, "db_record": r.ours.id, "rel_error": r.ours.rel_error}
