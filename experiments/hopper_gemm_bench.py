@@ -144,7 +144,7 @@ def main() -> None:
             runner = Runner(op, dev, meter, MeasureConfig(), seed=0)
             library(op, runner, "before")
             for cname in args.configs.split(","):
-                cfg = GemmConfig(**CONFIGS[cname], out_dtype=op.output_dtype)
+                cfg = GemmConfig(**CONFIGS[cname], out_dtype=op.output_dtype, in_dtype=op.dtype)
                 row = {"case": case, "op": op.name, "shape": op.shape, "out_dtype": op.output_dtype,
                        "config": cname, "knobs": asdict(cfg)}
                 g = op.shape
