@@ -39,9 +39,12 @@ def compile_module(mod: tvm.IRModule, target: Target, options: dict | None = Non
     if target.kind.name == "cuda" and options.get("tir_pipeline") == "tirx":
         # the TIRx (sm_90a) families were validated on the H200 compiled by nvcc; NVRTC is untried
         os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
-    if target.kind.name == "cuda":
-        from tvm.s_tir import tensor_intrin  # noqa: F401  MMA lowering looks up its index maps here
-        from ..schedules import lut_intrin  # noqa: F401  splices the LUT instruction's device code
+    elif target.kind.name == "cuda":
+        # MetaSchedule's MMA lowering looks up its index maps in tensor_intrin, the LUT instruction
+        # splices its device code; TIRx kernels write their own PTX and need neither (importing
+        # tensor_intrin takes 20-100 s, in every fresh build process)
+        from tvm.s_tir import tensor_intrin  # noqa: F401
+        from ..schedules import lut_intrin  # noqa: F401
     config = {"tirx.use_async_copy": True}
     try:
         with tvm.transform.PassContext(config=config):

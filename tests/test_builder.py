@@ -1,7 +1,13 @@
 """The Builder's pool on llvm: results in submission order; close neither waits for a build nor
 runs the queued ones."""
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import psutil
+import pytest
 import tvm
 
 from energy_tuner.compiler.target import resolve
@@ -44,3 +50,27 @@ def test_close_cancels_queued_builds_and_kills_the_running_one(tmp_path):
     assert lines(log) == [f"start 1 {pid}"]             # never finished; 2 and 3 never started
     assert futures[1].cancelled() and futures[2].cancelled()
     assert futures[0].result().artifact is None         # the killed build is a build error
+
+
+LOWERING_IMPORTS = """
+import sys, tvm
+from tvm.target import Target
+from energy_tuner.compiler.builder import compile_module
+from energy_tuner.schedules import make_op
+from energy_tuner.schedules.hopper_gemm import HopperGemmSpace
+target = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
+                 "max_shared_memory_per_block": 232448})
+space = HopperGemmSpace(make_op("matmul", "256,256,256", "float16"), target)
+compile_module(space.module(space.seeds()[0]), space.target, space.compile_options)
+print("tensor_intrin" if "tvm.s_tir.tensor_intrin" in sys.modules else "without")
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_a_tirx_build_does_not_import_the_tensor_intrinsics():
+    """TIRx kernels write their own PTX: a build process must not pay tensor_intrin's import
+    (20-100 s, in every fresh build worker) for them."""
+    out = subprocess.run([sys.executable, "-c", LOWERING_IMPORTS], capture_output=True, text=True,
+                         env={**os.environ, "TVM_CUDA_COMPILE_MODE": "nvcc"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "without"
