@@ -16,8 +16,11 @@ import multiprocessing as mp
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
@@ -172,6 +175,24 @@ def _nvml_sampler(index: int, conn, what: str, poll_s: float, keep_s: float) -> 
         time.sleep(poll_s)
 
 
+_SAMPLER_MAIN = ("import sys; from multiprocessing.connection import Connection; "
+                 "from energy_tuner.measure.meters import _nvml_sampler; "
+                 "_nvml_sampler(int(sys.argv[1]), Connection(int(sys.argv[2])), sys.argv[3], "
+                 "float(sys.argv[4]), float(sys.argv[5]))")
+
+
+def _start_sampler(index: int, what: str, poll_s: float, keep_s: float
+                   ) -> tuple[Connection, subprocess.Popen]:
+    """A sampler child (`_nvml_sampler`) and our end of its pipe. A plain Python process that
+    imports only this module: a multiprocessing "spawn" child would first import the parent's
+    __main__ (torch, TVM: 10-30 s, twice per meter)."""
+    conn, child = mp.Pipe()
+    proc = subprocess.Popen([sys.executable, "-c", _SAMPLER_MAIN, str(index), str(child.fileno()),
+                             what, str(poll_s), str(keep_s)], pass_fds=(child.fileno(),))
+    child.close()
+    return conn, proc
+
+
 class NvmlMeter:
     """GPU board energy: NVML's cumulative counter and its instant power, sampled in a child process."""
 
@@ -188,14 +209,15 @@ class NvmlMeter:
         except pynvml.NVMLError as err:
             raise MeterError(f"NVML has no energy counter for GPU {index}: {err}") from err
         self._settle_s = settle_s
-        ctx = mp.get_context("spawn")
         self._samplers = []
         for what in ("energy", "power"):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_nvml_sampler, args=(index, child, what, poll_s, 30.0),
-                               daemon=True)
-            proc.start()
-            if not conn.poll(60) or conn.recv() != "ready":
+            conn, proc = _start_sampler(index, what, poll_s, 30.0)
+            try:
+                ready = conn.poll(60) and conn.recv() == "ready"
+            except (EOFError, OSError):  # it died on start
+                ready = False
+            if not ready:
+                proc.kill()
                 raise MeterError(f"NVML {what} sampler process did not start")
             self._samplers.append((conn, proc))
         self.tick_period_s = self._measure_tick_period()
@@ -247,12 +269,12 @@ class NvmlMeter:
 
     def close(self) -> None:
         for conn, proc in self._samplers:
-            if proc.is_alive():
+            if proc.poll() is None:
                 try:
                     conn.send(None)
-                except OSError:
-                    pass
-                proc.join(5)
+                    proc.wait(5)
+                except (OSError, subprocess.TimeoutExpired):
+                    proc.kill()
 
 
 # ---------------------------------------------------------------- RAPL

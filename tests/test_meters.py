@@ -1,6 +1,7 @@
 """Meters and the energy protocol: RAPL on a fake powercap tree, NVML on a recorded H200 trace."""
 import json
 import math
+import os
 import sys
 import time
 from types import SimpleNamespace
@@ -133,3 +134,48 @@ def test_meter_and_gpu_name_read_the_gpu_that_cuda_device_0_is(monkeypatch, visi
     assert meter_problem("cuda", 0) is None
     nvidia_gpu_name(0)            # None here (TVM sees no GPU), but NVML was asked about `expected`
     assert asked == [expected, expected]
+
+
+FAKE_NVML = '''
+"""A stand-in for the NVML library (the hardware boundary): a 250 W board whose energy counter
+steps every 20 ms, as Hopper's does every ~100 ms."""
+import time
+NVML_FI_DEV_POWER_INSTANT, NVML_SUCCESS, NVML_CLOCK_SM = 186, 0, 1
+class NVMLError(Exception):
+    pass
+def nvmlInit():
+    pass
+def nvmlDeviceGetHandleByIndex(i):
+    return i
+def nvmlDeviceGetTotalEnergyConsumption(handle):
+    return int(time.monotonic() / 0.02) * 5000           # mJ: 5 J per 20 ms step
+class _Value:
+    nvmlReturn = NVML_SUCCESS
+    class value:
+        uiVal = 250000                                    # mW
+def nvmlDeviceGetFieldValues(handle, fields):
+    return [_Value()]
+def nvmlDeviceGetClockInfo(handle, clock):
+    return 1980
+'''
+
+
+def test_nvml_meter_samplers_are_plain_processes_that_read_the_board(tmp_path, monkeypatch):
+    """The NVML meter's two sampler processes (plain Python processes importing only the meters
+    module, with a fake NVML library on their path) answer with the board's power and end on
+    close."""
+    from energy_tuner.measure.meters import NvmlMeter
+
+    (tmp_path / "pynvml.py").write_text(FAKE_NVML)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    meter = NvmlMeter(0)
+    try:
+        assert 0.015 < meter.tick_period_s < 0.03
+        reading = meter.power_during(lambda: time.sleep(0.5))
+        assert reading.watts == pytest.approx(250, rel=0.1)
+    finally:
+        meter.close()
+    assert all(proc.poll() is not None for _, proc in meter._samplers)
