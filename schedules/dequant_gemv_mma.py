@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import math
 
-import tvm
 from tvm import tirx
 from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
@@ -68,7 +67,7 @@ from .gemv_knobs import LOADS, PREFETCH, GemvKnobs, _ld_chain, _SplitKWriter, _U
 from .knobs import Config, Knob, register
 from .lut_mpgemm import K_PER_BYTE
 from .op import Op
-from .simt import WARP, half, half2_word, mma_m16n8k16, prim_func, ramp
+from .simt import WARP, half, half2_word, mma_m16n8k16, ramp
 
 MMA_ROWS = 16                   # weight rows per warp (the mma's M)
 WORD = 32                       # weights per 32-bit plane word
@@ -196,11 +195,8 @@ class DequantGemvMma(GemvKnobs):
                 "offset_fold": float(config["offset"] == "fold"),
                 "decode_scaled": float(config["decode"] == "scaled")}
 
-    def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
-        why = self.reject(config)
-        if why:
-            raise ValueError(f"config cannot run: {why}")
-        return tvm.IRModule({"main": prim_func("main", _MmaWriter(self, config, emulate).body)})
+    def writer(self, config: Config, emulate: bool) -> _MmaWriter:
+        return _MmaWriter(self, config, emulate)
 
 
 class _MmaWriter(_SplitKWriter):

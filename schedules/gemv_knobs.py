@@ -268,11 +268,11 @@ class GemvKnobs(KnobSpace):
         why = self.reject(config)
         if why:
             raise ValueError(f"config cannot run: {why}")
-        return tvm.IRModule({"main": gemv_kernel(self, config, emulate)})
+        return tvm.IRModule({"main": prim_func("main", self.writer(config, emulate).body)})
 
-
-def gemv_kernel(space: GemvKnobs, config: Config, emulate: bool) -> tirx.PrimFunc:
-    return prim_func("main", _Writer(space, config, emulate).body)
+    def writer(self, config: Config, emulate: bool) -> _SplitKWriter:
+        """What writes config's kernel (each space has its own)."""
+        return _Writer(self, config, emulate)
 
 
 class _SplitKWriter:

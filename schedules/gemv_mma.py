@@ -29,7 +29,6 @@ Left out: bulk (TMA) copies; fp16 accumulation; a column owned by fewer than 4 t
 """
 from __future__ import annotations
 
-import tvm
 from tvm import tirx
 from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
@@ -37,7 +36,7 @@ from tvm.script.ir_builder import tirx as T
 from .gemv_knobs import (LOADS, STATIC_SHARED, GemvKnobs, _ld_chain, _SplitKWriter, _UniformIf,
                          _Writer, grid_and_load_knobs, tiling_reject)
 from .knobs import Config, Knob, register
-from .simt import WARP, mma_m16n8k16, prim_func, ramp
+from .simt import WARP, mma_m16n8k16, ramp
 
 ROWS_PER_WARP = 16
 CHUNK = 8                          # fp16 columns per 16-byte chunk
@@ -110,12 +109,8 @@ class GemvMmaKnobs(GemvKnobs):
                 "instructions_per_byte": step_instructions / self.bytes_per_thread_step(config),
                 "x_shared": float(config["x_stage"] == "shared")}
 
-    def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
-        """The kernel for config (a CUDA kernel; `emulate=True`: its serial CPU emulation)."""
-        why = self.reject(config)
-        if why:
-            raise ValueError(f"config cannot run: {why}")
-        return tvm.IRModule({"main": prim_func("main", _MmaWriter(self, config, emulate).body)})
+    def writer(self, config: Config, emulate: bool) -> _MmaWriter:
+        return _MmaWriter(self, config, emulate)
 
 
 class _MmaWriter(_Writer):
