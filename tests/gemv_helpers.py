@@ -14,13 +14,14 @@ import tvm
 from tvm.target import Target
 
 from energy_tuner.schedules import make_op
-from energy_tuner.schedules.knobs import Config, KnobSpace, knob_spaces
+from energy_tuner.schedules.gemv_knobs import GemvKnobs
+from energy_tuner.schedules.knobs import Config, knob_spaces
 
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 
 
-def check_fp16_gemv_only(cls: type[KnobSpace]) -> None:
+def check_fp16_gemv_only(cls: type[GemvKnobs]) -> None:
     """Assert that knob_spaces lists cls for an fp16 gemv on sm_90a, and that cls applies neither
     on llvm nor to a float32 gemv."""
     gemv16 = make_op("gemv", "4096,4096", "float16")
@@ -29,19 +30,19 @@ def check_fp16_gemv_only(cls: type[KnobSpace]) -> None:
     assert not cls.applies(make_op("gemv", "4096,4096", "float32"), SM90)
 
 
-def op_inputs(s: KnobSpace, seed: int = 0) -> list[np.ndarray]:
+def op_inputs(s: GemvKnobs, seed: int = 0) -> list[np.ndarray]:
     """The op's own random inputs, seeded."""
     return s.op.inputs(np.random.default_rng(seed))
 
 
-def gemv_inputs(s: KnobSpace, seed: int = 0) -> list[np.ndarray]:
+def gemv_inputs(s: GemvKnobs, seed: int = 0) -> list[np.ndarray]:
     """Standard-normal fp16 W (n x k) and x (k) of a gemv space, seeded."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((s.n, s.k)).astype("float16")
     return [w, rng.standard_normal(s.k).astype("float16")]
 
 
-def run_error(ex: tvm.runtime.Executable, s: KnobSpace, inputs: list[np.ndarray],
+def run_error(ex: tvm.runtime.Executable, s: GemvKnobs, inputs: list[np.ndarray],
               dev: tvm.runtime.Device | None = None) -> float:
     """Relative error of ex["main"](*inputs, out) on dev (the CPU by default) against the op's
     numpy reference; out starts as NaN, and any NaN left in it gives inf."""
@@ -52,13 +53,13 @@ def run_error(ex: tvm.runtime.Executable, s: KnobSpace, inputs: list[np.ndarray]
     return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else np.inf
 
 
-def run_emulated(s: KnobSpace, cfg: Config, inputs: list[np.ndarray]) -> float:
+def run_emulated(s: GemvKnobs, cfg: Config, inputs: list[np.ndarray]) -> float:
     """Relative error of the CPU emulation (llvm) of s's kernel for cfg on inputs."""
     ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
     return run_error(ex, s, inputs)
 
 
-def check_emulation(s: KnobSpace, cfg: Config, inputs: list[np.ndarray]) -> None:
+def check_emulation(s: GemvKnobs, cfg: Config, inputs: list[np.ndarray]) -> None:
     """Assert that s accepts cfg and that its emulated kernel is within the op's tolerance."""
     reason = s.reject(cfg)
     assert reason is None, reason
@@ -66,7 +67,7 @@ def check_emulation(s: KnobSpace, cfg: Config, inputs: list[np.ndarray]) -> None
     assert error <= s.op.tolerance, f"relative error {error} > {s.op.tolerance} for {cfg}"
 
 
-def check_feature_rows(s: KnobSpace) -> None:
+def check_feature_rows(s: GemvKnobs) -> None:
     """Assert that the valid configs among 200 seeded samples (of more than one load kind) give
     one finite cost-model row each: the model reads every config's features by the first row's
     names."""
@@ -79,22 +80,22 @@ def check_feature_rows(s: KnobSpace) -> None:
     assert rows.shape[0] == len(configs) and np.isfinite(rows).all()
 
 
-def valid_samples(s: KnobSpace, rng: np.random.Generator) -> Iterator[Config]:
-    """Endless: the configs sampled from s that it accepts, in sampling order (each drawn only
-    when asked for, so a test that takes the first few draws no more)."""
+def valid_samples(s: GemvKnobs, rng: np.random.Generator) -> Iterator[Config]:
+    """The configs sampled from s that it accepts, in sampling order; endless and lazy (nothing
+    is drawn beyond the config last asked for)."""
     while True:
         cfg = s.sample(rng)
         if s.reject(cfg) is None:
             yield cfg
 
 
-def mutated_knobs(s: KnobSpace, base: Config, rng: np.random.Generator, draws: int) -> list[set[str]]:
+def mutated_knobs(s: GemvKnobs, base: Config, rng: np.random.Generator, draws: int) -> list[set[str]]:
     """For each of `draws` mutations of base, the names of the knobs it changed."""
     children = (s.mutate(base, rng) for _ in range(draws))
     return [{name for name in base if child[name] != base[name]} for child in children]
 
 
-def cuda_source(s: KnobSpace, cfg: Config) -> str:
+def cuda_source(s: GemvKnobs, cfg: Config) -> str:
     """The CUDA source of s's kernel for cfg built for SM90; skips the test where TVM compiled it
     to a binary instead (a driver is present)."""
     ex = tvm.compile(s.module(cfg), target=SM90, **s.compile_options)
