@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import tvm
 from tvm import tirx
 from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
@@ -39,7 +38,7 @@ from .gemv_knobs import LOADS, PREFETCH, GemvKnobs, _ld_chain, _Writer, sm_arch
 from .knobs import Config, Knob, register
 from .lut_mpgemm import K_PER_BYTE
 from .op import Op
-from .simt import prim_func, ramp
+from .simt import ramp
 
 X_VECTOR = 8                    # fp16 activations per x load (16 bytes)
 
@@ -112,11 +111,8 @@ class DequantGemvKnobs(GemvKnobs):
         per_weight = decode + 2 + (2 if config["scale_apply"] == "weight" else 0)
         return unroll * (self.bits + chunk // X_VECTOR + 4 + chunk * per_weight) + 3
 
-    def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
-        why = self.reject(config)
-        if why:
-            raise ValueError(f"config cannot run: {why}")
-        return tvm.IRModule({"main": prim_func("main", _DequantWriter(self, config, emulate).body)})
+    def writer(self, config: Config, emulate: bool) -> _DequantWriter:
+        return _DequantWriter(self, config, emulate)
 
 
 def declare_dequant_args(writer) -> None:

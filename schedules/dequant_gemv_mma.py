@@ -57,19 +57,17 @@ from __future__ import annotations
 
 import math
 
-import tvm
 from tvm import tirx
 from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
 from .dequant_gemv_knobs import X_VECTOR, DequantGemvKnobs, declare_dequant_args
-from .gemv_knobs import (CTAS_PER_SM, LOADS, PREFETCH, THREADS_PER_SM, GemvKnobs, _ld_chain,
-                         _SplitKWriter, _UniformIf, load_features)
+from .gemv_knobs import LOADS, PREFETCH, GemvKnobs, _ld_chain, _SplitKWriter, _UniformIf
 from .knobs import Config, Knob, register
 from .lut_mpgemm import K_PER_BYTE
 from .op import Op
-from .simt import WARP, half, half2_word, mma_m16n8k16, prim_func, ramp
+from .simt import WARP, half, half2_word, mma_m16n8k16, ramp
 
 MMA_ROWS = 16                   # weight rows per warp (the mma's M)
 WORD = 32                       # weights per 32-bit plane word
@@ -188,30 +186,17 @@ class DequantGemvMma(GemvKnobs):
         return per + per_step_row / cols
 
     def features(self, config: Config) -> dict[str, float]:
-        threads, per_thread = self.threads(config), self.bytes_per_thread_step(config)
-        ctas = self.grid_x(config) * int(config["split_k"])
-        resident = min(CTAS_PER_SM, THREADS_PER_SM // threads)
-        steps = self.k_slice(config) // self.k_per_step(config)
         weights_per_byte = K_PER_BYTE / self.bits
-        return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
-                "rows_per_block": self.rows_per_block(config), "rows_per_thread": 2,
-                "bytes_in_flight_per_thread": per_thread,
-                "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
+        return {**self.launch_features(config), "rows_per_thread": 2,
                 "instructions_per_byte": self.weight_instructions(config) * weights_per_byte,
-                "steps": steps, "shared_bytes": self.shared_bytes(config),
-                "split_k": int(config["split_k"]),
-                "persistent": float(int(config["ctas_per_sm"]) > 0), "bulk_stages": 0,
-                **load_features(str(config["load"])), "x_shared": 1.0,
+                "bulk_stages": 0, "x_shared": 1.0,
                 "k_warps": int(config["k_warps"]), "mma_chains": int(config["mma_chains"]),
                 "fragment_thread": float(config["fragment"] == "thread"),
                 "offset_fold": float(config["offset"] == "fold"),
                 "decode_scaled": float(config["decode"] == "scaled")}
 
-    def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
-        why = self.reject(config)
-        if why:
-            raise ValueError(f"config cannot run: {why}")
-        return tvm.IRModule({"main": prim_func("main", _MmaWriter(self, config, emulate).body)})
+    def writer(self, config: Config, emulate: bool) -> _MmaWriter:
+        return _MmaWriter(self, config, emulate)
 
 
 class _MmaWriter(_SplitKWriter):

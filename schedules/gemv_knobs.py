@@ -175,6 +175,10 @@ class GemvKnobs(KnobSpace):
         """Elements of a row the row's threads read per step."""
         return int(config["threads_per_row"]) * self.lanes(config) * int(config["unroll"])
 
+    def steps(self, config: Config) -> int:
+        """Steps through a split's k slice."""
+        return self.k_slice(config) // self.k_per_step(config)
+
     @staticmethod
     def rows_per_thread(config: Config) -> int:
         return int(config.get("rows_per_thread", 1))
@@ -233,26 +237,30 @@ class GemvKnobs(KnobSpace):
         unroll, lanes, rpt = int(config["unroll"]), self.lanes(config), self.rows_per_thread(config)
         return (rpt + 1) * unroll + unroll * lanes * (1 + 2 * rpt) + 3
 
-    def features(self, config: Config) -> dict[str, float]:
+    def launch_features(self, config: Config) -> dict[str, float]:
+        """The features every GEMV space has, from its geometry and the knobs they all share
+        (grid_and_load_knobs): CTA size, grid and waves, bytes in flight per thread and per SM,
+        steps, shared memory, split-k, persistence and the load path."""
         threads, per_thread = self.threads(config), self.bytes_per_thread_step(config)
         ctas = self.grid_x(config) * int(config["split_k"])
         resident = min(CTAS_PER_SM, THREADS_PER_SM // threads)
-        steps = self.k_slice(config) // self.k_per_step(config)
-        tpr = int(config["threads_per_row"])
+        return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
+                "rows_per_block": self.rows_per_block(config),
+                "bytes_in_flight_per_thread": per_thread,
+                "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
+                "steps": self.steps(config), "shared_bytes": self.shared_bytes(config),
+                "split_k": int(config["split_k"]),
+                "persistent": float(int(config["ctas_per_sm"]) > 0),
+                **load_features(str(config["load"]))}
+
+    def features(self, config: Config) -> dict[str, float]:
+        steps, tpr = self.steps(config), int(config["threads_per_row"])
         # per row: its threads' steps, the shuffle tree and the store, over its weight bytes
         row_instr = tpr * (steps * self.step_instructions(config)
                            + self.rows_per_thread(config) * (2 * math.log2(min(tpr, WARP)) + 2))
-        return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
-                "rows_per_block": self.rows_per_block(config),
-                "rows_per_thread": self.rows_per_thread(config),
-                "bytes_in_flight_per_thread": per_thread,
-                "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
-                "instructions_per_byte": row_instr / (steps * tpr * per_thread),
-                "steps": steps, "shared_bytes": self.shared_bytes(config),
-                "split_k": int(config["split_k"]),
-                "persistent": float(int(config["ctas_per_sm"]) > 0),
+        return {**self.launch_features(config), "rows_per_thread": self.rows_per_thread(config),
+                "instructions_per_byte": row_instr / (steps * tpr * self.bytes_per_thread_step(config)),
                 "bulk_stages": bulk_stages(str(config["load"])),
-                **load_features(str(config["load"])),
                 "x_shared": float(config["x_stage"] == "shared")}
 
     def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
@@ -260,11 +268,11 @@ class GemvKnobs(KnobSpace):
         why = self.reject(config)
         if why:
             raise ValueError(f"config cannot run: {why}")
-        return tvm.IRModule({"main": gemv_kernel(self, config, emulate)})
+        return tvm.IRModule({"main": prim_func("main", self.writer(config, emulate).body)})
 
-
-def gemv_kernel(space: GemvKnobs, config: Config, emulate: bool) -> tirx.PrimFunc:
-    return prim_func("main", _Writer(space, config, emulate).body)
+    def writer(self, config: Config, emulate: bool) -> _SplitKWriter:
+        """What writes config's kernel (each space has its own)."""
+        return _Writer(self, config, emulate)
 
 
 class _SplitKWriter:

@@ -29,18 +29,14 @@ Left out: bulk (TMA) copies; fp16 accumulation; a column owned by fewer than 4 t
 """
 from __future__ import annotations
 
-import math
-
-import tvm
 from tvm import tirx
 from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 
-from .gemv_knobs import (CTAS_PER_SM, LOADS, STATIC_SHARED, THREADS_PER_SM, GemvKnobs, _ld_chain,
-                         _SplitKWriter, _UniformIf, _Writer, grid_and_load_knobs, load_features,
-                         tiling_reject)
+from .gemv_knobs import (LOADS, STATIC_SHARED, GemvKnobs, _ld_chain, _SplitKWriter, _UniformIf,
+                         _Writer, grid_and_load_knobs, tiling_reject)
 from .knobs import Config, Knob, register
-from .simt import WARP, mma_m16n8k16, prim_func, ramp
+from .simt import WARP, mma_m16n8k16, ramp
 
 ROWS_PER_WARP = 16
 CHUNK = 8                          # fp16 columns per 16-byte chunk
@@ -100,30 +96,21 @@ class GemvMmaKnobs(GemvKnobs):
         """None: the SIMT space's seeds are not configs of this one."""
         return []
 
-    def features(self, config: Config) -> dict[str, float]:
-        threads, unroll = self.threads(config), int(config["unroll"])
-        per_thread = 2 * unroll * 16                     # two rows' chunks per step
-        ctas = self.grid_x(config) * int(config["split_k"])
-        resident = min(CTAS_PER_SM, THREADS_PER_SM // threads)
-        steps = self.k_slice(config) // self.k_per_step(config)
-        # per thread and step: 3 loads per chunk (2 rows, x), 2 mmas per chunk, ~3 for the loop
-        step_instructions = 5 * unroll + 3
-        return {"threads": threads, "ctas": ctas, "waves": ctas / (resident * self.sms),
-                "rows_per_block": self.rows_per_block(config), "warps_k": int(config["warps_k"]),
-                "bytes_in_flight_per_thread": per_thread,
-                "bytes_in_flight_per_sm": per_thread * threads * min(resident, math.ceil(ctas / self.sms)),
-                "instructions_per_byte": step_instructions / per_thread,
-                "steps": steps, "shared_bytes": self.shared_bytes(config),
-                "split_k": int(config["split_k"]),
-                "persistent": float(int(config["ctas_per_sm"]) > 0),
-                **load_features(str(config["load"])), "x_shared": float(config["x_stage"] == "shared")}
+    @staticmethod
+    def bytes_per_thread_step(config: Config) -> int:
+        """Weight bytes one thread loads per step: a 16-byte chunk of each of its two rows per
+        unrolled chunk."""
+        return 2 * int(config["unroll"]) * 16
 
-    def module(self, config: Config, emulate: bool = False) -> tvm.IRModule:
-        """The kernel for config (a CUDA kernel; `emulate=True`: its serial CPU emulation)."""
-        why = self.reject(config)
-        if why:
-            raise ValueError(f"config cannot run: {why}")
-        return tvm.IRModule({"main": prim_func("main", _MmaWriter(self, config, emulate).body)})
+    def features(self, config: Config) -> dict[str, float]:
+        # per thread and step: 3 loads per chunk (2 rows, x), 2 mmas per chunk, ~3 for the loop
+        step_instructions = 5 * int(config["unroll"]) + 3
+        return {**self.launch_features(config), "warps_k": int(config["warps_k"]),
+                "instructions_per_byte": step_instructions / self.bytes_per_thread_step(config),
+                "x_shared": float(config["x_stage"] == "shared")}
+
+    def writer(self, config: Config, emulate: bool) -> _MmaWriter:
+        return _MmaWriter(self, config, emulate)
 
 
 class _MmaWriter(_Writer):

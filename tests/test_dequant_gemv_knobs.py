@@ -3,20 +3,18 @@ mutators, emulated numerics on llvm for W1-W4 with and without zero points, CUDA
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
+from itertools import islice
 
 import numpy as np
 import pytest
-import tvm
 from tvm.target import Target
 
 from energy_tuner.schedules import make_op
 from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.knobs import knob_spaces
+from tests.gemv_helpers import (SM90, check_emulation, cuda_source, mutated_knobs, op_inputs, ptx,
+                                valid_samples)
 
-SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
-               "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 BASE = {"threads_per_row": 32, "rows_per_cta": 4, "weights_per_load": 32, "unroll": 1,
         "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
         "split_k": 1, "split_reduce": "atomic", "scale_apply": "weight", "decode": "shift"}
@@ -48,12 +46,8 @@ def test_reject_chunks_across_groups_and_accept_valid():
 
 def test_every_knob_mutates():
     s, rng = space(), np.random.default_rng(0)
-    base = s.sample(rng)
-    changed = set()
-    for _ in range(400):
-        child = s.mutate(base, rng)
-        changed.update(name for name in base if child[name] != base[name])
-    assert changed == {k.name for k in s.knobs}
+    changed = mutated_knobs(s, s.sample(rng), rng, 400)
+    assert set().union(*changed) == {k.name for k in s.knobs}
 
 
 def test_x_in_float32_counts_its_shared_memory():
@@ -72,15 +66,6 @@ def test_features_count_packed_bytes():
                                      "threads_per_row": 8, "decode": "nibble"})
     assert nibble["decode_nibble"] == 1 and f["decode_nibble"] == 0
     assert nibble["instructions_per_byte"] < f["instructions_per_byte"]
-
-
-def _run_emulated(s: DequantGemvKnobs, cfg: dict, seed: int = 0) -> float:
-    ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
-    inputs = s.op.inputs(np.random.default_rng(seed))
-    out = tvm.runtime.tensor(np.full(s.op.output_shape, np.nan, "float32"))
-    ex["main"](*[tvm.runtime.tensor(a) for a in inputs], out)
-    ref, got = s.op.reference(inputs), out.numpy()
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else np.inf
 
 
 @pytest.mark.parametrize("bits, zero_points, changes", [
@@ -102,32 +87,17 @@ def _run_emulated(s: DequantGemvKnobs, cfg: dict, seed: int = 0) -> float:
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, changes):
     s = space(bits=bits, zero_points=zero_points)
-    cfg = {**BASE, **changes}
-    assert s.reject(cfg) is None
-    assert _run_emulated(s, cfg) <= s.op.tolerance
+    check_emulation(s, {**BASE, **changes}, op_inputs(s))
 
 
 def test_random_valid_configs_match_numpy():
-    s, rng = space(bits=3, zero_points=True), np.random.default_rng(3)
-    checked = 0
-    while checked < 6:
-        cfg = s.sample(rng)
-        if s.reject(cfg) is None:
-            assert _run_emulated(s, cfg, seed=checked) <= s.op.tolerance, cfg
-            checked += 1
+    s = space(bits=3, zero_points=True)
+    for seed, cfg in enumerate(islice(valid_samples(s, np.random.default_rng(3)), 6)):
+        check_emulation(s, cfg, op_inputs(s, seed))
 
 
 def test_cuda_source_has_one_wide_load_per_plane(tmp_path):
     s = DequantGemvKnobs(op(bits=4, zero_points=True, n=4096, k=4096), SM90, sms=132)
     cfg = {**BASE, "weights_per_load": 128, "load": "nc_no_allocate", "scale_apply": "chunk"}
-    ex = tvm.compile(s.module(cfg), target=SM90, **s.compile_options)
-    sources = [m.inspect_source() for m in ex.mod.imports if m.kind == "cuda"]
-    if not sources or "__global__" not in sources[0]:
-        pytest.skip("TVM compiled the CUDA module to a binary here (a driver is present)")
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
-    (tmp_path / "k.cu").write_text(sources[0])
-    subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o",
-                    str(tmp_path / "k.ptx"), str(tmp_path / "k.cu")], check=True, capture_output=True)
-    ptx = (tmp_path / "k.ptx").read_text()
-    assert len(re.findall(r"ld\.global\.nc\.L1::no_allocate\.v4\.b32", ptx)) == 4   # 4 planes
+    code = ptx(cuda_source(s, cfg), tmp_path)
+    assert len(re.findall(r"ld\.global\.nc\.L1::no_allocate\.v4\.b32", code)) == 4   # 4 planes

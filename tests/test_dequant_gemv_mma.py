@@ -5,8 +5,7 @@ source with mma.sync compiled by nvcc, and (GPU) configs on the device."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
 from energy_tuner.schedules.knobs import knob_spaces
 from energy_tuner.schedules.simt import Simt, half2_word, mma_m16n8k16, prim_func
+from tests.gemv_helpers import (SM90, check_emulation, check_feature_rows, cuda_source, nvcc,
+                                op_inputs, ptx, run_error, run_emulated, valid_samples)
 
-SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
-               "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 BASE = {"row_warps": 2, "k_warps": 1, "thread_cols": 32, "unroll": 1, "mma_chains": 1,
         "fragment": "quad", "offset": "fold", "decode": "shift", "ctas_per_sm": 0, "load": "plain",
         "prefetch": "none", "split_k": 1, "split_reduce": "atomic"}
@@ -138,19 +137,10 @@ def test_features_count_packed_bytes_and_fewer_instructions_than_simt():
 def _inputs(s: DequantGemvMma, seed: int = 0, outliers: bool = False) -> list[np.ndarray]:
     """The op's random inputs; `outliers`: every 97th activation 3000 (a span's sum of products
     then overflows fp16, not float32)."""
-    inputs = s.op.inputs(np.random.default_rng(seed))
+    inputs = op_inputs(s, seed)
     if outliers:
         inputs[0][:, ::97] = 3000.0
     return inputs
-
-
-def _run_emulated(s: DequantGemvMma, cfg: dict, seed: int = 0, outliers: bool = False) -> float:
-    ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
-    inputs = _inputs(s, seed, outliers)
-    out = tvm.runtime.tensor(np.full(s.op.output_shape, np.nan, "float32"))
-    ex["main"](*[tvm.runtime.tensor(a) for a in inputs], out)
-    ref, got = s.op.reference(inputs), out.numpy()
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else np.inf
 
 
 @pytest.mark.parametrize("bits, zero_points, changes", [
@@ -168,26 +158,22 @@ def _run_emulated(s: DequantGemvMma, cfg: dict, seed: int = 0, outliers: bool = 
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, changes):
     s = space(bits=bits, zero_points=zero_points)
-    cfg = {**BASE, **changes}
-    assert s.reject(cfg) is None
-    assert _run_emulated(s, cfg) <= s.op.tolerance
+    check_emulation(s, {**BASE, **changes}, _inputs(s))
 
 
 def test_random_valid_configs_match_numpy():
-    s, rng = space(bits=3, zero_points=True, k=512), np.random.default_rng(5)
-    checked = 0
-    while checked < 3:
-        cfg = s.sample(rng)
-        if s.reject(cfg) is None and cfg["thread_cols"] == 32:   # 128 columns: slow to emulate
-            assert _run_emulated(s, cfg, seed=checked) <= s.op.tolerance, cfg
-            checked += 1
+    s = space(bits=3, zero_points=True, k=512)
+    narrow = (c for c in valid_samples(s, np.random.default_rng(5))
+              if c["thread_cols"] == 32)                            # 128 columns: slow to emulate
+    for seed, cfg in enumerate(islice(narrow, 3)):
+        check_emulation(s, cfg, _inputs(s, seed))
 
 
 @pytest.mark.parametrize("offset", ["fold", "hsub2"])
 def test_activation_outliers_stay_accurate(offset):
     s = space(bits=4, zero_points=True)
     cfg = {**BASE, "offset": offset, "decode": "scaled", "fragment": "thread"}
-    assert _run_emulated(s, cfg, outliers=True) <= s.op.tolerance
+    check_emulation(s, cfg, _inputs(s, outliers=True))
 
 
 @pytest.mark.parametrize("fragment", ["quad", "thread"])
@@ -195,20 +181,12 @@ def test_a_wrong_pairing_of_x_and_weights_fails(fragment, monkeypatch):
     """x staged with the pair's halves swapped: B no longer matches A, and the emulated mma,
     which reads every thread's fragments, computes a different product."""
     s, cfg = space(bits=4), {**BASE, "fragment": fragment}
-    assert _run_emulated(s, cfg) <= s.op.tolerance
+    check_emulation(s, cfg, _inputs(s))
     monkeypatch.setattr(dequant_gemv_mma, "pair_columns", lambda h: (h + 16, h))
-    assert _run_emulated(s, cfg) > 0.1
+    assert run_emulated(s, cfg, _inputs(s)) > 0.1
 
 
 # -- CUDA ---------------------------------------------------------------------------------------------
-def _cuda_source(s: DequantGemvMma, cfg: dict) -> str:
-    ex = tvm.compile(s.module(cfg), target=SM90, **s.compile_options)
-    sources = [m.inspect_source() for m in ex.mod.imports if m.kind == "cuda"]
-    if not sources or "__global__" not in sources[0]:
-        pytest.skip("TVM compiled the CUDA module to a binary here (a driver is present)")
-    return sources[0]
-
-
 @pytest.mark.parametrize("bits, changes, loads", [
     (4, {"thread_cols": 128, "fragment": "thread", "load": "nc_no_allocate", "mma_chains": 2,
          "decode": "scaled"},
@@ -221,19 +199,14 @@ def _cuda_source(s: DequantGemvMma, cfg: dict) -> str:
 def test_cuda_source_has_mma_and_compiles(bits, changes, loads, tmp_path):
     s = DequantGemvMma(op(bits=bits, n=28672, k=8192), SM90, sms=132)
     cfg = {**BASE, **changes}
-    src = _cuda_source(s, cfg)
+    src = cuda_source(s, cfg)
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in src
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
-    (tmp_path / "k.cu").write_text(src)
-    subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o",
-                    str(tmp_path / "k.ptx"), str(tmp_path / "k.cu")], check=True, capture_output=True)
-    ptx = (tmp_path / "k.ptx").read_text()
+    code = ptx(src, tmp_path)
     cols, unroll = int(cfg["thread_cols"]), int(cfg["unroll"])
-    assert len(re.findall(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32", ptx)) \
+    assert len(re.findall(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32", code)) \
         == unroll * cols // 4                     # 8 mmas per 32 columns of a thread's two rows
-    assert len(re.findall(loads, ptx)) == unroll * 2 * bits        # a load per plane and row
-    assert ("sub.f16x2" in ptx) == (cfg["offset"] == "hsub2")
+    assert len(re.findall(loads, code)) == unroll * 2 * bits        # a load per plane and row
+    assert ("sub.f16x2" in code) == (cfg["offset"] == "hsub2")
 
 
 @pytest.mark.parametrize("bits, changes", [
@@ -244,13 +217,8 @@ def test_cuda_source_has_mma_and_compiles(bits, changes, loads, tmp_path):
 def test_registers_without_spills(bits, changes, tmp_path):
     """ptxas -v: the register arrays stay in registers (indices all constant) at the widest
     configs the bench plans."""
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
     s = DequantGemvMma(op(bits=bits, n=28672, k=8192), SM90, sms=132)
-    (tmp_path / "k.cu").write_text(_cuda_source(s, {**BASE, **changes}))
-    out = subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v",
-                          "-o", str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")],
-                         check=True, capture_output=True, text=True).stderr
+    out = nvcc(cuda_source(s, {**BASE, **changes}), tmp_path, "cubin", "-Xptxas", "-v")
     registers = [int(r) for r in re.findall(r"Used (\d+) registers", out)]
     assert registers and max(registers) <= 128
     assert re.findall(r"(\d+) bytes spill stores", out) == ["0"] * len(registers)
@@ -306,21 +274,11 @@ def test_kernel_on_gpu_matches_numpy(name):
     cfg = {**BASE, **{k: v for k, v in changes.items() if k != "outliers"}}
     assert s.reject(cfg) is None
     ex = tvm.compile(s.module(cfg), target=target, **s.compile_options)
-    inputs = _inputs(s, outliers=outliers)
-    out = tvm.runtime.tensor(np.full(s.op.output_shape, np.nan, "float32"), dev)
-    ex["main"](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
-    ref = s.op.reference(inputs)
-    assert np.linalg.norm(out.numpy() - ref) / np.linalg.norm(ref) <= s.op.tolerance
+    assert run_error(ex, s, _inputs(s, outliers=outliers), dev) <= s.op.tolerance
 
 
 def test_feature_rows_have_the_same_names_for_every_config():
-    from energy_tuner.costmodel.features import knob_features
-
-    s, rng = space(n=4096, k=4096), np.random.default_rng(0)
-    configs = [c for c in (s.sample(rng) for _ in range(200)) if s.reject(c) is None]
-    assert len({c["load"] for c in configs}) > 1
-    rows = knob_features(s.op, [s.features(c) for c in configs])
-    assert rows.shape[0] == len(configs) and np.isfinite(rows).all()
+    check_feature_rows(space(n=4096, k=4096))
 
 
 def test_auto_picks_the_tensor_core_space_and_its_seeds_run_on_issue_shapes():

@@ -4,8 +4,7 @@ GPU) the kernel itself."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -14,10 +13,10 @@ from tvm.target import Target
 
 from energy_tuner.schedules import make_op
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
-from energy_tuner.schedules.knobs import knob_spaces
+from tests.gemv_helpers import (SM90, check_emulation, check_feature_rows, check_fp16_gemv_only,
+                                cuda_source, gemv_inputs, mutated_knobs, nvcc, ptx, run_error,
+                                run_emulated, valid_samples)
 
-SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
-               "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 BASE = {"threads_per_row": 32, "rows_per_cta": 4, "rows_per_thread": 1, "vector_bytes": 16,
         "unroll": 1, "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
         "split_k": 1, "split_reduce": "atomic"}
@@ -56,10 +55,8 @@ def config(**changes) -> dict:
 
 
 def test_registered_for_fp16_gemv_on_sm80_plus_only():
+    check_fp16_gemv_only(GemvKnobs)
     gemv16 = make_op("gemv", "4096,4096", "float16")
-    assert GemvKnobs in [type(s) for s in knob_spaces(gemv16, SM90)]
-    assert not GemvKnobs.applies(gemv16, Target("llvm"))
-    assert not GemvKnobs.applies(make_op("gemv", "4096,4096", "float32"), SM90)
     assert not GemvKnobs.applies(gemv16, Target({"kind": "cuda", "arch": "sm_75"}))
     assert not GemvKnobs.applies(make_op("matmul", "64,64,64", "float16"), SM90)
 
@@ -109,14 +106,9 @@ def test_features_follow_the_config():
 
 def test_every_knob_mutates_and_one_at_a_time():
     s, rng = space(n=4096, k=4096), np.random.default_rng(0)
-    base = s.sample(rng)
-    changed = set()
-    for _ in range(400):
-        child = s.mutate(base, rng)
-        diff = [name for name in base if child[name] != base[name]]
-        assert len(diff) == 1
-        changed.update(diff)
-    assert changed == {k.name for k in s.knobs}
+    changed = mutated_knobs(s, s.sample(rng), rng, 400)
+    assert all(len(names) == 1 for names in changed)
+    assert set().union(*changed) == {k.name for k in s.knobs}
 
 
 def test_samples_on_issue_shapes_are_often_valid():
@@ -127,63 +119,25 @@ def test_samples_on_issue_shapes_are_often_valid():
         assert valid >= 15, (n, k, valid)
 
 
-def _run_emulated(s, cfg: dict, seed: int = 0) -> float:
-    """Relative error of the CPU emulation of space s's kernel for cfg against numpy (inf: NaNs)."""
-    ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((s.n, s.k)).astype("float16")
-    x = rng.standard_normal(s.k).astype("float16")
-    y = tvm.runtime.tensor(np.full(s.n, np.nan, "float32"))
-    ex["main"](tvm.runtime.tensor(w), tvm.runtime.tensor(x), y)
-    ref = s.op.reference([w, x])
-    got = y.numpy()
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else np.inf
-
-
 @pytest.mark.parametrize("name", list(PATHS))
 def test_emulated_kernel_matches_numpy(name):
-    s, cfg = space(), config(**PATHS[name])
-    assert s.reject(cfg) is None
-    assert _run_emulated(s, cfg) <= s.op.tolerance
+    s = space()
+    check_emulation(s, config(**PATHS[name]), gemv_inputs(s))
 
 
 def test_random_valid_configs_match_numpy():
     """A seeded sweep beyond the hand-picked paths (one row with 4 warps read out of bounds
     before the cross-warp step used if_then_else: found this way)."""
-    s, rng = space(), np.random.default_rng(7)
-    checked = 0
-    while checked < 12:
-        cfg = s.sample(rng)
-        if s.reject(cfg) is None:
-            assert _run_emulated(s, cfg, seed=checked) <= s.op.tolerance, cfg
-            checked += 1
+    s = space()
+    for seed, cfg in enumerate(islice(valid_samples(s, np.random.default_rng(7)), 12)):
+        check_emulation(s, cfg, gemv_inputs(s, seed))
 
 
 def test_emulation_catches_a_wrong_kernel(monkeypatch):
     """The check can fail: a kernel that skips the last step of k is caught."""
     s, cfg = space(), config()
     monkeypatch.setattr(GemvKnobs, "k_slice", lambda self, c: self.k // int(c["split_k"]) - 256)
-    assert _run_emulated(s, cfg) > 1e-2
-
-
-def _cuda_source(cfg: dict, s: GemvKnobs | None = None) -> str:
-    s = s or space(n=4096, k=4096, sms=132)
-    ex = tvm.compile(s.module(cfg), target=SM90, **s.compile_options)
-    sources = [m.inspect_source() for m in ex.mod.imports if m.kind == "cuda"]
-    if not sources or "__global__" not in sources[0]:
-        pytest.skip("TVM compiled the CUDA module to a binary here (a driver is present)")
-    return sources[0]
-
-
-def _ptx(source: str, tmp_path) -> str:
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
-    cu = tmp_path / "k.cu"
-    cu.write_text(source)
-    for kind in ("cubin", "ptx"):
-        subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", f"-{kind}", "-o",
-                        str(tmp_path / f"k.{kind}"), str(cu)], check=True, capture_output=True)
-    return (tmp_path / "k.ptx").read_text()
+    assert run_emulated(s, cfg, gemv_inputs(s)) > 1e-2
 
 
 @pytest.mark.parametrize("changes, pattern", [
@@ -201,8 +155,9 @@ def _ptx(source: str, tmp_path) -> str:
      r"cp\.async\.bulk\.shared::cluster\.global\.mbarrier::complete_tx::bytes"),
 ])
 def test_cuda_source_compiles_with_the_requested_loads(changes, pattern, tmp_path):
-    ptx = _ptx(_cuda_source(config(**changes)), tmp_path)
-    assert re.search(pattern, ptx), pattern
+    source = cuda_source(space(n=4096, k=4096, sms=132), config(**changes))
+    nvcc(source, tmp_path, "cubin")
+    assert re.search(pattern, ptx(source, tmp_path)), pattern
 
 
 @pytest.mark.gpu
@@ -220,24 +175,11 @@ def test_kernel_on_gpu_matches_numpy(name):
     cfg = config(**PATHS[name])
     assert s.reject(cfg) is None
     ex = tvm.compile(s.module(cfg), target=target, **s.compile_options)
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((s.n, s.k)).astype("float16")
-    x = rng.standard_normal(s.k).astype("float16")
-    y = tvm.runtime.tensor(np.full(s.n, np.nan, "float32"), dev)
-    ex["main"](tvm.runtime.tensor(w, dev), tvm.runtime.tensor(x, dev), y)
-    ref = s.op.reference([w, x])
-    assert np.linalg.norm(y.numpy() - ref) / np.linalg.norm(ref) <= s.op.tolerance
+    assert run_error(ex, s, gemv_inputs(s), dev) <= s.op.tolerance
 
 
 def test_feature_rows_have_the_same_names_for_every_config():
-    """The cost model reads every config's features by the first row's names."""
-    from energy_tuner.costmodel.features import knob_features
-
-    s, rng = space(n=4096, k=4096, sms=132), np.random.default_rng(0)
-    configs = [c for c in (s.sample(rng) for _ in range(200)) if s.reject(c) is None]
-    assert len({c["load"] for c in configs}) > 1
-    rows = knob_features(s.op, [s.features(c) for c in configs])
-    assert rows.shape[0] == len(configs) and np.isfinite(rows).all()
+    check_feature_rows(space(n=4096, k=4096, sms=132))
 
 
 def test_auto_picks_the_simt_space_for_fp16_gemv_and_its_seeds_run_on_issue_shapes():
