@@ -86,7 +86,7 @@ def summary(rows: list[dict], state: dict, args) -> dict:
                 continue
             best = min(mine, key=lambda r: r["mj"])
             row = {"case": case + ("" if out_dtype == "float32" else "_f16"), "op": best["op"], "shape": best["shape"],
-                   "dtype": "float16", "out_dtype": out_dtype, "params": best["knobs"],
+                   "dtype": best["knobs"]["in_dtype"], "out_dtype": out_dtype, "params": best["knobs"],
                    "ours": {"ms": best["ms"], "mj": best["mj"], "w": best["w"], "objective": "energy",
                             "trials": len(mine), "rel_error": best["rel_error"], "config": best["config"]}}
             ref = [r for r in ref if r.get("mj")]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 import time
@@ -122,7 +123,8 @@ def main() -> None:
             rows += run_case(name, args.out, args, meter)[0]
     finally:
         meter.close()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("COMMIT") or subprocess.run(  # the device's git HEAD can be stale
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {"gpu": torch.cuda.get_device_name(), "driver": pynvml.nvmlSystemGetDriverVersion(),
                "date": datetime.date.today().isoformat(), "commit": commit or None,
                "command": "python -m experiments.model_benchmark " + " ".join(sys.argv[1:]),
