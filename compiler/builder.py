@@ -96,17 +96,21 @@ class Builder:
         for worker in self.workers:
             threading.Thread(target=self._serve, args=(worker,), daemon=True, name="build").start()
 
-    def job(self, mod: tvm.IRModule) -> tuple[Callable[..., str], tuple]:
-        """What a worker process runs to build `mod`: a function returning the library's path,
-        and its arguments."""
-        return _worker_build, (mod, self.target, self.out_dir, self.options)
+    def job(self, mod: tvm.IRModule, target: Target | None = None, options: dict | None = None
+            ) -> tuple[Callable[..., str], tuple]:
+        """What a worker process runs to build `mod` (for `target` with `options`, else the
+        pool's): a function returning the library's path, and its arguments."""
+        return _worker_build, (mod, target or self.target, self.out_dir,
+                               self.options if options is None else options)
 
-    def submit(self, mods: list[tvm.IRModule]) -> list[Future]:
-        """Queue the builds; their BuildResults as futures, in the order of `mods`."""
+    def submit(self, mods: list[tvm.IRModule], target: Target | None = None,
+               options: dict | None = None) -> list[Future]:
+        """Queue the builds; their BuildResults as futures, in the order of `mods`. `target` and
+        `options` override the pool's, so that one pool serves spaces of several tasks."""
         futures = []
         for mod in mods:
             futures.append(Future())
-            self.queue.put((self.job(mod), futures[-1]))
+            self.queue.put((self.job(mod, target, options), futures[-1]))
         return futures
 
     def build(self, mods: list[tvm.IRModule]) -> list[BuildResult]:

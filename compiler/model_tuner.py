@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,7 +28,8 @@ from .database import Record, TuningDatabase
 from .graph import Task
 from .objective import Objective
 from .report import fmt
-from .search import Tuner
+from .builder import Builder
+from .search import Tuner, usable_cpus
 from .session import LATENCY_TIMING
 from .target import Platform
 from ..measure.meters import open_meter, powercap_root
@@ -128,14 +130,18 @@ class ModelTuner:
     def __init__(self, tasks: list[Task], plat: Platform, db: TuningDatabase, settings: Settings,
                  no_meter: str | None) -> None:
         self.plat, self.db, self.settings, self.no_meter = plat, db, settings, no_meter
+        self.overlap = plat.kind == "cuda" and settings.overlap
+        # one build pool for every task: its processes import TVM (and, for MetaSchedule's
+        # pipeline, tensor_intrin) once per model tune, not once per task and round
+        self._artifacts = tempfile.TemporaryDirectory(prefix="tune-model-artifacts-")
+        self.builder = Builder(plat.target, self._artifacts.name, workers=usable_cpus(self.overlap))
         self.states = []
         for task in tasks:
             op = task.make_op()
             tuner = Tuner(op, plat, None, db, settings.objective, seed=settings.seed,
                           batch=settings.batch, population=settings.population,
-                          energy_policy=settings.energy_policy,
-                          overlap=plat.kind == "cuda" and settings.overlap,
-                          measurement=self._measurement())
+                          energy_policy=settings.energy_policy, overlap=self.overlap,
+                          measurement=self._measurement(), builder=self.builder)
             state = TaskState(task, op, tuner, prior_cost(op, plat.kind, settings.quantity))
             state.records = db.records(tuner.key)
             state.planned = state.done(settings.objective)
@@ -200,6 +206,8 @@ class ModelTuner:
                                          None if self.no_meter else powercap_root()))
 
     def close(self) -> None:
+        self.builder.close()
+        self._artifacts.cleanup()
         for state in self.states:
             if state.runner is not None:
                 state.runner.close()

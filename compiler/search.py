@@ -75,6 +75,13 @@ class TuneResult:
     stats: TuneStats = field(default_factory=TuneStats)
 
 
+def usable_cpus(overlap: bool) -> int:
+    """Threads for a tune's search and build processes: the CPUs we may use (taskset, cpuset),
+    one left to the measuring worker when they overlap measuring."""
+    threads = len(os.sched_getaffinity(0))
+    return max(1, threads - 1) if overlap else threads
+
+
 def in_background(fn: Callable[[], object]) -> Future:
     """fn() on a daemon thread (a second Ctrl-C does not wait for it); its result as a Future."""
     future: Future = Future()
@@ -109,14 +116,17 @@ class Tuner:
     the records are stored in the order proposed, whatever order the builds finish in.
 
     measurement: how candidates will be measured (`measure.runner.measurement_identity`), for a
-    tuner whose runner is attached later (runner None); otherwise the runner's."""
+    tuner whose runner is attached later (runner None); otherwise the runner's.
+
+    builder: a build pool shared with other tuners (a model's tasks), which `tune` leaves open;
+    None: each `tune` starts its own and closes it."""
 
     def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase,
                  objective: Objective, seed: int = 0, batch: int = 16, population: int = 512,
                  energy_policy: str = "all", overlap: bool = False, space: str = AUTO,
                  strategy: str | None = None, screen: bool = True,
-                 measurement: dict | None = None) -> None:
-        self.op, self.plat, self.runner, self.db = op, plat, runner, db
+                 measurement: dict | None = None, builder: Builder | None = None) -> None:
+        self.op, self.plat, self.runner, self.db, self.builder = op, plat, runner, db, builder
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population
         self.overlap, self.screen = overlap, screen
         self.space = choose_space(op, plat.target, space)
@@ -142,11 +152,9 @@ class Tuner:
         return stored_module(self.space, record.trace)
 
     def _setup(self, trials: int) -> SearchSetup:
-        threads = len(os.sched_getaffinity(0))  # the CPUs we may use (taskset, cpuset)
         return SearchSetup(self.op, self.plat.target, self.space, self.scorer, self._cost,
                            seed=self.seed, batch=self.batch, population=self.population,
-                           threads=max(1, threads - 1) if self.overlap else threads,
-                           max_trials=trials)
+                           threads=usable_cpus(self.overlap), max_trials=trials)
 
     def _cost(self, record: Record) -> float:
         """What a strategy ranks a record by: the objective, with the model's energy for a
@@ -218,10 +226,9 @@ class Tuner:
         retrain()
 
         with tempfile.TemporaryDirectory(prefix="tune-artifacts-") as out_dir:
-            threads = len(os.sched_getaffinity(0))
-            builder = Builder(self.space.target, out_dir,
-                              workers=max(1, threads - 1) if self.overlap else threads,
-                              compile_options=self.space.compile_options)
+            builder = self.builder or Builder(self.space.target, out_dir,
+                                              workers=usable_cpus(self.overlap))
+            submitted: list[Future] = []
 
             def plan(candidates: list[Candidate], planned: int,
                      in_flight: Sequence[Candidate] = ()) -> Batch:
@@ -230,7 +237,10 @@ class Tuner:
                 taken = known.keys() | {c.mod_hash for c in in_flight}
                 new = {c.mod_hash: c for c in candidates if c.mod_hash not in taken}
                 fresh = list(new.values())[: remaining - planned]
-                return Batch(candidates, fresh, builder.submit([c.mod for c in fresh]))
+                builds = builder.submit([c.mod for c in fresh], self.space.target,
+                                        self.space.compile_options)
+                submitted.extend(builds)
+                return Batch(candidates, fresh, builds)
 
             proposal: Future | None = None
             try:
@@ -266,7 +276,10 @@ class Tuner:
                 else:
                     stats.exhausted = True
             finally:
-                builder.close()  # cancels queued builds, kills running ones: nothing waits
+                for build in submitted:  # queued for this tune and not measured: dropped
+                    build.cancel()
+                if builder is not self.builder:
+                    builder.close()  # cancels queued builds, kills running ones: nothing waits
                 if proposal is not None:  # interrupted while searching: let the search end
                     proposal.exception()
                 strategy.close()

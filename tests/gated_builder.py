@@ -57,8 +57,8 @@ class GatedBuilder(Builder):
         super().__init__(*args, **kwargs)
         self.log, self.gates, self.numbers = log, gates, itertools.count(1)
 
-    def job(self, mod):
-        fn, args = super().job(mod)
+    def job(self, mod, *rest):
+        fn, args = super().job(mod, *rest)
         number = next(self.numbers)
         return gated_build, (self.log, number, self.gates.get(number), fn, args)
 

@@ -91,6 +91,31 @@ def test_prior_is_scaled_to_measured_units(tmp_path):
     db.close()
 
 
+def test_one_build_pool_serves_every_task_and_round(tmp_path, monkeypatch):
+    """A model tune builds all its tasks' candidates, round after round, in one pool (each fresh
+    build process pays TVM's import), and closes it at the end."""
+    from energy_tuner.compiler import builder, model_tuner, search
+
+    made = []
+
+    class Counted(builder.Builder):
+        def __init__(self, *args, **kwargs) -> None:
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(model_tuner, "Builder", Counted)
+    monkeypatch.setattr(search, "Builder", Counted)
+    db = TuningDatabase(tmp_path / "t.sqlite")
+    found = [Task("matmul", {"m": 32, "n": 32, "k": 32}, "float32", 1),
+             Task("matmul", {"m": 16, "n": 32, "k": 32}, "float32", 1)]
+    cfg = Settings(Objective("latency"), trials=6, first_trials=2, round_trials=2)
+    tuner = ModelTuner(found, resolve("llvm"), db, cfg, "latency only")
+    tuner.run()
+    assert tuner.spent() == 6 and all(s.done(cfg.objective) >= 2 for s in tuner.states)
+    assert made == [tuner.builder] and tuner.builder.closed
+    db.close()
+
+
 def test_tiny_model_tune(model_tune):
     db, lib, report, rc = model_tune
     assert rc == 0
