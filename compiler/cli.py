@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cuda, float32 on llvm; llvm supports float32 only; bfloat16: matmul and "
                         "batch_matmul)")
     p.add_argument("--accum", choices=("float32", "float16"),
-                   help="matmul with --dtype float16: accumulate and write the output in float32 "
+                   help="matmul, batch_matmul with --dtype float16: accumulate and write the output in float32 "
                         "(default) or float16 (as cuBLAS's CUBLAS_COMPUTE_16F; the correctness "
                         "check then allows a relative error of 2^-11 * sqrt(k))")
     p.add_argument("--target", choices=("auto", "cuda", "llvm"), default="auto",
@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def op_params(args: argparse.Namespace) -> list[dict] | None:
     """The op's options: for lut_mpgemm one dict per implementation to tune; None for none."""
-    if args.accum is not None and args.op != "matmul":
-        raise UsageError("--accum applies to --op matmul only")
+    if args.accum is not None and args.op not in ("matmul", "batch_matmul"):
+        raise UsageError("--accum applies to --op matmul and batch_matmul only")
     given = [f for f in ("wbits", "group_size", "impl") if getattr(args, f) is not None]
     if args.op != "lut_mpgemm":
         if given or args.zero_points:

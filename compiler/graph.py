@@ -51,15 +51,19 @@ class Task:
                        self.params)
 
 
+def product_options(dtype: str) -> dict | None:
+    """A float16 matmul or batch_matmul task outputs float16 (accum=float16), as torch's products
+    and nn.Linear do, so that no float32 output is written and cast; the Hopper kernels still sum
+    in float32 and round once."""
+    return {"accum": "float16"} if dtype == "float16" else None
+
+
 def linear_task(m: int, n: int, k: int, dtype: str) -> tuple[str, dict[str, int], str, dict | None]:
     """How a linear layer y[m, n] = x[m, k] W[n, k]^T becomes one of our ops (op, shape, dtype,
-    params): a gemv on W as it is stored when there is one row, else a matmul on W^T (k x n).
-    A float16 matmul outputs float16 (accum=float16), as nn.Linear does, so that no float32
-    output is written and cast; the Hopper kernels still sum in float32 and round once."""
+    params): a gemv on W as it is stored when there is one row, else a matmul on W^T (k x n)."""
     if m == 1:
         return "gemv", {"n": n, "k": k}, dtype, None
-    return "matmul", {"m": m, "n": n, "k": k}, dtype, \
-        {"accum": "float16"} if dtype == "float16" else None
+    return "matmul", {"m": m, "n": n, "k": k}, dtype, product_options(dtype)
 
 
 class _Builder:
@@ -107,10 +111,10 @@ def decoder_layer(hidden: int, ffn: int, heads: int, kv_heads: int, batch: int, 
     v = g.linear("v_proj", tokens, kv, hidden, dtype, [norm])
     rope = g.torch("rope", "rope", [q, k])
     scores = g.task("qk", "batch_matmul", {"b": batch * heads, "m": q_len, "n": seq, "k": head_dim},
-                    dtype, [rope])
+                    dtype, [rope], product_options(dtype))
     probs = g.torch("softmax", "softmax", [scores])
     attn = g.task("pv", "batch_matmul", {"b": batch * heads, "m": q_len, "n": head_dim, "k": seq},
-                  dtype, [probs, v])
+                  dtype, [probs, v], product_options(dtype))
     o = g.linear("o_proj", tokens, hidden, hidden, dtype, [attn])
     res = g.torch("attn_residual", "add", [o])
     norm2 = g.torch("mlp_norm", "rmsnorm", [res])
@@ -304,10 +308,11 @@ def _fx_task(traced, node) -> tuple[str, dict[str, int], str, dict | None] | Non
             or (node.op == "call_method" and node.target in ("matmul", "mm", "bmm"))):
         return None
     if len(x_shape) == 2 and len(w_shape) == 2 and x_shape[1] == w_shape[0]:
-        return "matmul", {"m": x_shape[0], "n": w_shape[1], "k": x_shape[1]}, dtype, None
+        return "matmul", {"m": x_shape[0], "n": w_shape[1], "k": x_shape[1]}, dtype, \
+            product_options(dtype)
     if len(x_shape) == 2 and len(w_shape) == 1 and x_shape[1] == w_shape[0]:
         return "gemv", {"n": x_shape[0], "k": x_shape[1]}, dtype, None
     if len(x_shape) >= 3 and x_shape[:-2] == w_shape[:-2] and x_shape[-1] == w_shape[-2]:
         return "batch_matmul", {"b": math.prod(x_shape[:-2]), "m": x_shape[-2],
-                                "n": w_shape[-1], "k": x_shape[-1]}, dtype, None
+                                "n": w_shape[-1], "k": x_shape[-1]}, dtype, product_options(dtype)
     return None

@@ -1,10 +1,10 @@
 """Dense products: matmul C[m, n] = A[m, k] @ B[k, n], batch_matmul, and gemv y[n] = W[n, k] @ x[k].
 
 float16 means float16 inputs with float32 accumulation and output (what tensor cores do natively
-and what MetaSchedule's WMMA rules match); float32 means float32 throughout. matmul also takes
-float16 inputs with float16 accumulation and output (option accum=float16), as cuBLAS's
-CUBLAS_COMPUTE_16F does: tensor cores accumulate in float16 at up to twice the rate. matmul and
-batch_matmul also take bfloat16 inputs (float32 accumulation and output), the format most LLM
+and what MetaSchedule's WMMA rules match); float32 means float32 throughout. matmul and
+batch_matmul also take float16 inputs with float16 accumulation and output (option
+accum=float16), as cuBLAS's CUBLAS_COMPUTE_16F does: tensor cores accumulate in float16 at up to
+twice the rate. matmul and batch_matmul also take bfloat16 inputs (float32 accumulation and output), the format most LLM
 weights ship in.
 """
 from __future__ import annotations
@@ -38,18 +38,9 @@ class Product(Op):
         return self.shape["k"]
 
 
-@register
-class Matmul(Product):
-    name = "matmul"
-    dtypes = ("float16", "bfloat16", "float32")
-    positional = True
-    default_shape = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
-
-    @property
-    def input_shapes(self):
-        m, n, k = (self.shape[key] for key in self.shape_keys)
-        return [(m, k), (k, n)]
-
+class Accumulation(Op):
+    """The accum option of matmul and batch_matmul: float32 accumulation and output, or float16
+    (from float16 inputs) as cuBLAS's CUBLAS_COMPUTE_16F and torch's float16 products give."""
     options = ("accum",)
 
     @property
@@ -72,13 +63,29 @@ class Matmul(Product):
         if self.output_dtype == "float16" and self.dtype != "float16":
             raise OpError("float16 accumulation needs float16 inputs (--dtype float16)")
 
+    def product(self, a: te.Expr, b: te.Expr) -> te.Expr:
+        """One term of the sum, in the accumulation dtype."""
+        if self.output_dtype == "float16":
+            return a * b
+        return a.astype("float32") * b.astype("float32")
+
+
+@register
+class Matmul(Accumulation, Product):
+    name = "matmul"
+    dtypes = ("float16", "bfloat16", "float32")
+    positional = True
+    default_shape = {"cuda": "4096,4096,4096", "llvm": "256,256,256"}
+
+    @property
+    def input_shapes(self):
+        m, n, k = (self.shape[key] for key in self.shape_keys)
+        return [(m, k), (k, n)]
+
     def compute(self, a, b):
         r = te.reduce_axis((0, self.shape["k"]), name="k")
-        if self.output_dtype == "float16":
-            return te.compute(self.output_shape, lambda i, j: te.sum(a[i, r] * b[r, j], axis=r),
-                              name="C")
         return te.compute(self.output_shape,
-                          lambda i, j: te.sum(_f32(a, i, r) * _f32(b, r, j), axis=r), name="C")
+                          lambda i, j: te.sum(self.product(a[i, r], b[r, j]), axis=r), name="C")
 
     def reference(self, inputs):
         a, b = inputs
@@ -86,7 +93,7 @@ class Matmul(Product):
 
 
 @register
-class BatchMatmul(Op):
+class BatchMatmul(Accumulation):
     name = "batch_matmul"
     dtypes = ("float16", "bfloat16", "float32")
     shape_keys = ("b", "m", "n", "k")
@@ -112,7 +119,7 @@ class BatchMatmul(Op):
     def compute(self, a, b):
         r = te.reduce_axis((0, self.shape["k"]), name="k")
         return te.compute(self.output_shape,
-                          lambda p, i, j: te.sum(_f32(a, p, i, r) * _f32(b, p, r, j), axis=r),
+                          lambda p, i, j: te.sum(self.product(a[p, i, r], b[p, r, j]), axis=r),
                           name="C")
 
     def reference(self, inputs):

@@ -2,7 +2,7 @@
 
 An op declares its shape keys, its input shapes and its TE compute; the base class derives the
 PrimFunc, random inputs, bytes moved and the output description from those. Ops accumulate and
-store in float32, except matmul with the `accum=float16` option.
+store in float32, except matmul and batch_matmul with the `accum=float16` option.
 """
 from __future__ import annotations
 

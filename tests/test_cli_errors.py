@@ -57,7 +57,7 @@ def tune_in_process(args, capsys):
     (["--op", "matmul", "--max-slowdown", "nan"], "--max-slowdown must be at least 1"),
     (["--op", "matmul", "--max-slowdown", "1.1", "--objective", "edp"], "bounds the energy"),
     (["--op", "matmul", "--energy-policy", "never"], "invalid choice"),
-    (["--op", "gemv", "--accum", "float16"], "--accum applies to --op matmul only"),
+    (["--op", "gemv", "--accum", "float16"], "--accum applies to --op matmul and batch_matmul only"),
     (["--op", "matmul", "--accum", "float16"], "float16 accumulation needs float16 inputs"),
     (["--op", "matmul", "--accum", "int8"], "invalid choice"),
     (["--op", "lut_mpgemm", "--group-size", "0"], "--group-size 0 must be a positive multiple"),

@@ -145,6 +145,7 @@ LOWERED = [
     ("512,768,1024", None, "matmul", dict(BEST, block_n=128, consumers=1, stages=3,
                                           warp_specialized=False, persistent=False)),
     ("b=4,m=256,n=256,k=512", None, "batch_matmul", dict(BEST, block_n=64, persistent=False)),
+    ("b=4,m=256,n=256,k=512", "float16", "batch_matmul", dict(TMA_EPILOGUE, block_n=64)),
 ]
 
 
@@ -292,6 +293,8 @@ CORRECT = [
     ("b=3,m=256,n=512,k=512", None, "batch_matmul", HALF_EPILOGUE),
     ("1024,1024,2048", "bf16", "matmul", HALF_EPILOGUE),                    # bfloat16 inputs
     ("b=3,m=256,n=512,k=512", "bf16", "batch_matmul", BEST),
+    ("b=3,m=256,n=512,k=512", "float16", "batch_matmul", BEST),             # float16 output
+    ("b=3,m=256,n=512,k=512", "float16", "batch_matmul", TMA_EPILOGUE),
 ]
 
 

@@ -90,9 +90,12 @@ def test_key_value_and_positional_shapes_agree():
     assert conv.shape["stride"] == 1 and conv.shape["pad"] == 0
 
 
-def test_float16_accumulation_matches_numpy_within_its_bound_on_llvm():
-    op = make_op("matmul", "16,24,512", "float16", {"accum": "float16"})
-    assert op.output_dtype == "float16" and op.bytes_moved == (16 * 512 + 512 * 24 + 16 * 24) * 2
+@pytest.mark.parametrize("name, shape, batch", [("matmul", "16,24,512", 1),
+                                                ("batch_matmul", "b=3,m=16,n=24,k=512", 3)])
+def test_float16_accumulation_matches_numpy_within_its_bound_on_llvm(name, shape, batch):
+    op = make_op(name, shape, "float16", {"accum": "float16"})
+    assert op.output_dtype == "float16"
+    assert op.bytes_moved == batch * (16 * 512 + 512 * 24 + 16 * 24) * 2
     ex = tvm.compile(tvm.IRModule({"main": op.prim_func()}), target="llvm")
     inputs = op.inputs(np.random.default_rng(0))
     out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, "float16"))
@@ -100,7 +103,7 @@ def test_float16_accumulation_matches_numpy_within_its_bound_on_llvm():
     ref = op.reference(inputs)
     assert np.linalg.norm(out.numpy() - ref) / np.linalg.norm(ref) < op.tolerance
     # the default (float32 accumulation) keeps the workload identity it always had
-    assert "params" not in make_op("matmul", "16,24,512", "float16").describe()
+    assert "params" not in make_op(name, shape, "float16").describe()
 
 
 def test_float16_accumulation_bound_passes_rounding_and_fails_dropped_products():
