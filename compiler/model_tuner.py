@@ -131,17 +131,14 @@ class ModelTuner:
                  no_meter: str | None) -> None:
         self.plat, self.db, self.settings, self.no_meter = plat, db, settings, no_meter
         self.overlap = plat.kind == "cuda" and settings.overlap
-        # one build pool for every task: its processes import TVM (and, for MetaSchedule's
-        # pipeline, tensor_intrin) once per model tune, not once per task and round
-        self._artifacts = tempfile.TemporaryDirectory(prefix="tune-model-artifacts-")
-        self.builder = Builder(plat.target, self._artifacts.name, workers=usable_cpus(self.overlap))
+        self.builder: Builder | None = None   # made by the first round (`_builder`)
         self.states = []
         for task in tasks:
             op = task.make_op()
             tuner = Tuner(op, plat, None, db, settings.objective, seed=settings.seed,
                           batch=settings.batch, population=settings.population,
                           energy_policy=settings.energy_policy, overlap=self.overlap,
-                          measurement=self._measurement(), builder=self.builder)
+                          measurement=self._measurement())
             state = TaskState(task, op, tuner, prior_cost(op, plat.kind, settings.quantity))
             state.records = db.records(tuner.key)
             state.planned = state.done(settings.objective)
@@ -183,7 +180,7 @@ class ModelTuner:
                     state.planned = before + extra
                     if state.runner is None:
                         state.runner = self._runner(state.op)
-                        state.tuner.runner = state.runner
+                        state.tuner.runner, state.tuner.builder = state.runner, self._builder()
                     result = state.tuner.tune(state.planned,
                                               on_record=lambda r, s=state: on_record(s, r))
                     state.records = result.records
@@ -205,9 +202,20 @@ class ModelTuner:
                                          self._config(), self.settings.seed,
                                          None if self.no_meter else powercap_root()))
 
+    def _builder(self) -> Builder:
+        """One build pool for every task: its processes import TVM (and, for MetaSchedule's
+        pipeline, tensor_intrin) once per model tune, not once per task and round."""
+        if self.builder is None:
+            self._artifacts = tempfile.TemporaryDirectory(prefix="tune-model-artifacts-")
+            self.builder = Builder(self.plat.target, self._artifacts.name,
+                                   workers=usable_cpus(self.overlap))
+        return self.builder
+
     def close(self) -> None:
-        self.builder.close()
-        self._artifacts.cleanup()
+        if self.builder is not None:
+            self.builder.close()
+            self._artifacts.cleanup()
+            self.builder = None
         for state in self.states:
             if state.runner is not None:
                 state.runner.close()
