@@ -1,4 +1,5 @@
-"""Dense products: matmul C[m, n] = A[m, k] @ B[k, n], batch_matmul, and gemv y[n] = W[n, k] @ x[k].
+"""Dense products: matmul C[m, n] = A[m, k] @ B[k, n], batch_matmul, gemv y[n] = W[n, k] @ x[k] and
+linear y[m, n] = x[m, k] @ W[n, k]^T (W as nn.Linear stores it; decode's skinny GEMM at m <= 16).
 
 float16 means float16 inputs with float32 accumulation and output (what tensor cores do natively
 and what MetaSchedule's WMMA rules match); float32 means float32 throughout. matmul and
@@ -158,3 +159,26 @@ class Gemv(Op):
     def reference(self, inputs):
         w, x = inputs
         return w.astype("float32") @ x.astype("float32")
+
+
+@register
+class Linear(Product):
+    """A linear layer without bias, y = x W^T, on W as stored (n x k, k contiguous), so that a
+    kernel streams the weights row by row as a GEMV does. float32 accumulation and output."""
+    name = "linear"
+    positional = True
+    default_shape = {"cuda": "16,14336,4096", "llvm": "8,256,256"}
+
+    @property
+    def input_shapes(self):
+        m, n, k = (self.shape[key] for key in self.shape_keys)
+        return [(m, k), (n, k)]
+
+    def compute(self, x, w):
+        r = te.reduce_axis((0, self.shape["k"]), name="k")
+        return te.compute(self.output_shape,
+                          lambda i, j: te.sum(_f32(x, i, r) * _f32(w, j, r), axis=r), name="y")
+
+    def reference(self, inputs):
+        x, w = inputs
+        return x.astype("float32") @ w.astype("float32").T

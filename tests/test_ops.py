@@ -39,7 +39,7 @@ def test_unknown_op_and_dtype():
         make_op("matmul", "1,1,1", "int8")
 
 
-CASES = [("matmul", "16,24,8"), ("batch_matmul", "b=2,m=8,n=12,k=5"), ("gemv", "24,40"),
+CASES = [("matmul", "16,24,8"), ("linear", "5,24,40"), ("linear", "m=1,n=8,k=16"), ("batch_matmul", "b=2,m=8,n=12,k=5"), ("gemv", "24,40"),
          ("gemv", "n=24,k=40"), ("conv2d", "n=2,h=9,w=7,c=3,k=5,r=3,s=2,stride=2,pad=1"),
          ("conv2d", "n=1,h=6,w=6,c=4,k=3,r=1,s=1"), ("conv2d", "n=1,h=6,w=6,c=4,k=3,r=1,s=1,pad=0")]
 
@@ -133,3 +133,27 @@ def test_bfloat16_inputs_for_the_dense_products_only():
             make_op(name, shape, "bfloat16")
     with pytest.raises(OpError, match="float16 accumulation needs float16 inputs"):
         make_op("matmul", "64,64,64", "bfloat16", {"accum": "float16"})
+
+
+def test_linear_is_x_times_w_transposed_with_matmul_bounds():
+    """linear y = x W^T on W as nn.Linear stores it (n x k); float16 in, float32 out, and the
+    element-wise bound catches one element off that the norm alone would let through."""
+    from energy_tuner.measure.correctness import Expected, judge
+
+    op = make_op("linear", "9,64,512", "float16")
+    assert op.input_shapes == [(9, 512), (64, 512)] and op.output_shape == (9, 64)
+    assert op.flops == 2 * 9 * 64 * 512 and op.output_dtype == "float32"
+    assert op.bytes_moved == (9 * 512 + 64 * 512) * 2 + 9 * 64 * 4
+    x, w = op.inputs(np.random.default_rng(2))
+    exact = x.astype("float64") @ w.astype("float64").T
+    np.testing.assert_allclose(op.reference([x, w]), exact, rtol=1e-5, atol=1e-5)
+    ex = tvm.compile(tvm.IRModule({"main": op.prim_func()}), target="llvm")
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, "float32"))
+    ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+    expected = Expected([x, w], op.reference([x, w]), op.error_bound([x, w]))
+    assert judge(op, expected, out.numpy()).ok
+    wrong = out.numpy().copy()
+    wrong[4, 7] += 3 * expected.bound[4, 7]         # one element off by 3x its bound
+    assert "beyond the element-wise bound" in judge(op, expected, wrong).problem
+    with pytest.raises(OpError, match="does not support dtype 'bfloat16'"):
+        make_op("linear", "2,8,8", "bfloat16")
