@@ -1,6 +1,6 @@
 """A model's operator graph as a networkx DAG, and the tuning tasks it holds.
 
-Nodes carry `kind` "task" (an op we tune: matmul, batch_matmul, gemv, conv2d, with `op`, `shape`
+Nodes carry `kind` "task" (an op we tune: matmul, batch_matmul, gemv, linear, conv2d, with `op`, `shape`
 and `dtype`) or "torch" (left to torch: norms, softmax, activations, additions; `op` names it);
 edges follow the data. Graphs come from a small declarative spec (`spec_graph`: a LLaMA-style
 decoder layer in prefill or decode, a ResNet-50 stage) or from a torch.fx trace of an nn.Module
@@ -58,11 +58,17 @@ def product_options(dtype: str) -> dict | None:
     return {"accum": "float16"} if dtype == "float16" else None
 
 
+LINEAR_MAX_ROWS = 16     # up to here a linear layer is a skinny GEMM on W as stored (decode)
+
+
 def linear_task(m: int, n: int, k: int, dtype: str) -> tuple[str, dict[str, int], str, dict | None]:
     """How a linear layer y[m, n] = x[m, k] W[n, k]^T becomes one of our ops (op, shape, dtype,
-    params): a gemv on W as it is stored when there is one row, else a matmul on W^T (k x n)."""
+    params): a gemv on W as it is stored when there is one row, a `linear` on W as stored for
+    2..16 rows (decode at a batch; float32 out, cast by the caller), else a matmul on W^T (k x n)."""
     if m == 1:
         return "gemv", {"n": n, "k": k}, dtype, None
+    if m <= LINEAR_MAX_ROWS:
+        return "linear", {"m": m, "n": n, "k": k}, dtype, None
     return "matmul", {"m": m, "n": n, "k": k}, dtype, product_options(dtype)
 
 

@@ -31,7 +31,7 @@ def gpu_records() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def model_tune(tmp_path_factory):
-    """`tune-model` on tests/data/tiny_model.py (two matmul tasks) for 6 trials on llvm, exported
+    """`tune-model` on tests/data/tiny_model.py (two linear tasks) for 6 trials on llvm, exported
     as a library; returns (db path, library dir, JSON report path, rc)."""
     from energy_tuner.compiler.model_cli import main
 

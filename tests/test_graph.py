@@ -34,14 +34,21 @@ def test_decoder_decode_batch1_is_gemvs_and_attention_bmms():
     assert nx.has_path(g, "q_proj", "down_proj")
 
 
-def test_decoder_prefill_and_batched_decode_are_matmuls():
+def test_decoder_prefill_is_matmuls_and_batched_decode_is_linears():
     prefill = by_label(tasks(spec_graph({**LLAMA, "batch": 1, "seq": 2048}, "float16")))
     assert prefill[("matmul", (2048, 14336, 4096))].count == 2
     assert prefill[("batch_matmul", (32, 2048, 2048, 128))].count == 1
     decode16 = by_label(tasks(spec_graph({**LLAMA, "batch": 16, "seq": 512, "phase": "decode"},
                                          "float16")))
-    assert decode16[("matmul", (16, 1024, 4096))].count == 2
+    assert {k: t.count for k, t in decode16.items() if k[0] != "batch_matmul"} == {
+        ("linear", (16, 4096, 4096)): 2, ("linear", (16, 1024, 4096)): 2,
+        ("linear", (16, 14336, 4096)): 2, ("linear", (16, 4096, 14336)): 1}
+    assert decode16[("linear", (16, 1024, 4096))].params is None
+    assert decode16[("linear", (16, 1024, 4096))].make_op().input_shapes == [(16, 4096), (1024, 4096)]
     assert decode16[("batch_matmul", (512, 1, 512, 128))].count == 1
+    decode17 = by_label(tasks(spec_graph({**LLAMA, "batch": 17, "seq": 512, "phase": "decode"},
+                                         "float16")))
+    assert decode17[("matmul", (17, 1024, 4096))].params == {"accum": "float16"}
     # float16 products give float16 out, as nn.Linear and torch.matmul do
     assert prefill[("matmul", (2048, 14336, 4096))].make_op().output_dtype == "float16"
     assert prefill[("batch_matmul", (32, 2048, 2048, 128))].make_op().output_dtype == "float16"
@@ -111,8 +118,8 @@ def test_fx_trace_of_a_module():
     module, inputs = mod.build()
     g = module_graph(module, inputs)
     found = by_label(tasks(g))
-    assert {k: t.count for k, t in found.items()} == {("matmul", (4, 32, 16)): 2,
-                                                      ("matmul", (4, 16, 32)): 1}
+    assert {k: t.count for k, t in found.items()} == {("linear", (4, 32, 16)): 2,
+                                                      ("linear", (4, 16, 32)): 1}
     assert [g.nodes[n]["op"] for n in g if g.nodes[n]["kind"] == "torch"] == ["relu"]
 
 
@@ -139,7 +146,7 @@ def test_fx_maps_products_and_convs_and_leaves_the_rest():
         ("conv2d", (2, 8, 8, 3, 8, 3, 3, 2, 1)),       # NCHW module -> NHWC task
         ("batch_matmul", (6, 5, 6, 7)),                # 4-D matmul over 2 x 3 heads
         ("batch_matmul", (3, 5, 6, 7)),
-        ("matmul", (2, 4, 8)),                         # F.linear
+        ("linear", (2, 4, 8)),                         # F.linear, 2 rows
         ("gemv", (9, 7)),                              # matrix @ vector
         ("batch_matmul", (6, 5, 5, 7))}                # the float16 product q q^T
     assert found[("batch_matmul", (6, 5, 5, 7))].dtype == "float16"   # grouped conv: torch

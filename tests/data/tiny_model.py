@@ -1,7 +1,7 @@
 """A tiny nn.Module for tune-model tests: two linear layers, one of them used twice.
 
-Traced on x of shape (2, 2, 16), its tasks are matmul m=4,n=32,k=16 (twice per forward pass)
-and matmul m=4,n=16,k=32 (once); the ReLU stays with torch.
+Traced on x of shape (2, 2, 16), its tasks are linear m=4,n=32,k=16 (twice per forward pass)
+and linear m=4,n=16,k=32 (once); the ReLU stays with torch.
 """
 import torch
 
