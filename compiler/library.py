@@ -10,6 +10,7 @@ then registers the ops as torch.library custom ops in the namespace `energy_tune
 implementations, so torch.compile traces them):
 
     energy_tuner::matmul(a[m,k], b[k,n], out_dtype)        energy_tuner::gemv(w[n,k], x[k], out_dtype)
+    energy_tuner::linear(x[m,k], w[n,k], out_dtype)        (y = x w^T, w as nn.Linear stores it)
     energy_tuner::batch_matmul(a[b,m,k], b[b,k,n], out_dtype)
     energy_tuner::conv2d(x[n,h,w,c] NHWC, w[r,s,c,k] RSCK, stride, pad, out_dtype)
 
@@ -35,7 +36,7 @@ from .graph import linear_task
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-LIBRARY_OPS = ("matmul", "batch_matmul", "gemv", "conv2d")
+LIBRARY_OPS = ("matmul", "batch_matmul", "gemv", "linear", "conv2d")
 
 
 class LibraryError(RuntimeError):
@@ -117,6 +118,8 @@ def _out_shape(op: str, shapes: list[tuple[int, ...]], stride: int = 1,
         return a[0], a[1], b[2]
     if op == "gemv":
         return (a[0],)
+    if op == "linear":
+        return a[0], b[0]
     n, h, w, _ = a
     r, s, _, k = b
     return n, (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1, k
@@ -130,6 +133,8 @@ def torch_op(op: str, a, b, stride: int = 1, pad: int = 0):
     if op == "conv2d":
         return F.conv2d(a.permute(0, 3, 1, 2), b.permute(3, 2, 0, 1), stride=stride,
                         padding=pad).permute(0, 2, 3, 1)
+    if op == "linear":
+        return F.linear(a, b)
     return torch.mv(a, b) if op == "gemv" else torch.matmul(a, b)
 
 
@@ -201,6 +206,7 @@ def _register_ops() -> None:
     schemas = {"matmul": "(Tensor a, Tensor b, ScalarType out_dtype) -> Tensor",
                "batch_matmul": "(Tensor a, Tensor b, ScalarType out_dtype) -> Tensor",
                "gemv": "(Tensor w, Tensor x, ScalarType out_dtype) -> Tensor",
+               "linear": "(Tensor x, Tensor w, ScalarType out_dtype) -> Tensor",
                "conv2d": "(Tensor x, Tensor w, int stride, int pad, ScalarType out_dtype) -> Tensor"}
     for op, schema in schemas.items():
         def run(a, b, *rest, op=op):
@@ -337,8 +343,8 @@ def linear_class() -> type:
     import torch
 
     class LibraryLinear(torch.nn.Module):
-        """An nn.Linear computed by the library's ops (`graph.linear_task` picks gemv or
-        matmul); the weight is also kept transposed (k x n) for matmul. Output in x's dtype."""
+        """An nn.Linear computed by the library's ops (`graph.linear_task` picks gemv, linear
+        or matmul); the weight is also kept transposed (k x n) for matmul. Output in x's dtype."""
 
         def __init__(self, linear: torch.nn.Linear, library: Library) -> None:
             super().__init__()
@@ -351,8 +357,10 @@ def linear_class() -> type:
             n = self.weight.shape[0]
             dtype = str(x.dtype).removeprefix("torch.")
             op = linear_task(math.prod(lead), n, k, dtype)[0]
-            a, b = (self.weight.detach(), x.reshape(k)) if op == "gemv" else \
-                (x.reshape(-1, k), self.weight_t)
+            if op == "gemv":
+                a, b = self.weight.detach(), x.reshape(k)
+            else:
+                a, b = x.reshape(-1, k), self.weight.detach() if op == "linear" else self.weight_t
             out_dtype = self.library.out_dtype(op, [tuple(a.shape), tuple(b.shape)], dtype)
             y = getattr(torch.ops.energy_tuner, op)(a, b, getattr(torch, out_dtype))
             y = y.reshape(*lead, n).to(x.dtype)
