@@ -121,8 +121,8 @@ def tune_tasks_on(found: list[Task], *, target: str = "auto",
     if trials < 1:
         raise UsageError(f"--trials must be at least 1, got {trials}")
     if not found:
-        raise GraphError("the model has no op this compiler tunes (matmul, batch_matmul, gemv, linear, "
-                         "conv2d); nothing to do")
+        raise GraphError("the model has no op this compiler tunes (matmul, batch_matmul, gemv, "
+                         "linear, conv2d); nothing to do")
     plat, no_meter, database = _setup(target, objective, db)
     console = console or Console(stderr=True)
     try:
