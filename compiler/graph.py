@@ -1,7 +1,7 @@
 """A model's operator graph as a networkx DAG, and the tuning tasks it holds.
 
-Nodes carry `kind` "task" (an op we tune: matmul, batch_matmul, gemv, linear, conv2d, with `op`, `shape`
-and `dtype`) or "torch" (left to torch: norms, softmax, activations, additions; `op` names it);
+Nodes carry `kind` "task" (an op we tune: matmul, batch_matmul, gemv, linear, conv2d, with `op`,
+`shape` and `dtype`) or "torch" (left to torch: norms, softmax, activations, additions; `op` names it);
 edges follow the data. Graphs come from a small declarative spec (`spec_graph`: a LLaMA-style
 decoder layer in prefill or decode, a ResNet-50 stage) or from a torch.fx trace of an nn.Module
 (`module_graph`). `tasks` deduplicates the task nodes by workload and counts them per forward pass.
