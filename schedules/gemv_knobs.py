@@ -282,6 +282,7 @@ class _SplitKWriter:
 
     def __init__(self, space: GemvKnobs, config: Config, emulate: bool) -> None:
         self.n, self.k, self.emulate = space.n, space.k, emulate
+        self.outputs = space.n           # elements of y, as zeroed, split and reduced here
         self.split, self.threads = int(config["split_k"]), space.threads(config)
         self.k_slice = space.k_slice(config)
         self.grid_x, self.blocks = space.grid_x(config), space.row_blocks(config)
@@ -291,7 +292,8 @@ class _SplitKWriter:
         self.atomic = self.split > 1 and not self.two_pass
 
     def declare(self) -> None:
-        """The kernel's arguments: self.x (k,) and self.y (n,) as the kernel indexes them."""
+        """The kernel's arguments: self.x and self.y (`outputs` elements) as the kernel indexes
+        them."""
         raise NotImplementedError
 
     def block(self) -> None:
@@ -301,9 +303,9 @@ class _SplitKWriter:
     def body(self) -> None:
         self.declare()
         if self.atomic:
-            _elementwise(self.emulate, self.n,
+            _elementwise(self.emulate, self.outputs,
                          lambda i: T.buffer_store(self.y, tirx.const(0.0, "float32"), [i]))
-        self.part = T.alloc_buffer((self.split, self.n), "float32") if self.two_pass else None
+        self.part = T.alloc_buffer((self.split, self.outputs), "float32") if self.two_pass else None
         self.simt = Simt(self.threads, self.emulate)
         with self.simt.launch([("blockIdx.x", self.grid_x), ("blockIdx.y", self.split)]) as (bx, ks):
             self.bx, self.ks = bx, ks
@@ -314,7 +316,7 @@ class _SplitKWriter:
                 for s in range(1, self.split):
                     total = total + self.part[s, i]
                 T.buffer_store(self.y, total, [i])
-            _elementwise(self.emulate, self.n, reduce)
+            _elementwise(self.emulate, self.outputs, reduce)
 
     def evict_first_policy(self):
         """`nc_evict_first` on CUDA: a register holding an L2 evict_first cache policy."""

@@ -102,11 +102,14 @@ class GemvMmaKnobs(GemvKnobs):
         unrolled chunk."""
         return 2 * int(config["unroll"]) * 16
 
+    def step_instructions(self, config: Config) -> float:
+        """Per thread and step: 3 loads per chunk (2 rows, x), 2 mmas per chunk, ~3 for the loop."""
+        return 5 * int(config["unroll"]) + 3
+
     def features(self, config: Config) -> dict[str, float]:
-        # per thread and step: 3 loads per chunk (2 rows, x), 2 mmas per chunk, ~3 for the loop
-        step_instructions = 5 * int(config["unroll"]) + 3
         return {**self.launch_features(config), "warps_k": int(config["warps_k"]),
-                "instructions_per_byte": step_instructions / self.bytes_per_thread_step(config),
+                "instructions_per_byte": self.step_instructions(config)
+                / self.bytes_per_thread_step(config),
                 "x_shared": float(config["x_stage"] == "shared")}
 
     def writer(self, config: Config, emulate: bool) -> _MmaWriter:
@@ -116,7 +119,9 @@ class GemvMmaKnobs(GemvKnobs):
 class _MmaWriter(_Writer):
     """Writes the kernel of one config (see the module docstring for its structure); the split-k
     launch, the arguments, x staging, the evict-first policy and the result write are the SIMT
-    writer's."""
+    writer's. `tiles` n8 tiles of B (x columns) share each A fragment: 1 for a GEMV."""
+
+    tiles = 1
 
     def __init__(self, space: GemvMmaKnobs, config: Config, emulate: bool) -> None:
         _SplitKWriter.__init__(self, space, config, emulate)   # not _Writer's SIMT geometry
@@ -140,17 +145,18 @@ class _MmaWriter(_Writer):
     # -- the CTA's program -----------------------------------------------------------------------
     def block(self) -> None:
         simt = self.simt
-        self.acc = simt.reg((4,), "float32")       # the C fragment: rows g, g + 8 x 2 columns
+        # per tile the C fragment: rows g, g + 8 x 2 columns
+        self.acc = simt.reg((4 * self.tiles,), "float32")
         self.w_reg = simt.reg((2 * self.unroll * CHUNK,), "float16")
-        self.x_reg = simt.reg((self.unroll * CHUNK,), "float16")
+        self.x_reg = simt.reg((self.tiles * self.unroll * CHUNK,), "float16")
         self.stage_x()
-        self.red = simt.shared((self.rows, self.warps_k), "float32") if self.warps_k > 1 else None
+        self.red = self.reduction_buffer() if self.warps_k > 1 else None
         policy = self.evict_first_policy()
         with T.serial(0, self.visits) as visit:
             rb = self.bx + visit * self.grid_x
             guard = _UniformIf(rb < self.blocks) if self.blocks % self.grid_x else None
             with simt.threads() as t:
-                for i in range(4):
+                for i in range(4 * self.tiles):
                     self.acc.store(t, tirx.const(0.0, "float32"), i)
             with T.serial(0, self.steps) as s:
                 with simt.threads() as t:
@@ -164,6 +170,10 @@ class _MmaWriter(_Writer):
             if guard is not None:
                 guard.close()
 
+    def reduction_buffer(self) -> tirx.Buffer:
+        """Shared memory where the k-warps' sums meet: (rows, warps_k)."""
+        return self.simt.shared((self.rows, self.warps_k), "float32")
+
     def load_step(self, t, rb, s, policy) -> None:
         """Every chunk of step s: the two rows' weights, then x (all loads before any mma)."""
         for half in range(2):
@@ -171,6 +181,10 @@ class _MmaWriter(_Writer):
             for u in range(self.unroll):
                 col = self.ks * self.k_slice + self.column(t, s, u)
                 self.load_w(t, (half * self.unroll + u) * CHUNK, row, col, policy)
+        self.load_x(t, s)
+
+    def load_x(self, t, s) -> None:
+        """x_reg[u * 8 : u * 8 + 8] = x at the columns of thread t's u-th chunk of step s."""
         for u in range(self.unroll):
             self.x_reg.store(t, self.x_src[ramp(self.x_base + self.column(t, s, u), CHUNK)],
                              ramp(u * CHUNK, CHUNK))
@@ -198,13 +212,17 @@ class _MmaWriter(_Writer):
         return a, b
 
     def mmas(self, t) -> None:
-        """The step's mmas: two per chunk, into the accumulators."""
+        """The step's mmas: two per chunk and tile, into the tile's accumulators (tile i's x
+        registers follow tile i - 1's)."""
         aw, bw = self.w_reg.view("uint32"), self.x_reg.view("uint32")
+        tile_words = self.unroll * CHUNK // 2
         for u in range(self.unroll):
             for j in range(2):
                 a, b = self.fragments(u, j)
-                mma_m16n8k16(self.simt, t, aw, tuple(i // 2 for i in a[::2]),
-                             bw, tuple(i // 2 for i in b[::2]), self.acc, (0, 1, 2, 3))
+                for i in range(self.tiles):
+                    mma_m16n8k16(self.simt, t, aw, tuple(v // 2 for v in a[::2]),
+                                 bw, tuple(v // 2 + i * tile_words for v in b[::2]),
+                                 self.acc, tuple(range(4 * i, 4 * i + 4)))
 
     def reduce_and_write(self, rb) -> None:
         """Thread c = 0 of each warp holds its rows' sums (accumulators 0 and 2); with k-warps
