@@ -171,8 +171,8 @@ class Linear(Product):
 
     @property
     def input_shapes(self):
-        m, n, k = (self.shape[key] for key in self.shape_keys)
-        return [(m, k), (n, k)]
+        """x (m x k) and W (n x k)."""
+        return [(self.shape["m"], self.shape["k"]), (self.shape["n"], self.shape["k"])]
 
     def compute(self, x, w):
         r = te.reduce_axis((0, self.shape["k"]), name="k")

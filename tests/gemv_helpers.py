@@ -21,6 +21,26 @@ SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 
 
+# the knobs of gemv-mma (and of linear-mma, which shares them) for a plain, one-CTA-per-block kernel
+MMA_BASE = {"warps": 4, "warps_k": 1, "unroll": 2, "ctas_per_sm": 0, "load": "plain",
+            "prefetch": "none", "x_stage": "global", "split_k": 1, "split_reduce": "atomic"}
+
+
+def has_gpu() -> bool:
+    """Whether TVM sees a CUDA GPU here."""
+    try:
+        return tvm.cuda(0).exist
+    except Exception:
+        return False
+
+
+def check_on_gpu(s: GemvKnobs, cfg: Config, inputs: list[np.ndarray]) -> None:
+    """Assert that s's kernel for cfg, compiled for s.target, is within the op's tolerance on
+    GPU 0."""
+    ex = tvm.compile(s.module(cfg), target=s.target, **s.compile_options)
+    assert run_error(ex, s, inputs, tvm.cuda(0)) <= s.op.tolerance
+
+
 def check_fp16_gemv_only(cls: type[GemvKnobs]) -> None:
     """Assert that knob_spaces lists cls for an fp16 gemv on sm_90a, and that cls applies neither
     on llvm nor to a float32 gemv."""

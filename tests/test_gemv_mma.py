@@ -12,12 +12,10 @@ from tvm.target import Target
 
 from energy_tuner.schedules import make_op
 from energy_tuner.schedules.gemv_mma import GemvMmaKnobs, _MmaWriter
-from tests.gemv_helpers import (SM90, check_emulation, check_fp16_gemv_only, cuda_source,
-                                gemv_inputs, mutated_knobs, nvcc, run_error, run_emulated,
-                                valid_samples)
+from tests.gemv_helpers import (MMA_BASE, SM90, check_emulation, check_fp16_gemv_only,
+                                check_on_gpu, cuda_source, gemv_inputs, has_gpu, mutated_knobs,
+                                nvcc, run_emulated, valid_samples)
 
-BASE = {"warps": 4, "warps_k": 1, "unroll": 2, "ctas_per_sm": 0, "load": "plain",
-        "prefetch": "none", "x_stage": "global", "split_k": 1, "split_reduce": "atomic"}
 PATHS = {
     "a warp per 16 rows": {},
     "k-warps through shared": {"warps": 8, "warps_k": 4, "unroll": 1},
@@ -34,7 +32,7 @@ def space(n=320, k=1024, sms=2, target=SM90) -> GemvMmaKnobs:
 
 
 def config(**changes) -> dict:
-    return {**BASE, **changes}
+    return {**MMA_BASE, **changes}
 
 
 def test_registered_for_fp16_gemv_on_sm80_plus_only():
@@ -97,20 +95,12 @@ def test_cuda_source_has_mma_and_compiles(changes, tmp_path):
     nvcc(source, tmp_path, "cubin")
 
 
-def _gpu() -> bool:
-    try:
-        return tvm.cuda(0).exist
-    except Exception:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not has_gpu(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("changes", [{}, {"warps": 8, "warps_k": 4, "unroll": 1, "load": "nc"},
                                      {"split_k": 4, "ctas_per_sm": 2, "x_stage": "shared"},
                                      {"split_k": 2, "split_reduce": "two_pass", "unroll": 8,
                                       "load": "nc_evict_first"}])
 def test_kernel_on_the_gpu_matches_numpy(changes):
     s = GemvMmaKnobs(make_op("gemv", "4096,4096", "float16"), Target.from_device(tvm.cuda(0)))
-    ex = tvm.compile(s.module(config(**changes)), target=s.target, **s.compile_options)
-    assert run_error(ex, s, gemv_inputs(s), tvm.cuda(0)) <= s.op.tolerance
+    check_on_gpu(s, config(**changes), gemv_inputs(s))

@@ -12,11 +12,9 @@ from tvm.target import Target
 from energy_tuner.schedules import make_op
 from energy_tuner.schedules.knobs import knob_spaces
 from energy_tuner.schedules.linear_mma import LinearMmaKnobs, _LinearWriter
-from tests.gemv_helpers import (SM90, check_emulation, cuda_source, mutated_knobs, nvcc,
-                                op_inputs, run_error, run_emulated)
+from tests.gemv_helpers import (MMA_BASE, SM90, check_emulation, check_on_gpu, cuda_source,
+                                has_gpu, mutated_knobs, nvcc, op_inputs, run_emulated)
 
-BASE = {"warps": 4, "warps_k": 1, "unroll": 2, "ctas_per_sm": 0, "load": "plain",
-        "prefetch": "none", "x_stage": "global", "split_k": 1, "split_reduce": "atomic"}
 PATHS = {
     "a warp per 16 rows": {},
     "k-warps through shared": {"warps": 8, "warps_k": 4, "unroll": 1},
@@ -39,7 +37,7 @@ def space(m=9, n=320, k=1024, sms=2, target=SM90) -> LinearMmaKnobs:
 
 
 def config(**changes) -> dict:
-    return {**BASE, **changes}
+    return {**MMA_BASE, **changes}
 
 
 def test_registered_for_fp16_linear_up_to_16_rows_on_sm80_plus_only():
@@ -54,15 +52,14 @@ def test_registered_for_fp16_linear_up_to_16_rows_on_sm80_plus_only():
     assert not LinearMmaKnobs.auto and space().seeds() == []
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"warps": 2, "warps_k": 4}, "warps_k 4 does not divide warps 2"),
-    ({"warps": 8}, "128 rows per CTA (16 x warps / warps_k) do not divide n=4112"),
-    ({"split_reduce": "two_pass"}, "split_reduce only matters with split_k > 1"),
-    ({"prefetch": "L2::128B"}, "prefetch qualifiers apply to the ld.global.nc loads only"),
-])
-def test_reject_says_why(changes, reason):
-    got = space(n=4112, k=4096).reject(config(**{"warps": 1, **changes}))
-    assert got is not None and got.startswith(reason), got
+def test_reject_applies_gemv_mmas_rules_to_the_weights():
+    """Rows per CTA must divide n and steps the k slice, whatever m is."""
+    s = space(m=5, n=4112, k=4096)
+    assert s.reject(config(warps=1)) is None
+    assert s.reject(config(warps=8)).startswith("128 rows per CTA (16 x warps / warps_k) do not "
+                                                "divide n=4112")
+    assert s.reject(config(warps=8, warps_k=8, split_k=8, unroll=8)).startswith(
+        "a step of 2048 columns")
 
 
 def test_shared_memory_holds_the_k_warps_sums_of_every_tile():
@@ -121,15 +118,8 @@ def test_cuda_source_has_mma_and_compiles(m, changes, tmp_path):
     nvcc(source, tmp_path, "cubin")
 
 
-def _gpu() -> bool:
-    try:
-        return tvm.cuda(0).exist
-    except Exception:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not has_gpu(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("m", [2, 5, 8, 9, 16])
 @pytest.mark.parametrize("changes", [{}, {"warps": 8, "warps_k": 4, "unroll": 1, "load": "nc"},
                                      {"split_k": 4, "ctas_per_sm": 2},
@@ -138,5 +128,4 @@ def _gpu() -> bool:
 def test_kernel_on_the_gpu_matches_numpy(m, changes):
     s = LinearMmaKnobs(make_op("linear", f"{m},4096,4096", "float16"),
                        Target.from_device(tvm.cuda(0)))
-    ex = tvm.compile(s.module(config(**changes)), target=s.target, **s.compile_options)
-    assert run_error(ex, s, op_inputs(s), tvm.cuda(0)) <= s.op.tolerance
+    check_on_gpu(s, config(**changes), op_inputs(s))
