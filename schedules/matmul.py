@@ -23,7 +23,8 @@ def _f32(x: te.Tensor, *idx) -> te.Expr:
 
 
 class Product(Op):
-    """An (m, k) x (k, n) product: the output shape and FLOPs of matmul and of lut_mpgemm."""
+    """An m x n output of k products each: the output shape and FLOPs of matmul, linear and
+    lut_mpgemm."""
     shape_keys = ("m", "n", "k")
 
     @property

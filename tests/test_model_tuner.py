@@ -123,6 +123,7 @@ def test_tiny_model_tune(model_tune):
     assert sum(t["trials"] for t in run["tasks"]) == 6 == len(rows(db))
     counts = {tuple(t["task"]["shape"].values()): t["task"]["count"] for t in run["tasks"]}
     assert counts == {(4, 32, 16): 2, (4, 16, 32): 1}
+    assert {t["task"]["op"] for t in run["tasks"]} == {"linear"}     # 4 rows: x W^T on W as stored
     assert all(t["trials"] >= 2 for t in run["tasks"])     # the first round reached every task
     for t in run["tasks"]:
         assert t["ours"]["latency_s"] > 0 and t["ours"]["energy_j"] is None  # no RAPL: not guessed
