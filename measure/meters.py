@@ -275,6 +275,7 @@ class NvmlMeter:
                     proc.wait(5)
                 except (OSError, subprocess.TimeoutExpired):
                     proc.kill()
+                    proc.wait()
 
 
 # ---------------------------------------------------------------- RAPL

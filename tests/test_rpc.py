@@ -3,6 +3,7 @@ each a real `python -m energy_tuner.measure.rpc_server` measuring llvm candidate
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -138,7 +139,7 @@ def test_a_tune_survives_a_killed_server(tracker, servers, tmp_path):
     the next it takes: workers take turns) is measured on another, and the tune completes.
     TRIALS leaves many candidates after the kill, so the dead server is always asked again,
     however slowly the kill lands on a loaded host."""
-    pool = RpcPool(f"127.0.0.1:{tracker}", KEY, spec(), wait_s=60)
+    pool = RpcPool(f"127.0.0.1:{tracker}", KEY, spec(), wait_s=START_S)
     assert pool.slots == SERVERS and pool.measurement == {"l2": "resident", "meter": None}
     assert len({w["pid"] for w in pool.workers}) == SERVERS
     assert all(w["host"] == socket.gethostname() and w["device_index"] == 0 and w["device_name"]
@@ -185,15 +186,16 @@ def test_a_worker_that_loses_its_meter_drops_out(tracker, metered_servers, tmp_p
     raises."""
     good = build_to_file(tvm.IRModule({"main": OP.prim_func()}), tvm.target.Target("llvm"),
                          str(tmp_path / "good.so"))
-    pool = RpcPool(f"127.0.0.1:{tracker}", "metered", spec(energy=True), wait_s=60,
-                   call_timeout_s=60)  # a hang, not a slow host: generous
+    pool = RpcPool(f"127.0.0.1:{tracker}", "metered", spec(energy=True), wait_s=START_S,
+                   call_timeout_s=180)  # a hang, not a slow host: generous
     tree_of_server = dict(metered_servers)
     tree_of = {w["pid"]: tree_of_server[server_of(list(tree_of_server), w["pid"])]
                for w in pool.workers}
     try:
         assert pool.measurement["meter"] == "rapl" and len(tree_of) == 2
-        for w in pool.workers:   # each worker's own idle power, measured by that worker
-            assert w["idle_w"] == pytest.approx(tree_of[w["pid"]].total_watts, rel=0.4)  # 30 vs 60 W
+        for w in pool.workers:   # each worker's own idle power (30 or 60 W), by that worker's meter:
+            own = tree_of[w["pid"]].total_watts        # nearer its own tree's than the other's,
+            assert (w["idle_w"] > math.sqrt(30.0 * 60.0)) == (own == 60.0)  # however late the steps
         first = pool.run(good)
         assert first.status == "ok" and first.energy_j > 0
         broken = first.meta["worker"]["pid"]
