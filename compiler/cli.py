@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cuda, float32 on llvm; llvm supports float32 only; bfloat16: matmul and "
                         "batch_matmul)")
     p.add_argument("--accum", choices=("float32", "float16"),
-                   help="matmul, batch_matmul with --dtype float16: accumulate and write the output in float32 "
-                        "(default) or float16 (as cuBLAS's CUBLAS_COMPUTE_16F; the correctness "
+                   help="matmul, batch_matmul with --dtype float16: accumulate and write the "
+                        "output in float32 (default) or float16 (as cuBLAS's CUBLAS_COMPUTE_16F; the correctness "
                         "check then allows a relative error of 2^-11 * sqrt(k))")
     p.add_argument("--target", choices=("auto", "cuda", "llvm"), default="auto",
                    help="auto: the first NVIDIA GPU that NVML and TVM see, else the CPU (llvm)")

@@ -5,8 +5,8 @@ float16 means float16 inputs with float32 accumulation and output (what tensor c
 and what MetaSchedule's WMMA rules match); float32 means float32 throughout. matmul and
 batch_matmul also take float16 inputs with float16 accumulation and output (option
 accum=float16), as cuBLAS's CUBLAS_COMPUTE_16F does: tensor cores accumulate in float16 at up to
-twice the rate. matmul and batch_matmul also take bfloat16 inputs (float32 accumulation and output), the format most LLM
-weights ship in.
+twice the rate. They also take bfloat16 inputs (float32 accumulation and output), the format
+most LLM weights ship in.
 """
 from __future__ import annotations
 
