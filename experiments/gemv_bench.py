@@ -31,7 +31,8 @@ float64 product with the dequantized weights, and cuBLAS fp16 GEMV on those dequ
 (fp16, in their own rotated sets) as the reference: the comparison issue 10 asks for.
 `--space lut-dequant-gemv-mma` measures the tensor-core dequant kernels
 (schedules/dequant_gemv_mma.py, their hand-picked CURATED_MMA first) instead of the SIMT ones;
-`--space gemv-mma` the tensor-core fp16 GEMV (schedules/gemv_mma.py, CURATED_GEMV_MMA first).
+`--space gemv-mma` the tensor-core fp16 GEMV (schedules/gemv_mma.py, CURATED_GEMV_MMA first);
+`--space gemv-wgmma` the TMA + wgmma fp16 GEMV (schedules/gemv_wgmma.py, CURATED_WGMMA first).
 
 --dry-run needs no GPU: it writes OUT/plan.json with the configs per shape, the reasons why
 random samples were rejected (counts), and whether each config builds to CUDA source.
@@ -62,6 +63,7 @@ from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
 from energy_tuner.schedules.gemv_mma import GemvMmaKnobs
+from energy_tuner.schedules.gemv_wgmma import GemvWgmmaSpace
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
 DEQUANT_SHAPES = SHAPES[1:]          # issue 10's W4/W2 table
@@ -163,10 +165,26 @@ CURATED_GEMV_MMA = [  # fp16 on tensor cores: bytes in flight, then rows per CTA
     {"warps": 2, "unroll": 8},
     {"warps": 1, "unroll": 8},
 ]
+BASE_WGMMA = {"consumers": 2, "stages": 12, "persistent": False, "l2_promotion": 2}
+CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages first, then ring depth, tile, grid
+    {},
+    {"persistent": True},
+    {"stages": 8},
+    {"stages": 6},
+    {"stages": 4},
+    {"consumers": 1},
+    {"consumers": 1, "stages": 6},
+    {"consumers": 4, "stages": 6},
+    {"l2_promotion": 0},
+    {"l2_promotion": 3},
+    {"consumers": 1, "stages": 4},
+    {"consumers": 1, "stages": 10, "persistent": True},
+]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass
 BENCH_SPACES = {"gemv": {GemvKnobs.name: (GemvKnobs, BASE, CURATED, CURATED_BULK),
-                         GemvMmaKnobs.name: (GemvMmaKnobs, BASE_GEMV_MMA, CURATED_GEMV_MMA, [])},
+                         GemvMmaKnobs.name: (GemvMmaKnobs, BASE_GEMV_MMA, CURATED_GEMV_MMA, []),
+                         GemvWgmmaSpace.name: (GemvWgmmaSpace, BASE_WGMMA, CURATED_WGMMA, [])},
                 "dequant": {DequantGemvKnobs.name: (DequantGemvKnobs, BASE_DEQUANT, CURATED_DEQUANT, []),
                             DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, [])}}
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
@@ -206,7 +224,7 @@ def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
 
     def take(cfg: dict) -> None:
         if (space.reject(cfg) is None and space.key(cfg) not in keys and len(configs) < count
-                and str(cfg["load"]).startswith("bulk") == bulk):
+                and str(cfg.get("load", "")).startswith("bulk") == bulk):
             configs.append(cfg)
             keys.add(space.key(cfg))
 

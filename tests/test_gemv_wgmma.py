@@ -1,0 +1,111 @@
+"""The TMA + wgmma GEMV family (schedules/gemv_wgmma.py): where it applies, its validity rules and
+features, its knobs, and its kernels: on CPU lowered to CUDA source for sm_90a (with the wgmma,
+the TMA copies and the zeroed padding of x) and compiled by nvcc where it is installed; on an
+sm_90 GPU run against numpy for gemv and for linear with 1..16 rows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm.target import Target
+
+from energy_tuner.schedules import make_op
+from energy_tuner.schedules.gemv_wgmma import GemvWgmmaSpace, smem_bytes
+from energy_tuner.schedules.hopper_gemm import SMEM_LIMIT
+from energy_tuner.schedules.knobs import knob_spaces
+from tests.gemv_helpers import SM90, check_on_gpu, cuda_source, has_gpu, nvcc, op_inputs
+
+BASE = dict(consumers=2, stages=12, persistent=False, l2_promotion=2)
+
+
+def space(name: str = "gemv", shape: str = "14336,4096", sms: int = 132) -> GemvWgmmaSpace:
+    return GemvWgmmaSpace(make_op(name, shape, "float16"), SM90, sms=sms)
+
+
+def _has_sm90_gpu() -> bool:
+    return has_gpu() and tvm.cuda(0).compute_version.startswith("9.")
+
+
+def test_applies_to_fp16_gemv_and_few_row_linear_on_sm90_only():
+    assert GemvWgmmaSpace in [type(s) for s in knob_spaces(make_op("gemv", "4096,4096", "float16"), SM90)]
+    assert GemvWgmmaSpace.applies(make_op("linear", "16,4096,4096", "float16"), SM90)
+    ampere = Target({"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024})
+    for op, target, why in [
+            (make_op("gemv", "4096,4096", "float16"), ampere, "needs a Hopper GPU"),
+            (make_op("gemv", "4096,4096", "float16"), Target("llvm"), "the target is llvm"),
+            (make_op("gemv", "4096,4096", "float32"), SM90, "float16 inputs, not float32"),
+            (make_op("linear", "17,4096,4096", "float16"), SM90, "at most 16 rows of x"),
+            (make_op("gemv", "4000,4096", "float16"), SM90, "multiples of 64"),
+            (make_op("matmul", "256,256,256", "float16"), SM90, "gemv and linear only")]:
+        assert why in GemvWgmmaSpace.why_not(op, target)
+    assert not GemvWgmmaSpace.auto     # not measured on a GPU yet: tuned only when named
+
+
+def test_reject_names_the_reason_and_passes_the_seeds():
+    s = space(shape="4160,4096")                      # 65 row blocks of 64: odd
+    assert "do not divide n = 4160" in s.reject(dict(BASE))
+    assert s.reject(dict(BASE, consumers=1)) is None
+    too_deep = dict(BASE, consumers=4, stages=12)       # 12 x (256 + 8) x 128 B
+    assert smem_bytes(256, 1, 12) > SMEM_LIMIT
+    assert "over the" in space().reject(too_deep)
+    for shape in ("14336,4096", "4096,14336", "28672,8192", "4096,4096"):
+        assert all(space(shape=shape).reject(c) is None for c in space(shape=shape).seeds())
+
+
+def test_features_count_tiles_waves_and_padding():
+    f = space().features(BASE)
+    assert f["block_m"] == 128 and f["tiles"] == 112 and f["k_tiles"] == 64
+    assert f["ctas_per_sm"] == 1 and f["threads"] == 288 and f["padded_columns"] == 7
+    assert f["waves"] == pytest.approx(112 / 132)
+    g = space("linear", "9,14336,4096").features(dict(BASE, stages=4, consumers=1))
+    assert g["padded_columns"] == 7 and g["tiles"] == 224
+    assert g["ctas_per_sm"] == 233472 // (4 * (64 + 16) * 128 + 1024) == 5   # by shared memory
+
+
+def test_sample_and_mutate_stay_in_the_knob_space():
+    s, rng = space(), np.random.default_rng(0)
+    values = {k.name: set(k.values) for k in s.knobs}
+    cfg = s.sample(rng)
+    for _ in range(50):
+        new = s.mutate(cfg, rng)
+        assert sum(new[k] != cfg[k] for k in cfg) == 1
+        assert all(new[k] in values[k] for k in new)
+        cfg = new
+
+
+@pytest.mark.parametrize("name, shape, changes, n_tile", [
+    ("gemv", "14336,4096", {}, 8),
+    ("gemv", "28672,8192", {"persistent": True, "consumers": 1, "stages": 8}, 8),
+    ("linear", "5,4096,4096", {"stages": 6}, 8),
+    ("linear", "16,14336,4096", {"consumers": 4, "stages": 4, "l2_promotion": 3}, 16)])
+def test_cuda_source_has_wgmma_tma_and_compiles(name, shape, changes, n_tile, tmp_path):
+    s = space(name, shape)
+    source = cuda_source(s, dict(BASE, **changes))
+    assert f"wgmma_f16_ss_mma_async_sync_aligned_m64n{n_tile}k16_f32_f16_f16_1_1_0_0" in source
+    assert "cp_async_bulk_tensor_g2s" in source
+    body, rows = source[source.rindex("__global__"):], s.op.shape.get("m", 1)
+    if rows < n_tile:   # the x tiles' padding rows are zeroed before the barriers are set up
+        assert body.index("__float2half_rn(0x0p+0f") < body.index("mbarrier_init")
+    else:
+        assert "__float2half_rn" not in body
+    nvcc(source, tmp_path, "cubin")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
+@pytest.mark.parametrize("name, shape, changes", [
+    ("gemv", "4096,4096", {}),
+    ("gemv", "14336,4096", {}),
+    ("gemv", "4096,1024", {"consumers": 1, "stages": 4}),
+    ("gemv", "28672,1024", {"persistent": True}),          # 224 row blocks on 132 CTAs
+    ("gemv", "8192,2048", {"consumers": 4, "stages": 6, "l2_promotion": 0}),
+    ("linear", "1,2048,1024", {}),
+    ("linear", "2,2048,1024", {"persistent": True}),
+    ("linear", "5,4096,1024", {"consumers": 1, "stages": 6}),
+    ("linear", "8,2048,1024", {}),
+    ("linear", "9,2048,1024", {"l2_promotion": 3}),
+    ("linear", "16,28672,1024", {"persistent": True, "stages": 8})])
+def test_kernel_on_the_gpu_matches_numpy(name, shape, changes):
+    s = GemvWgmmaSpace(make_op(name, shape, "float16"), Target.from_device(tvm.cuda(0)),
+                       sms=tvm.cuda(0).multi_processor_count)
+    check_on_gpu(s, dict(BASE, **changes), op_inputs(s))
