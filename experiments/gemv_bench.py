@@ -178,7 +178,8 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages first, the
     {"l2_promotion": 0},
     {"l2_promotion": 3},
     {"consumers": 1, "stages": 4},
-    {"consumers": 1, "stages": 10, "persistent": True},
+    {"consumers": 1, "stages": 24},
+    {"consumers": 1, "stages": 16},
 ]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass

@@ -97,6 +97,7 @@ def test_cuda_source_has_wgmma_tma_and_compiles(name, shape, changes, n_tile, tm
     ("gemv", "4096,4096", {}),
     ("gemv", "14336,4096", {}),
     ("gemv", "4096,1024", {"consumers": 1, "stages": 4}),
+    ("gemv", "4096,4096", {"consumers": 1, "stages": 24}),
     ("gemv", "28672,1024", {"persistent": True}),          # 224 row blocks on 132 CTAs
     ("gemv", "8192,2048", {"consumers": 4, "stages": 6, "l2_promotion": 0}),
     ("linear", "1,2048,1024", {}),
