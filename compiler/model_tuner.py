@@ -32,6 +32,7 @@ from .builder import Builder
 from .search import Tuner, usable_cpus
 from .session import LATENCY_TIMING
 from .target import Platform
+from ..measure.cuda_graph import try_graph_batch
 from ..measure.meters import open_meter, powercap_root
 from ..measure.protocol import Precision, measure_energy
 from ..measure.meters import METER_NAMES
@@ -235,11 +236,23 @@ class Baseline:
     power_w: float | None = None
 
 
+def launcher(call: Callable[[], object], python_batch: Callable[[int], float], latency_s: float
+             ) -> tuple[Callable[[int], float], str]:
+    """On CUDA, the gap-free run_batch: `call` as CUDA-graph replays ("cuda graph"); where
+    capture fails, `python_batch` (Python-launched, the name says why)."""
+    graph, error = try_graph_batch(call, latency_s)
+    if graph is not None:
+        return graph, "cuda graph"
+    return python_batch, f"python-launched (cuda graph failed: {error})"
+
+
 def torch_baseline(op: Op, plat: Platform, no_meter: str | None, seed: int = 0) -> Baseline | None:
     """torch's call for the op on this platform's device, on the same seeded inputs, timed as
-    back-to-back Python-launched calls (median of repeats, like `--l2 rotate`: calls under
-    ~20 µs include launch gaps), energy with measure/protocol.py where there is a meter. None
-    where torch cannot run there (no torch, or a torch without CUDA on a GPU platform)."""
+    back-to-back calls (median of repeats): on CUDA replays of a CUDA graph of calls, so that
+    calls under ~20 µs are not timed with Python's launch gaps (Python-launched where capture
+    fails, as the name says); on the CPU Python-launched. Energy with measure/protocol.py where
+    there is a meter. None where torch cannot run there (no torch, or a torch without CUDA on a
+    GPU platform)."""
     try:
         import torch
     except ImportError:
@@ -252,22 +265,28 @@ def torch_baseline(op: Op, plat: Platform, no_meter: str | None, seed: int = 0) 
     a, b = (torch.from_numpy(x).to(device) for x in op.inputs(np.random.default_rng(seed)))
     extra = (op.shape["stride"], op.shape["pad"]) if op.name == "conv2d" else ()
     sync = torch.cuda.synchronize if plat.kind == "cuda" else (lambda: None)
+    call = lambda: torch_op(op.name, a, b, *extra)  # noqa: E731
 
-    def run_batch(calls: int) -> float:
+    def python_batch(calls: int) -> float:
         start = time.perf_counter()
         for _ in range(calls):
-            torch_op(op.name, a, b, *extra)
+            call()
         sync()
         return (time.perf_counter() - start) / calls
 
     timing = LATENCY_TIMING[plat.kind]
-    with torch.inference_mode():
-        run_batch(3)
+    name = f"torch {torch.__version__} eager, {op.dtype} out, {device}"
+    on_device = torch.cuda.device(device) if plat.kind == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), on_device:
+        python_batch(3)
+        run_batch = python_batch
+        if plat.kind == "cuda":
+            run_batch, launch = launcher(call, python_batch, python_batch(20))
+            name += f", {launch}"
         calls = 1
         while run_batch(calls) * calls < timing["latency_min_repeat_ms"] / 1e3 and calls < 1 << 20:
             calls *= 2
         latency = statistics.median(run_batch(calls) for _ in range(timing["latency_repeats"]))
-        name = f"torch {torch.__version__} eager, {op.dtype} out, {device}"
         if no_meter is not None:
             return Baseline(name, latency)
         meter = open_meter(plat.kind, plat.device.index, powercap_root())
@@ -364,4 +383,5 @@ def tune_tasks(tasks: list[Task], plat: Platform, db: TuningDatabase, settings: 
 
 
 __all__ = ["Baseline", "ModelTuner", "Settings", "TaskResult", "TaskState", "allocate",
-           "per_pass", "prior_cost", "report_table", "torch_baseline", "tune_tasks", "weights"]
+           "launcher", "per_pass", "prior_cost", "report_table", "torch_baseline", "tune_tasks",
+           "weights"]

@@ -7,12 +7,15 @@ The issue's layer (hidden 4096, FFN 14336, 32 heads, 8 KV heads, float16) in dec
 and 16 (one token after a 2047-token KV cache) and in prefill (2048 tokens). Per case:
 1. `api.tune_model` tunes the layer's tasks from one budget (db OUT/tune.sqlite, shared by the
    cases, so re-running resumes) and measures each task's torch call in the same run
-   (model_tuner.torch_baseline: Python-launched, energy by measure/protocol.py): kernel by
+   (model_tuner.torch_baseline: CUDA-graph replays, energy by measure/protocol.py): kernel by
    kernel, and summed per forward pass (tasks only);
 2. the chosen kernels are exported to OUT/<case>/lib, loaded, and served to the torch layer
    (experiments/decoder_layer.py; nn.Linear only, attention stays with torch); the whole layer,
    eager and served, is measured as back-to-back forward passes, interleaved A/B/A/B, with the
-   same energy protocol; the served output is checked against eager.
+   same energy protocol, first Python-launched (`ms`, `mj`, `w`: what a Python caller gets,
+   launch gaps included), then as CUDA-graph replays of the same passes on the same static
+   inputs (`graph_ms`, `graph_mj`, `graph_w`: the kernels without launch gaps; where a layer
+   cannot be captured, `graph_error` says why); the served output is checked against eager.
 Writes OUT/summary.json (GUIDE §6 format; `ms` is the sustained per-call time of the energy
 windows) and OUT/<case>/report.json. Needs a CUDA GPU with NVML.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 import torch
 
 from energy_tuner.compiler import api
+from energy_tuner.measure.cuda_graph import try_graph_batch
 from energy_tuner.measure.meters import open_meter
 from energy_tuner.measure.protocol import Precision, measure_energy
 from experiments.decoder_layer import FULL, DecoderLayer, example_inputs
@@ -38,20 +42,37 @@ CASES = {"decode1": (1, 2048, "decode"), "decode16": (16, 2048, "decode"),
          "prefill2048": (1, 2048, "prefill")}
 
 
-def measure_forward(layer, inputs, meter) -> dict:
-    """Sustained ms, mJ and W per forward pass (Python-launched back-to-back passes)."""
+def python_batch(layer, inputs):
+    """run_batch of Python-launched back-to-back forward passes."""
     def run_batch(calls: int) -> float:
         start = time.perf_counter()
         for _ in range(calls):
             layer(*inputs)
         torch.cuda.synchronize()
         return (time.perf_counter() - start) / calls
+    return run_batch
 
+
+def measure_forward(run_batch, meter) -> dict:
+    """Sustained ms, mJ and W per forward pass of `run_batch`."""
     run_batch(3)
     latency = min(run_batch(20) for _ in range(3))
     energy = measure_energy(meter, run_batch, latency, Precision())
     return {"ms": energy.sustained_latency_s * 1e3, "mj": energy.energy_j * 1e3,
             "w": energy.power_w, "flags": energy.flags}
+
+
+def layer_figures(windows: dict, side: str, tokens: int, graph_error: str | None) -> dict:
+    """One side's layer figures: its least-energy Python-launched window, and its
+    least-energy graph window (`graph_*`) or the capture's error."""
+    best = min(windows[side], key=lambda w: w["mj"])
+    out = {**best, "mj_per_token": best["mj"] / tokens}
+    graphs = windows.get(f"{side}_graph")
+    if not graphs:
+        return {**out, "graph_error": graph_error}
+    best = min(graphs, key=lambda w: w["mj"])
+    return {**out, **{f"graph_{k}": v for k, v in best.items()},
+            "graph_mj_per_token": best["mj"] / tokens}
 
 
 def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
@@ -84,18 +105,29 @@ def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
         lib.serve(served)
         expected, got = layer(*inputs), served(*inputs)
         rel = float((got.float() - expected.float()).norm() / expected.float().norm())
+        modules = {"eager": layer, "served": served}
         windows = {"eager": [], "served": []}
         for _ in range(2):                           # A/B/A/B within one run
-            windows["eager"].append(measure_forward(layer, inputs, meter))
-            windows["served"].append(measure_forward(served, inputs, meter))
+            for side, module in modules.items():
+                windows[side].append(measure_forward(python_batch(module, inputs), meter))
+        graphs, graph_errors = {}, {}
+        for side, module in modules.items():         # the same passes, without launch gaps
+            latency = min(w["ms"] for w in windows[side]) / 1e3
+            graph, graph_errors[side] = try_graph_batch(lambda m=module: m(*inputs), latency)
+            if graph is not None:
+                graphs[side] = graph
+        for _ in range(2):
+            for side, graph in graphs.items():
+                windows.setdefault(f"{side}_graph", []).append(measure_forward(graph, meter))
     tokens = batch * (seq if phase == "prefill" else 1)
-    best = {k: min(v, key=lambda w: w["mj"]) for k, v in windows.items()}
     rows.append({"case": f"{name}/layer", "op": "decoder_layer", "shape": spec, "dtype": "float16",
-                 "ours": {**best["served"], "mj_per_token": best["served"]["mj"] / tokens,
+                 "ours": {**layer_figures(windows, "served", tokens, graph_errors["served"]),
                           "rel_error": rel, "objective": args.objective.label},
-                 "ref": {"name": f"torch {torch.__version__} eager", **best["eager"],
-                         "mj_per_token": best["eager"]["mj"] / tokens}})
+                 "ref": {"name": f"torch {torch.__version__} eager",
+                         **layer_figures(windows, "eager", tokens, graph_errors["eager"])}})
     report = {**run.to_dict(), "layer_windows": windows, "rel_error_vs_eager": rel,
+              "graph_errors": graph_errors,
+              "graph_calls_per_replay": {k: g.calls_per_replay for k, g in graphs.items()},
               "kernel_calls": {k.entry["library"]: k.calls for k in lib.kernels}}
     (out / name / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return rows, report

@@ -10,7 +10,8 @@ import pytest
 from energy_tuner.compiler.database import Record, TuningDatabase
 from energy_tuner.compiler.graph import Task
 from energy_tuner.compiler.model_cli import main
-from energy_tuner.compiler.model_tuner import ModelTuner, Settings, allocate, prior_cost
+from energy_tuner.compiler.model_tuner import (ModelTuner, Settings, allocate, launcher, prior_cost,
+                                               torch_baseline)
 from energy_tuner.compiler.objective import Objective
 from energy_tuner.compiler.target import resolve
 from energy_tuner.schedules import make_op
@@ -194,3 +195,30 @@ def test_api_tunes_one_op_and_reads_the_db(tmp_path):
         api.tune_op("conv9", target="llvm")
     with pytest.raises(api.ERRORS, match="--max-slowdown must be at least 1"):
         api.make_objective("energy", 0.5)
+
+
+def test_torch_falls_back_to_python_launches_where_capture_fails():
+    import torch
+
+    def python_batch(calls: int) -> float:
+        return 1e-5
+
+    # not capturable anywhere: no CUDA here; on a GPU a sync inside capture is refused
+    run_batch, launch = launcher(torch.cuda.synchronize, python_batch, 1e-5)
+    assert run_batch is python_batch
+    assert launch.startswith("python-launched (cuda graph failed: ") and "\n" not in launch
+
+
+def _torch_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _torch_gpu(), reason="needs torch with a CUDA GPU")
+def test_torch_baseline_on_cuda_replays_a_graph():
+    base = torch_baseline(make_op("gemv", "4096,4096", "float16"), resolve("cuda"), "no meter")
+    assert base.name.endswith(", cuda graph") and base.latency_s > 0 and base.energy_j is None
