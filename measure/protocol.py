@@ -17,7 +17,9 @@ One measurement of a kernel:
 5. Early stop (`stop_above_j`, a tune's best energy so far with a margin): once `min_windows`
    windows put the energy per call more than EARLY_STOP_SE standard errors of the mean above it,
    the kernel cannot be the pick, so no more windows and no re-measurement are spent on it; the
-   figure is the mean of the windows taken, flagged `stopped_early`.
+   figure is the mean of the windows taken, flagged `stopped_early`. A flagged attempt whose
+   energy per call is above `stop_above_j` (not by 3 standard errors: the bound already holds a
+   margin) is not re-measured either, flagged `above_bound`: only a pick needs the second look.
 """
 from __future__ import annotations
 
@@ -131,6 +133,12 @@ def clearly_above(readings: list[PowerReading], bound_j: float) -> bool:
     return (mean - EARLY_STOP_SE * se) * statistics.fmean(r.result for r in readings) > bound_j
 
 
+def _energy_per_call(readings: list[PowerReading]) -> float:
+    """Mean counter power x mean per-call time of the windows (inf without a counter estimate)."""
+    watts = [r.watts for r in readings if r.watts is not None]
+    return statistics.fmean(watts) * statistics.fmean(r.result for r in readings) if watts else math.inf
+
+
 def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
              warmup_calls: int, precision: Precision, stop_above_j: float | None
              ) -> tuple[list[PowerReading], list[dict], float, bool]:
@@ -191,6 +199,9 @@ def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latenc
         all_flags.append(quality_flags(readings, precision, max_clock_mhz, power_limit_w)
                          + (["stopped_early"] if stopped else []))
         if stopped or not set(all_flags[-1]) & REMEASURE_FLAGS:
+            break
+        if stop_above_j is not None and _energy_per_call(readings) > stop_above_j:
+            all_flags[-1].append("above_bound")   # flagged, but no pick: not worth re-measuring
             break
 
     def badness(i: int) -> tuple[int, float]:

@@ -127,3 +127,15 @@ def test_a_clearly_worse_kernel_stops_after_min_windows_and_is_not_remeasured():
     assert worse.energy_j == pytest.approx(full.energy_j, rel=0.03)        # still a measurement
     close = measure(ReplayMeter(), strict, stop_above_j=0.995 * full.energy_j)  # within the noise
     assert len(close.windows) == 5 and "stopped_early" not in close.flags
+
+
+
+def test_a_flagged_kernel_above_the_bound_is_not_remeasured():
+    strict = Precision(target_rse=1e-6, max_windows=5, max_spread=0.0)  # always flagged: spread
+    first = measure(ReplayMeter(), Precision(**{**strict.__dict__, "remeasure": 0})).energy_j
+    above = measure(ReplayMeter(), strict, stop_above_j=0.995 * first)   # not clearly above
+    assert len(above.windows) == 5 and "stopped_early" not in above.flags
+    assert above.attempts == 1 and above.flags[-2:] == ["spread", "above_bound"]
+    assert above.energy_j == pytest.approx(first)
+    below = measure(ReplayMeter(), strict, stop_above_j=1.005 * first)   # it could be the pick
+    assert below.attempts == 2 and "above_bound" not in below.flags
