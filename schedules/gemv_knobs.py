@@ -1,4 +1,5 @@
-"""A knob space of hand-written fp16 GEMV kernels, y[n] = W[n, k] x[k] (float32 out), for CUDA sm_80+.
+"""A knob space of hand-written fp16 GEMV kernels, y[n] = W[n, k] x[k] (float32 out, or float16 with
+accum=float16: summed in float32, rounded once), for CUDA sm_80+.
 
 Why a template and not a MetaSchedule trace: what sets a GEMV's board power at a given
 bandwidth is the instructions and threads spent per byte moved (GUIDE §2: cuBLAS streams the
@@ -119,6 +120,9 @@ def tiling_reject(space, config: Config, rows_are: str, step_is: str) -> str | N
                 f"k/split_k={space.k_slice(config)}")
     if split == 1 and config["split_reduce"] != "atomic":
         return "split_reduce only matters with split_k > 1 (its canonical value is atomic)"
+    if split > 1 and config["split_reduce"] == "atomic" and space.op.output_dtype != "float32":
+        return (f"a {space.op.output_dtype} output takes split-k partial sums by two_pass only "
+                "(float32 atomics add into float32)")
     return None
 
 
@@ -282,6 +286,7 @@ class _SplitKWriter:
 
     def __init__(self, space: GemvKnobs, config: Config, emulate: bool) -> None:
         self.n, self.k, self.emulate = space.n, space.k, emulate
+        self.out_dtype = space.op.output_dtype
         self.outputs = space.n           # elements of y, as zeroed, split and reduced here
         self.split, self.threads = int(config["split_k"]), space.threads(config)
         self.k_slice = space.k_slice(config)
@@ -315,7 +320,7 @@ class _SplitKWriter:
                 total = self.part[0, i]
                 for s in range(1, self.split):
                     total = total + self.part[s, i]
-                T.buffer_store(self.y, total, [i])
+                T.buffer_store(self.y, total.astype(self.y.dtype), [i])
             _elementwise(self.emulate, self.outputs, reduce)
 
     def evict_first_policy(self):
@@ -337,7 +342,7 @@ class _SplitKWriter:
         elif self.atomic:
             T.buffer_store(y, y[row] + value, [row])
         else:
-            T.buffer_store(y, value, [row])
+            T.buffer_store(y, value.astype(y.dtype), [row])
 
 
 class _Writer(_SplitKWriter):
@@ -356,7 +361,7 @@ class _Writer(_SplitKWriter):
     def declare(self) -> None:
         self.W = T.arg("W", T.buffer((self.n, self.k), "float16"))
         self.x = T.arg("x", T.buffer((self.k,), "float16"))
-        self.y = T.arg("y", T.buffer((self.n,), "float32"))
+        self.y = T.arg("y", T.buffer((self.n,), self.out_dtype))
 
     def registers(self) -> None:
         self.w_reg = self.simt.reg((self.rpt * self.unroll * self.lanes,), "float16")

@@ -1,6 +1,7 @@
 """fp16 GEMV and few-row linear on Hopper's TMA + wgmma, the way cuBLAS's sm90 GEMV runs, in TIRx.
 
-y[n] = W[n, k] x[k] (gemv) or y[m, n] = x[m, k] W[n, k]^T (linear, m <= 16), float32 out.
+y[n] = W[n, k] x[k] (gemv) or y[m, n] = x[m, k] W[n, k]^T (linear, m <= 16), float32 out (gemv:
+float16 with accum=float16, summed in float32 and rounded once).
 
 Why: Nsight Compute (experiments/results/gemv_ncu_h200_2026-12-01) shows cuBLAS's fp16 GEMV on
 the H200 is a TMA + wgmma GEMM with a 128 x 8 tile (`nvjet_sm90_hsh_128x8_64x12_...`): 112 CTAs
@@ -21,7 +22,7 @@ The product is a GEMM with W as the wgmma A operand (M = rows of W) and x as B (
 - `persistent`: a grid of at most one CTA per SM walks the row blocks, the ring running on across
   them; else one CTA per row block.
 Left out: split-k (n = 4096 gives only 32-64 row blocks for 132 SMs; a deep ring of 64-row tiles
-is the space's answer there), bf16, fp16 output.
+is the space's answer there), bf16.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def smem_bytes(block_m: int, rows: int, stages: int) -> int:
 
 
 def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, persistent: bool,
-                    l2_promotion: int, w_first: bool, sms: int = NUM_SMS) -> tvm.tirx.PrimFunc:
+                    l2_promotion: int, w_first: bool, sms: int = NUM_SMS,
+                    out_dtype: str = "float32") -> tvm.tirx.PrimFunc:
     """The TIRx PrimFunc main(..., y): (W, x, y) for gemv (w_first, rows = 1, x and y vectors),
     (x, W, y) for linear (x[rows, k], y[rows, n])."""
     BM, BN, S, WG = 64 * consumers, wgmma_n(rows), stages, consumers
@@ -89,15 +91,15 @@ def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, pers
                 for c in T.unroll(2):
                     if i * 8 + ctid % 4 * 2 + c < rows:
                         if w_first:
-                            Y[row0 + ctid // 32 * 16 + ctid % 32 // 4 + h * 8] = acc[i * 4 + h * 2 + c]
+                            Y[row0 + ctid // 32 * 16 + ctid % 32 // 4 + h * 8] = T.Cast(out_dtype, acc[i * 4 + h * 2 + c])
                         else:
-                            Y[i * 8 + ctid % 4 * 2 + c, row0 + ctid // 32 * 16 + ctid % 32 // 4 + h * 8] = acc[i * 4 + h * 2 + c]
+                            Y[i * 8 + ctid % 4 * 2 + c, row0 + ctid // 32 * 16 + ctid % 32 // 4 + h * 8] = T.Cast(out_dtype, acc[i * 4 + h * 2 + c])
 
     @T.prim_func
     def gemv(P0: T.handle, P1: T.handle, Y_ptr: T.handle):
         B0 = T.match_buffer(P0, shape0, "float16", align=16)
         B1 = T.match_buffer(P1, shape1, "float16", align=16)
-        Y = T.match_buffer(Y_ptr, shape_y, "float32", align=16)
+        Y = T.match_buffer(Y_ptr, shape_y, out_dtype, align=16)
         W_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
         X_map: T.let[T.handle("tensormap")] = T.tvm_stack_alloca("tensormap", 1)
         if w_first:
@@ -233,7 +235,8 @@ class GemvWgmmaSpace(KnobSpace):
         rows, n, k = _rows_n_k(self.op)
         func = gemv_wgmma_func(n, k, rows, int(config["consumers"]), int(config["stages"]),
                                bool(config["persistent"]), int(config["l2_promotion"]),
-                               w_first=self.op.name == "gemv", sms=self.sms)
+                               w_first=self.op.name == "gemv", sms=self.sms,
+                               out_dtype=self.op.output_dtype)
         return tvm.IRModule({"main": func.with_attr("target", self.target)})
 
     def features(self, config: Config) -> dict[str, float]:

@@ -3,7 +3,7 @@ linear y[m, n] = x[m, k] @ W[n, k]^T (W as nn.Linear stores it; decode's skinny 
 
 float16 means float16 inputs with float32 accumulation and output (what tensor cores do natively
 and what MetaSchedule's WMMA rules match); float32 means float32 throughout. matmul and
-batch_matmul also take float16 inputs with float16 accumulation and output (option
+batch_matmul (and gemv) also take float16 inputs with float16 accumulation and output (option
 accum=float16), as cuBLAS's CUBLAS_COMPUTE_16F does: tensor cores accumulate in float16 at up to
 twice the rate. They also take bfloat16 inputs (float32 accumulation and output), the format
 most LLM weights ship in.
@@ -130,7 +130,9 @@ class BatchMatmul(Accumulation):
 
 
 @register
-class Gemv(Op):
+class Gemv(Accumulation):
+    """y[n] = W[n, k] x[k]; accum=float16 gives a float16 y (nn.Linear's output at one row of
+    decode), which the knob kernels sum in float32 and round once."""
     name = "gemv"
     shape_keys = ("n", "k")
     positional = True
@@ -154,7 +156,7 @@ class Gemv(Op):
 
     def compute(self, w, x):
         r = te.reduce_axis((0, self.shape["k"]), name="k")
-        return te.compute(self.output_shape, lambda i: te.sum(_f32(w, i, r) * _f32(x, r), axis=r),
+        return te.compute(self.output_shape, lambda i: te.sum(self.product(w[i, r], x[r]), axis=r),
                           name="y")
 
     def reference(self, inputs):

@@ -67,9 +67,9 @@ def run_error(ex: tvm.runtime.Executable, s: GemvKnobs, inputs: list[np.ndarray]
     """Relative error of ex["main"](*inputs, out) on dev (the CPU by default) against the op's
     numpy reference; out starts as NaN, and any NaN left in it gives inf."""
     dev = dev or tvm.cpu()
-    out = tvm.runtime.tensor(np.full(s.op.output_shape, np.nan, "float32"), dev)
+    out = tvm.runtime.tensor(np.full(s.op.output_shape, np.nan, s.op.output_dtype), dev)
     ex["main"](*[tvm.runtime.tensor(a, dev) for a in inputs], out)
-    ref, got = s.op.reference(inputs), out.numpy()
+    ref, got = s.op.reference(inputs), out.numpy().astype("float32")
     return float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) if np.isfinite(got).all() else np.inf
 
 

@@ -133,6 +133,23 @@ def test_random_valid_configs_match_numpy():
         check_emulation(s, cfg, gemv_inputs(s, seed))
 
 
+@pytest.mark.parametrize("name", ["warp per row", "split-k two passes, persistent",
+                                  "bulk copies, ring across row blocks", "2 rows per thread"])
+def test_float16_output_rounds_the_float32_sums_once(name):
+    """accum=float16 (a float16 model's gemv task): y is float16, each row summed in float32 and
+    rounded once, so it is the float32 result to within float16's rounding (not just its
+    tolerance); split-k by float32 atomics cannot add into it and is refused."""
+    s = GemvKnobs(make_op("gemv", "96,2048", "float16", {"accum": "float16"}), SM90, sms=2)
+    cfg, inputs = config(**PATHS[name]), gemv_inputs(s)
+    assert s.reject(cfg) is None
+    ex = tvm.compile(s.module(cfg, emulate=True), target="llvm", **s.compile_options)
+    out = tvm.runtime.tensor(np.full(96, np.nan, "float16"))
+    ex["main"](*[tvm.runtime.tensor(a) for a in inputs], out)
+    exact = s.op.reference(inputs)
+    np.testing.assert_allclose(out.numpy().astype("float32"), exact, rtol=2.0 ** -10, atol=1e-3)
+    assert "two_pass only" in s.reject(config(split_k=2))
+
+
 def test_emulation_catches_a_wrong_kernel(monkeypatch):
     """The check can fail: a kernel that skips the last step of k is caught."""
     s, cfg = space(), config()

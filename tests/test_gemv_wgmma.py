@@ -91,6 +91,14 @@ def test_cuda_source_has_wgmma_tma_and_compiles(name, shape, changes, n_tile, tm
     nvcc(source, tmp_path, "cubin")
 
 
+def test_float16_output_is_stored_as_half(tmp_path):
+    s = GemvWgmmaSpace(make_op("gemv", "14336,4096", "float16", {"accum": "float16"}), SM90)
+    body = cuda_source(s, BASE)
+    body = body[body.rindex("__global__"):]
+    assert "half* __restrict__ Y_ptr" in body and "= ((half)acc_ptr[0]);" in body
+    nvcc(cuda_source(s, BASE), tmp_path, "cubin")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("name, shape, changes", [
@@ -100,6 +108,7 @@ def test_cuda_source_has_wgmma_tma_and_compiles(name, shape, changes, n_tile, tm
     ("gemv", "4096,4096", {"consumers": 1, "stages": 24}),
     ("gemv", "28672,1024", {"persistent": True}),          # 224 row blocks on 132 CTAs
     ("gemv", "8192,2048", {"consumers": 4, "stages": 6, "l2_promotion": 0}),
+    ("gemv-fp16", "14336,4096", {}),
     ("linear", "1,2048,1024", {}),
     ("linear", "2,2048,1024", {"persistent": True}),
     ("linear", "5,4096,1024", {"consumers": 1, "stages": 6}),
@@ -107,6 +116,7 @@ def test_cuda_source_has_wgmma_tma_and_compiles(name, shape, changes, n_tile, tm
     ("linear", "9,2048,1024", {"l2_promotion": 3}),
     ("linear", "16,28672,1024", {"persistent": True, "stages": 8})])
 def test_kernel_on_the_gpu_matches_numpy(name, shape, changes):
-    s = GemvWgmmaSpace(make_op(name, shape, "float16"), Target.from_device(tvm.cuda(0)),
-                       sms=tvm.cuda(0).multi_processor_count)
+    op = make_op(name.removesuffix("-fp16"), shape, "float16",
+                 {"accum": "float16"} if name.endswith("-fp16") else None)
+    s = GemvWgmmaSpace(op, Target.from_device(tvm.cuda(0)), sms=tvm.cuda(0).multi_processor_count)
     check_on_gpu(s, dict(BASE, **changes), op_inputs(s))

@@ -29,6 +29,8 @@ def test_decoder_decode_batch1_is_gemvs_and_attention_bmms():
         ("batch_matmul", (32, 1, 128, 2048)): 1}   # p v
     assert sorted(found[("gemv", (4096, 4096))].nodes) == ["o_proj", "q_proj"]
     assert all(t.dtype == "float16" for t in found.values())
+    # float16 out, as nn.Linear's: the served layer casts nothing
+    assert found[("gemv", (14336, 4096))].make_op().output_dtype == "float16"
     torch_ops = [n for n, d in g.nodes(data=True) if d["kind"] == "torch"]
     assert {g.nodes[n]["op"] for n in torch_ops} == {"rmsnorm", "rope", "softmax", "add", "silu_mul"}
     assert nx.has_path(g, "q_proj", "down_proj")
