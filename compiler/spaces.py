@@ -3,8 +3,8 @@
 - knob spaces: the kernel families of schedules/knobs.py that apply to the op and target
   (`knob_spaces`), named by their `name`;
 - the MetaSchedule trace space (`design_space` of schedules/space.py), named `trace`.
-`auto` takes the first registered knob space that applies and allows it (`KnobSpace.auto`), else
-the trace space.
+`auto` takes the first registered knob space that applies and prefers itself for the op
+(`KnobSpace.preferred`: its `auto`, or a per-op rule), else the trace space.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def space_names(op: Op, target: Target) -> list[str]:
 def choose_space(op: Op, target: Target, name: str = AUTO) -> Space:
     knobs = {s.name: s for s in knob_spaces(op, target)}
     if name == AUTO:
-        return next((s for s in knobs.values() if s.auto), None) or TraceSpace(op, target)
+        return next((s for s in knobs.values() if s.preferred()), None) or TraceSpace(op, target)
     if name == TRACE:
         return TraceSpace(op, target)
     if name not in knobs:

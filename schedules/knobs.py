@@ -68,6 +68,11 @@ class KnobSpace(ABC):
     def features(self, config: Config) -> dict[str, float]:
         """Numbers a cost model can learn from (tile sizes, shared memory, waves, bytes/FLOP...)."""
 
+    def preferred(self) -> bool:
+        """Whether `--space auto` may pick this family for its op (where it was measured to run
+        well); the class's `auto` unless a family knows better per op."""
+        return self.auto
+
     def seeds(self) -> list[Config]:
         """Settings measured to run well on this family's hardware (the committed GPU tables),
         which a strategy tries before it samples; those `reject` refuses for this op are skipped.

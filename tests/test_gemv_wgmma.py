@@ -38,7 +38,40 @@ def test_applies_to_fp16_gemv_and_few_row_linear_on_sm90_only():
             (make_op("gemv", "4000,4096", "float16"), SM90, "multiples of 64"),
             (make_op("matmul", "256,256,256", "float16"), SM90, "gemv and linear only")]:
         assert why in GemvWgmmaSpace.why_not(op, target)
-    assert not GemvWgmmaSpace.auto     # not measured on a GPU yet: tuned only when named
+
+
+def test_auto_picks_it_where_it_was_measured_to_run_well():
+    from energy_tuner.compiler.spaces import choose_space
+
+    for shape, picked in [("14336,4096", True), ("28672,8192", True), ("8448,4096", True),
+                          ("4096,14336", False), ("4096,4096", False), ("1024,4096", False)]:
+        chosen = choose_space(make_op("gemv", shape, "float16", {"accum": "float16"}), SM90)
+        assert (type(chosen) is GemvWgmmaSpace) == picked, shape
+    linear = make_op("linear", "16,14336,4096", "float16")
+    assert type(choose_space(linear, SM90)) is not GemvWgmmaSpace        # named only
+    assert type(choose_space(linear, SM90, "gemv-wgmma")) is GemvWgmmaSpace
+
+
+def test_recorded_gpu_measurements_replay_and_seed_the_space():
+    """The configs measured on the H200 are points of the space (same knobs, accepted), every one
+    was correct, and the space's first two seeds are the least-energy config of each shape."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "h200_gemv_wgmma_measured.json").read_text())
+    assert len(data["ours"]) == 20 and len(data["cublas"]) == 12
+    best = {}
+    for r in data["ours"]:
+        s = space(shape=f"{r['shape']['n']},{r['shape']['k']}")
+        assert set(r["config"]) == {k.name for k in s.knobs} and s.reject(r["config"]) is None
+        assert r["rel_error"] <= s.op.tolerance
+        n = r["shape"]["n"]
+        if n not in best or r["mj"] < best[n]["mj"]:
+            best[n] = r
+    assert space().seeds()[:2] == [best[14336]["config"], best[28672]["config"]]
+    ref = {n: min(c["mj"] for c in data["cublas"] if c["shape"]["n"] == n) for n in best}
+    # the record says where it stands: within 3% of cuBLAS's least energy, not below it
+    assert all(1.0 < best[n]["mj"] / ref[n] < 1.04 for n in best)
 
 
 def test_reject_names_the_reason_and_passes_the_seeds():
