@@ -57,7 +57,7 @@ import numpy as np
 import tvm
 from tvm.target import Target
 
-from energy_tuner.measure import l2
+from energy_tuner.measure import cuda_graph, l2
 from energy_tuner.schedules import OpError, make_op
 from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
@@ -68,6 +68,7 @@ from energy_tuner.schedules.gemv_wgmma import GemvWgmmaSpace
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
 DEQUANT_SHAPES = SHAPES[1:]          # issue 10's W4/W2 table
 MAX_SLOWDOWN = 1.03
+ROUGH_CALL_S = 10e-6    # a GEMV call's time, to size cuBLAS's CUDA-graph replays (~2 ms each)
 PROGRESS = "progress.txt"
 BASE = {"threads_per_row": 32, "rows_per_cta": 4, "rows_per_thread": 1, "vector_bytes": 16,
         "unroll": 2, "ctas_per_sm": 0, "load": "plain", "prefetch": "none", "x_stage": "global",
@@ -334,31 +335,15 @@ class Bench:
         return rows
 
     def _graph_batch(self, fn, ws, xs):
-        """run_batch for a torch call over the rotated sets: a CUDA graph of whole rounds (at
-        least 20 calls per replay), replayed back to back, timed like l2.Launcher."""
-        torch = self.torch
-        rounds = math.ceil(20 / len(ws))
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for w, x in zip(ws, xs):
-                fn(w, x)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(rounds):
-                for w, x in zip(ws, xs):
-                    fn(w, x)
-        per_replay = rounds * len(ws)
+        """run_batch for a torch call over the rotated sets: rounds over every set captured in a
+        CUDA graph and replayed back to back (measure/cuda_graph.py); seconds per call."""
+        sets = len(ws)
+        rounds = cuda_graph.graph_batch(lambda: [fn(w, x) for w, x in zip(ws, xs)],
+                                        latency_s=sets * ROUGH_CALL_S)
 
         def run_batch(calls: int) -> float:
-            reps = max(1, math.ceil(calls / per_replay))
-            start = time.perf_counter()
-            for _ in range(reps):
-                graph.replay()
-            torch.cuda.synchronize()
-            return (time.perf_counter() - start) / (reps * per_replay)
-        run_batch.graph = graph   # keep the graph alive as long as the closure
+            return rounds(math.ceil(calls / sets)) / sets
+        run_batch.rounds = rounds   # keep the graph alive as long as the closure
         return run_batch
 
     def ours(self, case: str, space: GemvKnobs, cfg: dict, problem: "Problem") -> dict:
