@@ -45,8 +45,11 @@ def test_energy_tune_on_llvm_against_a_fake_powercap_tree(tmp_path, monkeypatch,
         assert meta["meter"] == "rapl" and meta["measurement"]["meter"] == "rapl"
         assert r["energy_j"] > 0 and r["power_w"] > 0
         assert r["energy_j"] == pytest.approx(r["power_w"] * meta["sustained_latency_s"])
-        assert max(w["ticks"] for w in meta["windows"]) >= 3   # windows sized for 3 ticks (a
-        # starved reader may see fewer in one)
+        # windows are sized for min_ticks (3) ticks; one that saw fewer (a starved writer or reader on a
+        # loaded host) is flagged, never passed off as precise: a rule, not a timing
+        min_ticks = meta["measurement"]["precision"]["min_ticks"]
+        short = any(w["ticks"] < min_ticks for w in meta["windows"])
+        assert short == ("few_ticks" in meta["flags"])
     out = capsys.readouterr()
     assert "best energy" in out.out and "Traceback" not in out.err
 
