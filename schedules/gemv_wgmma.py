@@ -35,7 +35,8 @@ import tvm
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .hopper_gemm import BK, NUM_SMS, SMEM_LIMIT, SMEM_PER_SM, STATIC_SMEM, SWIZZLE_128B, sm90a
+from .hopper_gemm import (BK, NUM_SMS, SMEM_LIMIT, SMEM_PER_SM, STATIC_SMEM, SWIZZLE_128B,
+                          init_ring, release_last, release_previous, sm90a)
 from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
 
@@ -129,12 +130,7 @@ def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, pers
                 if z * threads + tid < zero_elems:
                     smem[(z * threads + tid) // pad_elems * stage_elems + a_elems + rows * BK + (z * threads + tid) % pad_elems] = T.float16(0)
         T.ptx.fence.proxy.async_.shared__cta()
-        if tid == 0:
-            for s in T.unroll(S):
-                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
-                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
-            T.ptx.fence.proxy.async_.shared__cta()
-        T.cuda.cta_sync()
+        init_ring(full, empty, tid, S, WG)
         it = 0
         if tid >= producer:
             if tid == producer:
@@ -159,14 +155,9 @@ def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, pers
                             T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc_b), smem.ptr_to([it % S * stage_elems + a_elems + kk * 16]), 1, sdo, SWIZZLE_128B)
                             T.ptx[wgmma](*[acc[i] for i in range(acc_n)], desc_a, desc_b, True, 1, 1, 0, 0)
                         T.ptx.wgmma.commit_group.sync.aligned()
-                        T.ptx.wgmma.wait_group.sync.aligned(1)
-                        if kt > 0:
-                            if tid % 128 == 0:
-                                T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                        release_previous(empty, it, kt, S, tid)
                         it = it + 1
-                    T.ptx.wgmma.wait_group.sync.aligned(0)
-                    if tid % 128 == 0:
-                        T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                    release_last(empty, it, S, tid)
                     store(Y, acc, (bid + t * grid) * BM + tid // 128 * 64, tid % 128)
     # fmt: on
     return gemv.with_attr("global_symbol", "gemv_wgmma")

@@ -138,6 +138,36 @@ def reject(m: int, n: int, k: int, cfg: GemmConfig) -> str | None:
     return None
 
 
+# The ring of stages, shared by the wgmma kernels of this module and schedules/gemv_wgmma.py.
+@T.macro
+def init_ring(full, empty, tid, stages, consumers):
+    """Thread 0: each stage's full barrier waits for one arrival (the TMA bytes), its empty
+    barrier for one per consumer warpgroup; then every thread may use them."""
+    if tid == 0:
+        for s in T.unroll(stages):
+            T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
+            T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(consumers))
+        T.ptx.fence.proxy.async_.shared__cta()
+    T.cuda.cta_sync()
+
+
+# The consumer side of the ring: after issuing a k-step's wgmmas, keep one step in flight and release the stage
+# of the step before; after a tile's last step, drain and release its stage.
+@T.macro
+def release_previous(empty, it, kt, stages, tid):
+    T.ptx.wgmma.wait_group.sync.aligned(1)
+    if kt > 0:
+        if tid % 128 == 0:
+            T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % stages]))
+
+
+@T.macro
+def release_last(empty, it, stages, tid):
+    T.ptx.wgmma.wait_group.sync.aligned(0)
+    if tid % 128 == 0:
+        T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % stages]))
+
+
 def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.tirx.PrimFunc:
     """The TIRx PrimFunc main(A, B, C) for C = A @ B; batch > 0 makes it batched (b, m, k) x (b, k, n)."""
     BM, BN, S, WG = cfg.block_m, cfg.block_n, cfg.stages, cfg.consumers
@@ -214,17 +244,6 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         tm = first_m + in_grp % gsize
         tn = in_grp // gsize
         bi = tile // tiles_per_batch
-
-    @T.macro
-    def init_barriers(full, empty, tid):
-        """Thread 0: each stage's full barrier waits for one arrival (the TMA bytes), its empty
-        barrier for one per consumer warpgroup; then every thread may use them."""
-        if tid == 0:
-            for s in T.unroll(S):
-                T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
-                T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(WG))
-            T.ptx.fence.proxy.async_.shared__cta()
-        T.cuda.cta_sync()
 
     @T.macro
     def load_stage(smem, full, A_map, B_map, s, kt, tm, tn, bi):
@@ -305,7 +324,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         if ws:
             it: T.int32   # k-steps through the pipeline so far, across this CTA's tiles
 
-        init_barriers(full, empty, tid)
+        init_ring(full, empty, tid, S, WG)
         if ws:
             it = 0
             if tid < 128:
@@ -329,14 +348,9 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                         for kt in T.serial(k_tiles):
                             T.cuda.mbarrier_wait(T.address_of(full[it % S]), it // S % 2)
                             mma_stage(smem, acc, desc_a, desc_b, it % S, tid // 128 - 1)
-                            T.ptx.wgmma.wait_group.sync.aligned(1)
-                            if kt > 0:
-                                if tid % 128 == 0:
-                                    T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                            release_previous(empty, it, kt, S, tid)
                             it = it + 1
-                        T.ptx.wgmma.wait_group.sync.aligned(0)
-                        if tid % 128 == 0:
-                            T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % S]))
+                        release_last(empty, it, S, tid)
                         if tma_epi:
                             store_tile_tma(C_map, c_smem, acc, tm, tn, bi, tid - 128)
                         else:
