@@ -133,10 +133,10 @@ def clearly_above(readings: list[PowerReading], bound_j: float) -> bool:
     return (mean - EARLY_STOP_SE * se) * statistics.fmean(r.result for r in readings) > bound_j
 
 
-def _energy_per_call(readings: list[PowerReading]) -> float:
-    """Mean counter power x mean per-call time of the windows (inf without a counter estimate)."""
+def _energy_per_call(readings: list[PowerReading]) -> float | None:
+    """Mean counter power x mean per-call time of the windows (None without a counter estimate)."""
     watts = [r.watts for r in readings if r.watts is not None]
-    return statistics.fmean(watts) * statistics.fmean(r.result for r in readings) if watts else math.inf
+    return statistics.fmean(watts) * statistics.fmean(r.result for r in readings) if watts else None
 
 
 def _attempt(meter: EnergyMeter, run_batch: Callable[[int], float], calls: int,
@@ -200,7 +200,8 @@ def measure_energy(meter: EnergyMeter, run_batch: Callable[[int], float], latenc
                          + (["stopped_early"] if stopped else []))
         if stopped or not set(all_flags[-1]) & REMEASURE_FLAGS:
             break
-        if stop_above_j is not None and _energy_per_call(readings) > stop_above_j:
+        energy_j = _energy_per_call(readings)   # None: no estimate, so re-measure
+        if stop_above_j is not None and energy_j is not None and energy_j > stop_above_j:
             all_flags[-1].append("above_bound")   # flagged, but no pick: not worth re-measuring
             break
 
