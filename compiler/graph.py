@@ -52,8 +52,8 @@ class Task:
 
 
 def product_options(dtype: str) -> dict | None:
-    """A float16 matmul, batch_matmul or gemv task outputs float16 (accum=float16), as torch's products
-    and nn.Linear do, so that no float32 output is written and cast; the Hopper kernels still sum
+    """A float16 matmul, batch_matmul or gemv task outputs float16 (accum=float16), as torch's
+    products and nn.Linear do, so that no float32 output is written and cast; the Hopper kernels still sum
     in float32 and round once."""
     return {"accum": "float16"} if dtype == "float16" else None
 
@@ -64,8 +64,8 @@ LINEAR_MAX_ROWS = 16     # up to here a linear layer is a skinny GEMM on W as st
 def linear_task(m: int, n: int, k: int, dtype: str) -> tuple[str, dict[str, int], str, dict | None]:
     """How a linear layer y[m, n] = x[m, k] W[n, k]^T becomes one of our ops (op, shape, dtype,
     params): a gemv on W as it is stored when there is one row (float16 out for float16, as
-    matmul), a `linear` on W as stored for
-    2..16 rows (decode at a batch; float32 out, cast by the caller), else a matmul on W^T (k x n)."""
+    matmul), a `linear` on W as stored for 2..16 rows (decode at a batch; float32 out, cast by
+    the caller), else a matmul on W^T (k x n)."""
     if m == 1:
         return "gemv", {"n": n, "k": k}, dtype, product_options(dtype)
     if m <= LINEAR_MAX_ROWS:
