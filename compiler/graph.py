@@ -53,8 +53,8 @@ class Task:
 
 def product_options(dtype: str) -> dict | None:
     """A float16 matmul, batch_matmul or gemv task outputs float16 (accum=float16), as torch's
-    products and nn.Linear do, so that no float32 output is written and cast; the Hopper kernels still sum
-    in float32 and round once."""
+    products and nn.Linear do, so that no float32 output is written and cast; the Hopper and
+    GEMV knob kernels still sum in float32 and round once."""
     return {"accum": "float16"} if dtype == "float16" else None
 
 
