@@ -24,8 +24,8 @@ The product is a GEMM with W as the wgmma A operand (M = rows of W) and x as B (
   keeping one k-step in flight, and stores its accumulator's real columns (4 or 8 registers);
 - `persistent`: a grid of at most one CTA per SM walks the row blocks, the ring running on across
   them; else one CTA per row block.
-Left out: split-k (n = 4096 gives only 32-64 row blocks for 132 SMs; a deep ring of 64-row tiles
-is the space's answer there), bf16.
+Left out: split-k (n = 4096 gives only 32-64 row blocks for 132 SMs; the space offers deep rings
+of 64-row tiles there instead, not measured), bf16.
 """
 from __future__ import annotations
 
