@@ -166,21 +166,26 @@ CURATED_GEMV_MMA = [  # fp16 on tensor cores: bytes in flight, then rows per CTA
     {"warps": 2, "unroll": 8},
     {"warps": 1, "unroll": 8},
 ]
-BASE_WGMMA = {"consumers": 2, "stages": 12, "persistent": False, "l2_promotion": 2}
-CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages first, then ring depth, tile, grid
-    {},
-    {"persistent": True},
+BASE_WGMMA = {"consumers": 2, "stages": 12, "persistent": False, "l2_promotion": 2, "split_k": 1,
+              "sm_share": 1.0}
+CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table's least-energy
+    {},            # configs, then the grid: persistent on a share of the SMs, split-k clusters
     {"stages": 8},
-    {"stages": 6},
-    {"stages": 4},
-    {"consumers": 1},
     {"consumers": 1, "stages": 6},
+    {"stages": 8, "persistent": True, "sm_share": 0.75},
+    {"stages": 8, "persistent": True, "sm_share": 0.5},
+    {"consumers": 1, "stages": 6, "persistent": True, "sm_share": 0.75},
+    {"consumers": 1, "stages": 12, "persistent": True, "sm_share": 0.5},
+    {"consumers": 1, "stages": 12, "split_k": 2},
+    {"consumers": 1, "stages": 16, "split_k": 4},
+    {"stages": 8, "split_k": 2},
+    {"stages": 8, "split_k": 4},
+    {"persistent": True},
+    {"stages": 4},
     {"consumers": 4, "stages": 6},
     {"l2_promotion": 0},
     {"l2_promotion": 3},
-    {"consumers": 1, "stages": 4},
     {"consumers": 1, "stages": 24},
-    {"consumers": 1, "stages": 16},
 ]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass

@@ -23,9 +23,13 @@ The product is a GEMM with W as the wgmma A operand (M = rows of W) and x as B (
 - each consumer warpgroup owns 64 rows of W and issues `wgmma.m64n{8,16}k16` per 16 columns,
   keeping one k-step in flight, and stores its accumulator's real columns (4 or 8 registers);
 - `persistent`: a grid of at most one CTA per SM walks the row blocks, the ring running on across
-  them; else one CTA per row block.
-Left out: split-k (n = 4096 gives only 32-64 row blocks for 132 SMs; the space offers deep rings
-of 64-row tiles there instead, not measured), bf16.
+  them; `sm_share` (1, 3/4, 1/2) leaves the other SMs idle, to see whether fewer SMs streaming
+  the same bytes draw less power; else one CTA per row block;
+- `split_k` (1, 2, 4): a row block's k range is split over a cluster of that many CTAs (for
+  n = 4096: 32-64 row blocks for 132 SMs); each sums its slice, rank 0 adds the others' partial
+  sums from their shared memory (distributed shared memory: mapa + ld.shared::cluster) between
+  two cluster barriers and stores once, so fp16 output and determinism are kept (no atomics).
+Left out: bf16. Split-k and `sm_share` are not measured yet.
 """
 from __future__ import annotations
 
@@ -41,6 +45,19 @@ from .knobs import Config, Knob, KnobSpace, register
 from .op import Op
 
 MAX_ROWS = 16          # rows of x: wgmma N of 8 or 16
+SPLITS = (1, 2, 4)     # k slices of a row block, one CTA each, in one cluster
+SM_SHARES = (1.0, 0.75, 0.5)   # share of the SMs a persistent grid occupies
+
+# a float of another CTA's shared memory in the cluster (distributed shared memory)
+CLUSTER_LOAD = """
+__forceinline__ __device__ float cluster_load_f32(float* p, int rank) {
+  unsigned local = (unsigned)__cvta_generic_to_shared(p), remote;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+"""
 
 
 def wgmma_n(rows: int) -> int:
@@ -53,18 +70,28 @@ def stage_bytes(block_m: int, rows: int) -> int:
     return (block_m + wgmma_n(rows)) * BK * 2
 
 
-def smem_bytes(block_m: int, rows: int, stages: int) -> int:
-    return stages * stage_bytes(block_m, rows) + STATIC_SMEM
+def smem_bytes(block_m: int, rows: int, stages: int, split_k: int = 1) -> int:
+    """The ring, the barriers and, with split-k, the partial accumulators (fp32, per consumer
+    thread)."""
+    partials = block_m * wgmma_n(rows) * 4 if split_k > 1 else 0    # 2 threads per row, N/2 each
+    return stages * stage_bytes(block_m, rows) + STATIC_SMEM + partials
+
+
+def persistent_grid(tiles: int, sms: int, sm_share: float) -> int:
+    """CTAs of a persistent grid: one per SM of the share used, at most one per row block."""
+    return max(1, min(tiles, round(sms * sm_share)))
 
 
 def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, persistent: bool,
                     l2_promotion: int, w_first: bool, sms: int = NUM_SMS,
-                    out_dtype: str = "float32") -> tvm.tirx.PrimFunc:
+                    out_dtype: str = "float32", split_k: int = 1,
+                    sm_share: float = 1.0) -> tvm.tirx.PrimFunc:
     """The TIRx PrimFunc main(..., y): (W, x, y) for gemv (w_first, rows = 1, x and y vectors),
     (x, W, y) for linear (x[rows, k], y[rows, n])."""
     BM, BN, S, WG = 64 * consumers, wgmma_n(rows), stages, consumers
     tiles, k_tiles = n // BM, k // BK
-    grid = min(tiles, sms) if persistent else tiles
+    split, k_steps = split_k, k // BK // split_k           # k-steps of one CTA of a split tile
+    grid = persistent_grid(tiles, sms, sm_share) if persistent else tiles * split
     max_tiles_per_cta = (tiles + grid - 1) // grid
     threads = 128 * WG + 32                      # consumer warpgroups, then the producer warp
     producer = 128 * WG
@@ -76,6 +103,7 @@ def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, pers
     zero_elems = S * pad_elems
     zero_steps = (zero_elems + threads - 1) // threads
     acc_n = BN // 2
+    red_elems = producer * acc_n                 # split-k: each consumer thread's partial sums
     shape_w, shape_x = (n, k), ((k,) if w_first else (rows, k))
     shape_y = (n,) if w_first else (rows, n)
     shape0, shape1 = (shape_w, shape_x) if w_first else (shape_x, shape_w)
@@ -115,10 +143,14 @@ def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, pers
 
         T.device_entry()
         bid = T.cta_id([grid])
+        if split > 1:
+            rank = T.cta_id_in_cluster([split])     # the cluster of a row block: its k slices
         tid = T.thread_id([threads])
         smem = T.alloc_buffer((S * stage_elems,), "float16", scope="shared.dyn", align=1024)
         full = T.alloc_shared((S,), "uint64")
         empty = T.alloc_shared((S,), "uint64")
+        if split > 1:
+            red = T.alloc_shared((red_elems,), "float32")
         acc = T.alloc_local((acc_n,), "float32")
         desc_a: T.uint64
         desc_b: T.uint64
@@ -135,19 +167,19 @@ def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, pers
         if tid >= producer:
             if tid == producer:
                 for t in T.serial(max_tiles_per_cta):
-                    if bid + t * grid < tiles:
-                        for kt in T.serial(k_tiles):
+                    if bid // split + t * grid < tiles:
+                        for kt in T.serial(k_steps):
                             T.cuda.mbarrier_wait(T.address_of(empty[it % S]), it // S % 2 ^ 1)
                             T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(full[it % S]), T.uint32(tx_bytes))
-                            T.ptx[tma](smem.ptr_to([it % S * stage_elems]), T.address_of(W_map), kt * BK, (bid + t * grid) * BM, T.address_of(full[it % S]))
-                            T.ptx[tma](smem.ptr_to([it % S * stage_elems + a_elems]), T.address_of(X_map), kt * BK, 0, T.address_of(full[it % S]))
+                            T.ptx[tma](smem.ptr_to([it % S * stage_elems]), T.address_of(W_map), (bid % split * k_steps + kt) * BK, (bid // split + t * grid) * BM, T.address_of(full[it % S]))
+                            T.ptx[tma](smem.ptr_to([it % S * stage_elems + a_elems]), T.address_of(X_map), (bid % split * k_steps + kt) * BK, 0, T.address_of(full[it % S]))
                             it = it + 1
         else:
             for t in T.serial(max_tiles_per_cta):
-                if bid + t * grid < tiles:
+                if bid // split + t * grid < tiles:
                     for i in T.unroll(acc_n):
                         acc[i] = T.float32(0)
-                    for kt in T.serial(k_tiles):
+                    for kt in T.serial(k_steps):
                         T.cuda.mbarrier_wait(T.address_of(full[it % S]), it // S % 2)
                         T.ptx.wgmma.fence.sync.aligned()
                         for kk in T.unroll(BK // 16):
@@ -158,7 +190,22 @@ def gemv_wgmma_func(n: int, k: int, rows: int, consumers: int, stages: int, pers
                         release_previous(empty, it, kt, S, tid)
                         it = it + 1
                     release_last(empty, it, S, tid)
-                    store(Y, acc, (bid + t * grid) * BM + tid // 128 * 64, tid % 128)
+                    if split > 1:
+                        for i in T.unroll(acc_n):
+                            red[tid * acc_n + i] = acc[i]
+                    else:
+                        store(Y, acc, (bid + t * grid) * BM + tid // 128 * 64, tid % 128)
+        if split > 1:
+            # rank 0 adds the other slices' partial sums from their shared memory, then stores;
+            # the second barrier keeps that memory alive until it has been read
+            T.cuda.cluster_sync()
+            if rank == 0:
+                if tid < producer:
+                    for s in T.serial(split - 1):
+                        for i in T.unroll(acc_n):
+                            acc[i] = acc[i] + T.cuda.func_call("cluster_load_f32", red.ptr_to([tid * acc_n + i]), s + 1, source_code=CLUSTER_LOAD, return_type="float32")
+                    store(Y, acc, bid // split * BM + tid // 128 * 64, tid % 128)
+            T.cuda.cluster_sync()
     # fmt: on
     return gemv.with_attr("global_symbol", "gemv_wgmma")
 
@@ -211,13 +258,14 @@ class GemvWgmmaSpace(KnobSpace):
     @property
     def knobs(self) -> tuple[Knob, ...]:
         return (Knob("consumers", (1, 2, 4)), Knob("stages", (4, 6, 8, 12, 16, 24)),
-                Knob("persistent", (False, True)), Knob("l2_promotion", (0, 2, 3)))
+                Knob("persistent", (False, True)), Knob("l2_promotion", (0, 2, 3)),
+                Knob("split_k", SPLITS), Knob("sm_share", SM_SHARES))
 
     def seeds(self) -> list[Config]:
         """The least-energy configs of the H200 table (gemv_wgmma_h200_2026-12-01: 128-row tiles
         with 8 stages at n = 14336, 64-row tiles with 6 at n = 28672), its fastest (4 stages), then
         cuBLAS's own shape (12 stages) and 64-row tiles with a deep ring for few row blocks."""
-        base = dict(consumers=2, stages=8, persistent=False, l2_promotion=2)
+        base = dict(consumers=2, stages=8, persistent=False, l2_promotion=2, split_k=1, sm_share=1.0)
         return [base, dict(base, consumers=1, stages=6), dict(base, stages=4),
                 dict(base, stages=12), dict(base, consumers=1, stages=24)]
 
@@ -226,7 +274,14 @@ class GemvWgmmaSpace(KnobSpace):
         block_m = 64 * int(config["consumers"])
         if n % block_m:
             return f"{block_m}-row blocks do not divide n = {n} (no boundary handling)"
-        smem = smem_bytes(block_m, rows, int(config["stages"]))
+        split, share = int(config["split_k"]), float(config["sm_share"])
+        if split > 1 and config["persistent"]:
+            return "split-k runs one cluster per row block: not with a persistent grid"
+        if share != 1.0 and not config["persistent"]:
+            return "sm_share sizes a persistent grid (its canonical value is 1.0 otherwise)"
+        if (k // BK) % split:
+            return f"split_k {split} does not divide the {k // BK} k-steps of {BK} columns"
+        smem = smem_bytes(block_m, rows, int(config["stages"]), split)
         if smem > SMEM_LIMIT:
             return f"shared memory {smem} B over the {SMEM_LIMIT} B a block can have"
         return None
@@ -236,21 +291,25 @@ class GemvWgmmaSpace(KnobSpace):
         func = gemv_wgmma_func(n, k, rows, int(config["consumers"]), int(config["stages"]),
                                bool(config["persistent"]), int(config["l2_promotion"]),
                                w_first=self.op.name == "gemv", sms=self.sms,
-                               out_dtype=self.op.output_dtype)
+                               out_dtype=self.op.output_dtype, split_k=int(config["split_k"]),
+                               sm_share=float(config["sm_share"]))
         return tvm.IRModule({"main": func.with_attr("target", self.target)})
 
     def features(self, config: Config) -> dict[str, float]:
         rows, n, k = _rows_n_k(self.op)
         consumers, stages = int(config["consumers"]), int(config["stages"])
+        split, share = int(config["split_k"]), float(config["sm_share"])
         block_m = 64 * consumers
-        smem = smem_bytes(block_m, rows, stages)
+        smem = smem_bytes(block_m, rows, stages, split)
         tiles = n // block_m
         ctas_per_sm = 1 if config["persistent"] else max(1, min(SMEM_PER_SM // smem, 32))
-        waves = tiles / (self.sms * ctas_per_sm)
+        ctas = persistent_grid(tiles, self.sms, share) if config["persistent"] else tiles * split
+        waves = tiles * split / (self.sms * ctas_per_sm)
         return {"block_m": block_m, "stages": stages, "consumers": consumers,
                 "persistent": float(bool(config["persistent"])),
                 "l2_promotion": int(config["l2_promotion"]), "threads": 128 * consumers + 32,
                 "smem_bytes": smem, "tiles": tiles, "k_tiles": k // BK, "ctas_per_sm": ctas_per_sm,
                 "waves": waves, "wave_efficiency": waves / math.ceil(waves),
+                "split_k": split, "ctas": ctas, "sms_used": min(ctas, self.sms) / self.sms,
                 "bytes_in_flight_per_sm": ctas_per_sm * stages * stage_bytes(block_m, rows),
                 "padded_columns": wgmma_n(rows) - rows}

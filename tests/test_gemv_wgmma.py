@@ -15,7 +15,7 @@ from energy_tuner.schedules.hopper_gemm import SMEM_LIMIT
 from energy_tuner.schedules.knobs import knob_spaces
 from tests.gemv_helpers import SM90, check_on_gpu, cuda_source, has_gpu, nvcc, op_inputs
 
-BASE = dict(consumers=2, stages=12, persistent=False, l2_promotion=2)
+BASE = dict(consumers=2, stages=12, persistent=False, l2_promotion=2, split_k=1, sm_share=1.0)
 
 
 def space(name: str = "gemv", shape: str = "14336,4096", sms: int = 132) -> GemvWgmmaSpace:
@@ -85,6 +85,27 @@ def test_reject_names_the_reason_and_passes_the_seeds():
         assert all(space(shape=shape).reject(c) is None for c in space(shape=shape).seeds())
 
 
+def test_split_k_and_sm_share_rules():
+    s = space(shape="4096,4096")
+    assert "not with a persistent grid" in s.reject(dict(BASE, split_k=2, persistent=True))
+    assert "canonical value is 1.0" in s.reject(dict(BASE, sm_share=0.5))
+    assert "does not divide the 19 k-steps" in space(shape="4096,1216").reject(dict(BASE, split_k=4))
+    assert s.reject(dict(BASE, split_k=4)) is None
+    assert s.reject(dict(BASE, persistent=True, sm_share=0.5)) is None
+    # the partial accumulators of split-k count against shared memory: 128 rows x 8 columns fp32
+    assert smem_bytes(128, 1, 12, 2) - smem_bytes(128, 1, 12) == 128 * 8 * 4
+
+
+def test_features_count_ctas_of_split_k_and_sm_share():
+    s = space(shape="4096,4096")
+    f = s.features(dict(BASE, split_k=4))
+    assert f["tiles"] == 32 and f["split_k"] == 4 and f["ctas"] == 128
+    assert f["waves"] == pytest.approx(128 / 132)
+    g = space().features(dict(BASE, consumers=1, persistent=True, sm_share=0.5))
+    assert g["tiles"] == 224 and g["ctas"] == 66 and g["sms_used"] == pytest.approx(0.5)
+    assert space().features(dict(BASE, persistent=True))["ctas"] == 112     # one per row block
+
+
 def test_features_count_tiles_waves_and_padding():
     f = space().features(BASE)
     assert f["block_m"] == 128 and f["tiles"] == 112 and f["k_tiles"] == 64
@@ -110,7 +131,8 @@ def test_sample_and_mutate_stay_in_the_knob_space():
     ("gemv", "14336,4096", {}, 8),
     ("gemv", "28672,8192", {"persistent": True, "consumers": 1, "stages": 8}, 8),
     ("linear", "5,4096,4096", {"stages": 6}, 8),
-    ("linear", "16,14336,4096", {"consumers": 4, "stages": 4, "l2_promotion": 3}, 16)])
+    ("linear", "16,14336,4096", {"consumers": 4, "stages": 4, "l2_promotion": 3}, 16),
+    ("gemv", "4096,4096", {"persistent": True, "sm_share": 0.5}, 8)])
 def test_cuda_source_has_wgmma_tma_and_compiles(name, shape, changes, n_tile, tmp_path):
     s = space(name, shape)
     source = cuda_source(s, dict(BASE, **changes))
@@ -122,6 +144,26 @@ def test_cuda_source_has_wgmma_tma_and_compiles(name, shape, changes, n_tile, tm
     else:
         assert "__float2half_rn" not in body
     nvcc(source, tmp_path, "cubin")
+
+
+@pytest.mark.parametrize("name, shape, split", [("gemv", "4096,4096", 2), ("gemv", "4096,14336", 4),
+                                                ("linear", "9,4096,4096", 2)])
+def test_split_k_reduces_in_the_cluster_and_compiles(name, shape, split, tmp_path):
+    """Each CTA of a row block's cluster sums one k slice; rank 0 adds the others' partial sums
+    from their shared memory (mapa + ld.shared::cluster) between two cluster barriers, then
+    stores; the launch is a cluster of `split` CTAs."""
+    s = space(name, shape)
+    cfg = dict(BASE, split_k=split)
+    body = cuda_source(s, cfg)
+    body = body[body.rindex("__global__"):]
+    assert body.count("tvm_builtin_cuda_cluster_sync();") == 2
+    first, last = body.index("cluster_sync"), body.rindex("cluster_sync")
+    assert first < body.index("cluster_load_f32(") < last
+    assert body.index("red_ptr[") < first and "Y_ptr[" not in body[:first]   # stores after the reduce
+    k_steps = s.op.shape["k"] // 64 // split
+    assert f"kt < {k_steps};" in body
+    assert "T.cta_id_in_cluster([%d])" % split in s.module(cfg)["main"].script()
+    nvcc(cuda_source(s, cfg), tmp_path, "cubin")
 
 
 def test_float16_output_is_stored_as_half(tmp_path):
@@ -147,7 +189,14 @@ def test_float16_output_is_stored_as_half(tmp_path):
     ("linear", "5,4096,1024", {"consumers": 1, "stages": 6}),
     ("linear", "8,2048,1024", {}),
     ("linear", "9,2048,1024", {"l2_promotion": 3}),
-    ("linear", "16,28672,1024", {"persistent": True, "stages": 8})])
+    ("linear", "16,28672,1024", {"persistent": True, "stages": 8}),
+    ("gemv", "4096,4096", {"split_k": 2}),
+    ("gemv", "4096,14336", {"split_k": 4, "consumers": 1, "stages": 16}),
+    ("gemv-fp16", "4096,4096", {"split_k": 4}),
+    ("linear", "5,2048,1024", {"split_k": 2, "consumers": 1}),
+    ("linear", "16,2048,4096", {"split_k": 4}),
+    ("gemv", "14336,4096", {"persistent": True, "sm_share": 0.5}),
+    ("gemv", "28672,1024", {"persistent": True, "sm_share": 0.75, "consumers": 1})])
 def test_kernel_on_the_gpu_matches_numpy(name, shape, changes):
     op = make_op(name.removesuffix("-fp16"), shape, "float16",
                  {"accum": "float16"} if name.endswith("-fp16") else None)
