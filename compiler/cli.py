@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
+from ..measure.l2_policy import L2_CHOICES, l2_policy
 from ..measure.rpc_server import parse_address
 from .objective import KINDS, Objective
 from .policy import POLICIES
@@ -75,9 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SQLite database of every measured candidate (default: {default_db()})")
     p.add_argument("--export", type=Path, metavar="DIR",
                    help="write the best kernel as a shared library and a JSON manifest here")
-    p.add_argument("--l2", choices=("resident", "rotate"), default="resident",
-                   help="resident: every call reads the same inputs, which stay in L2 where they "
-                        "fit (default, as cuBLAS is usually timed); rotate: calls cycle through "
+    p.add_argument("--l2", choices=L2_CHOICES, default="auto",
+                   help="auto (default): rotate for ops that stream their weights (gemv, and "
+                        "products of at most 16 rows, as in decoding), else "
+                        "resident; resident: every call reads the same inputs, which stay in L2 "
+                        "where they fit (as cuBLAS is usually timed); rotate: calls cycle through "
                         "input copies totalling 256 MiB, so inputs come from DRAM")
     p.add_argument("--space", default="auto", metavar="NAME",
                    help="the space to search: a registered knob space (template family) that "
@@ -233,7 +236,7 @@ def prepare(argv: list[str] | None = None) -> Plan:
     shape = args.shape if args.shape is not None else OPS[args.op].default_shape[plat.kind]
     ops = [make_op(args.op, shape, dtype, params) for params in op_params(args) or [None]]
     for op in ops:
-        if problem := memory_problem(op, plat, args.l2):
+        if problem := memory_problem(op, plat, l2_policy(args.l2, op)):
             raise UsageError(problem)
         choose_space(op, plat.target, args.space)
     if args.tracker is not None:  # the servers measure energy where they have a meter

@@ -18,6 +18,7 @@ from typing import NoReturn
 from .cli import UsageError, _Parser, default_db
 from .objective import KINDS
 from .policy import POLICIES
+from ..measure.l2_policy import L2_CHOICES
 
 PROG = "tune-model"
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, metavar="DIR",
                    help="write the chosen kernels as a library (shared libraries, manifest) here")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the report as JSON here")
-    p.add_argument("--l2", choices=("resident", "rotate"), default="resident", help="as for tune")
+    p.add_argument("--l2", choices=L2_CHOICES, default="auto", help="as for tune (per task)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-overlap", action="store_true", help="as for tune")
     p.add_argument("--no-baseline", action="store_true",

@@ -12,6 +12,7 @@ same budget continues an interrupted run and a larger budget extends a finished 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import statistics
 import tempfile
@@ -35,8 +36,9 @@ from .target import Platform
 from ..measure.cuda_graph import try_graph_batch
 from ..measure.meters import open_meter, powercap_root
 from ..measure.protocol import Precision, measure_energy
+from ..measure.l2_policy import l2_policy
 from ..measure.meters import METER_NAMES
-from ..measure.runner import MeasureConfig, measurement_identity
+from ..measure.runner import MeasureConfig, measurement_identity, rotation_sets
 from ..measure.worker import IsolatedRunner, WorkerSpec
 from ..schedules import Op
 
@@ -78,7 +80,7 @@ class Settings:
     """What `tune-model` takes besides the tasks: the knobs of `tune`, and the round size."""
     objective: Objective
     trials: int
-    l2: str = "resident"
+    l2: str = "auto"                # per task, measure/l2_policy.py
     energy_policy: str = "all"
     seed: int = 0
     overlap: bool = True            # on CUDA: search while measuring
@@ -139,7 +141,7 @@ class ModelTuner:
             tuner = Tuner(op, plat, None, db, settings.objective, seed=settings.seed,
                           batch=settings.batch, population=settings.population,
                           energy_policy=settings.energy_policy, overlap=self.overlap,
-                          measurement=self._measurement())
+                          measurement=self._measurement(op))
             state = TaskState(task, op, tuner, prior_cost(op, plat.kind, settings.quantity))
             state.records = db.records(tuner.key)
             state.planned = state.done(settings.objective)
@@ -190,17 +192,17 @@ class ModelTuner:
         finally:
             self.close()
 
-    def _config(self) -> MeasureConfig:
-        return MeasureConfig(l2=self.settings.l2, **LATENCY_TIMING[self.plat.kind])
+    def _config(self, op: Op) -> MeasureConfig:
+        return MeasureConfig(l2=l2_policy(self.settings.l2, op), **LATENCY_TIMING[self.plat.kind])
 
-    def _measurement(self) -> dict:
-        """What the workers will report as their measurement identity (the tasks' db keys)."""
+    def _measurement(self, op: Op) -> dict:
+        """What op's worker will report as its measurement identity (the task's db key)."""
         meter = None if self.no_meter else METER_NAMES[self.plat.kind]
-        return measurement_identity(self._config(), meter)
+        return measurement_identity(self._config(op), meter)
 
     def _runner(self, op: Op) -> IsolatedRunner:
         return IsolatedRunner(WorkerSpec(op.describe(), self.plat.kind, self.plat.device.index,
-                                         self._config(), self.settings.seed,
+                                         self._config(op), self.settings.seed,
                                          None if self.no_meter else powercap_root()))
 
     def _builder(self) -> Builder:
@@ -246,13 +248,15 @@ def launcher(call: Callable[[], object], python_batch: Callable[[int], float], l
     return python_batch, f"python-launched (cuda graph failed: {error})"
 
 
-def torch_baseline(op: Op, plat: Platform, no_meter: str | None, seed: int = 0) -> Baseline | None:
+def torch_baseline(op: Op, plat: Platform, no_meter: str | None, seed: int = 0,
+                   l2: str = "resident") -> Baseline | None:
     """torch's call for the op on this platform's device, on the same seeded inputs, timed as
     back-to-back calls (median of repeats): on CUDA replays of a CUDA graph of calls, so that
     calls under ~20 µs are not timed with Python's launch gaps (Python-launched where capture
-    fails, as the name says); on the CPU Python-launched. Energy with measure/protocol.py where
-    there is a meter. None where torch cannot run there (no torch, or a torch without CUDA on a
-    GPU platform)."""
+    fails, as the name says); on the CPU Python-launched. With `l2="rotate"` the calls cycle
+    through copies of the inputs as our rotated measurements do (`rotation_sets`), so both read
+    from DRAM. Energy with measure/protocol.py where there is a meter. None where torch cannot
+    run there (no torch, or a torch without CUDA on a GPU platform)."""
     try:
         import torch
     except ImportError:
@@ -263,9 +267,16 @@ def torch_baseline(op: Op, plat: Platform, no_meter: str | None, seed: int = 0) 
         return None
     device = f"cuda:{plat.device.index}" if plat.kind == "cuda" else "cpu"
     a, b = (torch.from_numpy(x).to(device) for x in op.inputs(np.random.default_rng(seed)))
+    sets = [(a, b)]
+    if l2 == "rotate":
+        sets += [(a.clone(), b.clone()) for _ in range(rotation_sets(a.nbytes + b.nbytes) - 1)]
     extra = (op.shape["stride"], op.shape["pad"]) if op.name == "conv2d" else ()
     sync = torch.cuda.synchronize if plat.kind == "cuda" else (lambda: None)
-    call = lambda: torch_op(op.name, a, b, *extra)  # noqa: E731
+    turn = itertools.count()
+
+    def call():
+        x, w = sets[next(turn) % len(sets)]
+        return torch_op(op.name, x, w, *extra)
 
     def python_batch(calls: int) -> float:
         start = time.perf_counter()
@@ -275,7 +286,8 @@ def torch_baseline(op: Op, plat: Platform, no_meter: str | None, seed: int = 0) 
         return (time.perf_counter() - start) / calls
 
     timing = LATENCY_TIMING[plat.kind]
-    name = f"torch {torch.__version__} eager, {op.dtype} out, {device}"
+    name = f"torch {torch.__version__} eager, {op.dtype} out, {device}" + (
+        f", inputs rotated over {len(sets)} copies" if len(sets) > 1 else "")
     on_device = torch.cuda.device(device) if plat.kind == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), on_device:
         python_batch(3)
@@ -377,7 +389,8 @@ def tune_tasks(tasks: list[Task], plat: Platform, db: TuningDatabase, settings: 
         tuner.run(on_record)
     results = []
     for state, chosen in zip(tuner.states, tuner.chosen()):
-        ref = torch_baseline(state.op, plat, no_meter, settings.seed) if baseline else None
+        ref = torch_baseline(state.op, plat, no_meter, settings.seed,
+                             l2_policy(settings.l2, state.op)) if baseline else None
         results.append(TaskResult(state.task, state.done(settings.objective), chosen, ref))
     return results, tuner
 

@@ -14,6 +14,7 @@ from .report import LiveProgress, op_title, summary_table
 from .search import Tuner, TuneResult
 from .target import Platform
 from .tune_cost import TuneEnergy, store as store_tune_cost
+from ..measure.l2_policy import l2_policy
 from ..measure.meters import powercap_root
 from ..measure.runner import MeasureConfig
 from ..measure.rpc import NoWorkers, RpcPool
@@ -41,7 +42,7 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
     impls = f", implementations {' + '.join(o.params['impl'] for o in ops)}" if len(ops) > 1 else ""
     err.print(escape(f"{op_title(op, with_impl=len(ops) == 1)} on {plat.device_name} "
                      f"({plat.kind}), objective {objective.label}, {args.trials} trials{impls}, "
-                     f"L2 {args.l2}, energy policy {args.energy_policy}, db {db.path}"))
+                     f"L2 {l2_policy(args.l2, op)}, energy policy {args.energy_policy}, db {db.path}"))
     if no_meter:
         err.print(f"energy: not measured ({no_meter})")
     tune_energy = TuneEnergy(plat.kind, plat.device.index, powercap_root())
@@ -108,7 +109,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
           no_meter: str | None, db: TuningDatabase, err: Console,
           on_record: Callable[[Record], None]) -> tuple[Tuner, TuneResult]:
     """One op's tune, its statistics reported; raises TuneStopped after an error or Ctrl-C."""
-    config = MeasureConfig(l2=args.l2, **LATENCY_TIMING[plat.kind])
+    config = MeasureConfig(l2=l2_policy(args.l2, op), **LATENCY_TIMING[plat.kind])
     spec = WorkerSpec(op.describe(), plat.kind, plat.device.index, config, args.seed,
                       None if no_meter else powercap_root())
     try:

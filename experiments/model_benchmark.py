@@ -34,6 +34,7 @@ import torch
 
 from energy_tuner.compiler import api
 from energy_tuner.measure.cuda_graph import try_graph_batch
+from energy_tuner.measure.l2_policy import l2_policy
 from energy_tuner.measure.meters import open_meter
 from energy_tuner.measure.protocol import Precision, measure_energy
 from experiments.decoder_layer import FULL, DecoderLayer, example_inputs
@@ -82,9 +83,10 @@ def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
                          trials=args.trials, db=out / "tune.sqlite", export=out / name / "lib")
     rows = []
     for r in run.results:
+        op = r.task.make_op()
         row = {"case": f"{name}/{r.task.label}", "op": r.task.op, "shape": r.task.shape,
-               "dtype": r.task.dtype, "out_dtype": r.task.make_op().output_dtype,
-               "count": r.task.count}
+               "dtype": r.task.dtype, "out_dtype": op.output_dtype, "count": r.task.count,
+               "l2": l2_policy("auto", op)}
         if r.ours:
             row["ours"] = {"ms": r.ours.latency_s * 1e3, "objective": args.objective.label,
                            "trials": r.trials, "db_record": r.ours.id, "rel_error": r.ours.rel_error}
@@ -160,7 +162,8 @@ def main() -> None:
     summary = {"gpu": torch.cuda.get_device_name(), "driver": pynvml.nvmlSystemGetDriverVersion(),
                "date": datetime.date.today().isoformat(), "commit": commit or None,
                "command": "python -m experiments.model_benchmark " + " ".join(sys.argv[1:]),
-               "l2": "resident", "rows": rows}
+               "l2": "auto: per task (its row's l2), rotate for gemv and few-row products; "
+                     "the layer reads its weights as a forward pass does", "rows": rows}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps([{k: r.get(k) for k in ("case", "ours", "ref")} for r in rows
                       if r["case"].endswith("/layer")], indent=2, default=str))

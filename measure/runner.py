@@ -11,14 +11,14 @@ input, is caught there).
 A failure of the harness itself (the energy meter or its sampler: `MeterError`) is raised, not
 recorded: it is not the kernel's fault, and the tune must stop rather than blame candidates.
 
-L2 policy (it changes joules per call):
-- `resident` (default): every call reads the same input buffers, which stay in L2 where they fit;
+L2 policy (it changes joules per call; measure/l2_policy.py resolves the CLI's `auto`):
+- `resident`: every call reads the same input buffers, which stay in L2 where they fit;
   timed with TVM's `time_evaluator` (device-side timer). This is how cuBLAS is usually benchmarked.
 - `rotate`: calls cycle through copies of the inputs totalling at least ROTATE_BYTES (several
   times any current GPU's L2), so inputs come from DRAM as in a model where weights stream by.
-  Launched from a Python loop and timed from the host after a device sync, so kernels shorter than
-  the launch overhead (~10 µs) are measured with gaps (measure/l2.py's compiled wrapper removes
-  them, but crashed the worker on llvm for a knob-space kernel: not wired in yet).
+  On a GPU the calls run back to back from compiled code (measure/l2.py's `rotated_timer`: no
+  launch gaps); on the CPU from a Python loop (the compiled wrapper crashed the worker on llvm
+  for a knob-space kernel), timed from the host after a sync.
 """
 from __future__ import annotations
 
@@ -31,15 +31,22 @@ from typing import Callable, Protocol
 import numpy as np
 import tvm
 
+from . import l2 as l2_timing
 from .correctness import Expected, Verdict, judge
+from .l2_policy import L2_POLICIES
 from .meters import EnergyMeter, MeterError
 from .protocol import PROTOCOL_VERSION, Precision, energy_seconds, idle_power, measure_energy
 from ..schedules import Op
 
-L2_POLICIES = ("resident", "rotate")
 SCREEN_REPEATS = 3  # latency samples that decide whether a candidate is screened out
 ROTATE_BYTES = 256 << 20
 MAX_ROTATE_SETS = 1024
+ROTATE_VERSION = 2      # of rotated timing: 2 = gap-free compiled launches on GPUs (1: Python loop)
+
+
+def rotation_sets(set_bytes: int) -> int:
+    """Copies of the inputs a rotated measurement cycles through: ROTATE_BYTES in all, at least 2."""
+    return min(MAX_ROTATE_SETS, max(2, math.ceil(ROTATE_BYTES / set_bytes)))
 
 
 @dataclass
@@ -81,6 +88,8 @@ def measurement_identity(config: MeasureConfig, meter: str | None) -> dict:
     """What makes two measurements comparable: the L2 policy, the meter and, with a meter, the
     energy protocol's version and precision (latency repeat counts only change the noise)."""
     ident: dict = {"l2": config.l2, "meter": meter}
+    if config.l2 == "rotate":
+        ident["rotate"] = ROTATE_VERSION
     if meter is not None:
         ident.update(protocol=PROTOCOL_VERSION, precision=asdict(config.precision))
     return ident
@@ -104,8 +113,7 @@ class Runner:
         self.fresh = Expected.draw(op, np.random.default_rng([seed, 1]))  # for the re-check
         copies = 1
         if config.l2 == "rotate":
-            set_bytes = sum(x.nbytes for x in self.expected.inputs)
-            copies = min(MAX_ROTATE_SETS, max(2, math.ceil(ROTATE_BYTES / set_bytes)))
+            copies = rotation_sets(sum(x.nbytes for x in self.expected.inputs))
         self.arg_sets = [[tvm.runtime.tensor(x, device) for x in self.expected.inputs]
                          for _ in range(copies)]
         self.fresh_args = [tvm.runtime.tensor(x, device) for x in self.fresh.inputs]
@@ -148,6 +156,12 @@ class Runner:
             return samples, run_batch
 
         func, sets = module["main"], [[*s, self.out] for s in self.arg_sets]
+        if self.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+            launcher = l2_timing.rotated_timer(module, sets, self.device)
+
+            def gap_free_samples(repeats: int = cfg.latency_repeats) -> list[float]:
+                return launcher.samples(repeats, cfg.latency_min_repeat_ms / 1e3)
+            return gap_free_samples, launcher.run_batch
 
         def run_batch(calls: int) -> float:
             start = time.perf_counter()

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from tvm import te
 
-from .op import Op, OpError, register
+from .op import FEW_ROWS, Op, OpError, register
 
 
 def _f32(x: te.Tensor, *idx) -> te.Expr:
@@ -38,6 +38,10 @@ class Product(Op):
     @property
     def reduction_length(self) -> int:
         return self.shape["k"]
+
+    @property
+    def streams_weights(self) -> bool:
+        return self.shape["m"] <= FEW_ROWS
 
 
 class Accumulation(Op):
@@ -111,6 +115,10 @@ class BatchMatmul(Accumulation):
         return (self.shape["b"], self.shape["m"], self.shape["n"])
 
     @property
+    def streams_weights(self) -> bool:
+        return self.shape["m"] <= FEW_ROWS
+
+    @property
     def flops(self) -> int:
         return 2 * self.shape["b"] * self.shape["m"] * self.shape["n"] * self.shape["k"]
 
@@ -145,6 +153,10 @@ class Gemv(Accumulation):
     @property
     def output_shape(self):
         return (self.shape["n"],)
+
+    @property
+    def streams_weights(self) -> bool:
+        return True
 
     @property
     def flops(self) -> int:

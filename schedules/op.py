@@ -19,6 +19,9 @@ except ImportError:  # a machine without it (TVM's own use of it is optional too
     ml_dtypes = None
 
 
+FEW_ROWS = 16   # a product of at most this many rows reads its weights once per call, as decode does
+
+
 class OpError(ValueError):
     """Bad operator input from the user (unknown op, malformed shape, unsupported dtype)."""
 
@@ -77,6 +80,13 @@ class Op(ABC):
     def accumulation_dtype(self) -> str:
         """The dtype the sums are accumulated in (the output's, for every op here)."""
         return self.output_dtype
+
+    @property
+    def streams_weights(self) -> bool:
+        """Whether a call reads its weights once with little reuse (a GEMV, a product of at most
+        FEW_ROWS rows), as a decoding step reads each layer's weights from DRAM: `--l2 auto`
+        measures such ops with their inputs rotated out of L2."""
+        return False
 
     def magnitude(self, inputs: list[np.ndarray]) -> np.ndarray:
         """(|A||B|)ij: the sum of the products' magnitudes per output element, here the reference

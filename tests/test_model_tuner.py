@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from energy_tuner.compiler.database import Record, TuningDatabase
@@ -207,6 +208,17 @@ def test_torch_falls_back_to_python_launches_where_capture_fails():
     run_batch, launch = launcher(torch.cuda.synchronize, python_batch, 1e-5)
     assert run_batch is python_batch
     assert launch.startswith("python-launched (cuda graph failed: ") and "\n" not in launch
+
+
+def test_torch_baseline_rotates_its_inputs_like_our_measurements():
+    """With l2=rotate torch's calls cycle through as many input copies as our runner's."""
+    from energy_tuner.measure.runner import rotation_sets
+
+    op = make_op("gemv", "1024,1024", "float32")
+    base = torch_baseline(op, resolve("llvm"), "no meter", l2="rotate")
+    copies = rotation_sets(sum(x.nbytes for x in op.inputs(np.random.default_rng(0))))
+    assert base.name.endswith(f", inputs rotated over {copies} copies") and base.latency_s > 0
+    assert "rotated" not in torch_baseline(op, resolve("llvm"), "no meter").name
 
 
 def _torch_gpu() -> bool:
