@@ -232,11 +232,12 @@ class GemvWgmmaSpace(KnobSpace):
         return cls.why_not(op, target) is None
 
     def preferred(self) -> bool:
-        """`--space auto` picks it for a gemv with at least a 64-row block per SM: measured on an
-        H200 (experiments/results/gemv_wgmma_h200_2026-12-01) at cuBLAS's speed or faster with
-        1.01-1.03x its energy at n = 14336 and 28672, where the SIMT space's best drew 7-12% more;
-        not measured for n <= 8192 (the SIMT space keeps those) nor for linear (named only)."""
-        return self.op.name == "gemv" and self.op.shape["n"] // 64 >= self.sms
+        """`--space auto` picks it for a gemv of at least 4096 rows: measured on an H200 with
+        weights from DRAM (experiments/results/gemv_wgmma_grid_h200_2026-12-02) at 1.01-1.04x
+        cuBLAS's energy at n = 4096 (split-k), 14336 and 28672, where the SIMT space's best drew
+        1.06-1.12x (gemv_h200_2026-12-01); not measured below n = 4096 (the SIMT space keeps
+        those) nor for linear (named only)."""
+        return self.op.name == "gemv" and self.op.shape["n"] >= 4096
 
     @classmethod
     def why_not(cls, op: Op, target: Target) -> str | None:
@@ -262,12 +263,17 @@ class GemvWgmmaSpace(KnobSpace):
                 Knob("split_k", SPLITS), Knob("sm_share", SM_SHARES))
 
     def seeds(self) -> list[Config]:
-        """The least-energy configs of the H200 table (gemv_wgmma_h200_2026-12-01: 128-row tiles
-        with 8 stages at n = 14336, 64-row tiles with 6 at n = 28672), its fastest (4 stages), then
-        cuBLAS's own shape (12 stages) and 64-row tiles with a deep ring for few row blocks."""
+        """The least-energy configs of the H200 tables (gemv_wgmma_h200_2026-12-01: 128-row tiles
+        with 8 stages at n = 14336, 64-row tiles with 6 at n = 28672; gemv_wgmma_grid_h200_2026-12-02:
+        the same 128-row tile split over a 2-CTA cluster at n = 4096), its fastest (4 stages),
+        cuBLAS's own shape (12 stages) and 64-row tiles with a deep ring. Where the 128-row
+        blocks fill fewer than half the SMs, the split seeds come first."""
         base = dict(consumers=2, stages=8, persistent=False, l2_promotion=2, split_k=1, sm_share=1.0)
-        return [base, dict(base, consumers=1, stages=6), dict(base, stages=4),
-                dict(base, stages=12), dict(base, consumers=1, stages=24)]
+        whole = [base, dict(base, consumers=1, stages=6), dict(base, stages=4),
+                 dict(base, stages=12), dict(base, consumers=1, stages=24)]
+        split = [dict(base, split_k=2), dict(base, consumers=1, stages=12, split_k=2)]
+        _, n, _ = _rows_n_k(self.op)
+        return split + whole if n // 128 < self.sms // 2 else whole + split
 
     def reject(self, config: Config) -> str | None:
         rows, n, k = _rows_n_k(self.op)

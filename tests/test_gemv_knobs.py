@@ -200,12 +200,12 @@ def test_feature_rows_have_the_same_names_for_every_config():
 
 
 def test_auto_picks_the_simt_space_for_fp16_gemv_and_its_seeds_run_on_issue_shapes():
-    """On sm_90 the TMA + wgmma space takes n >= 64 x SMs (tests/test_gemv_wgmma.py); the SIMT
+    """On sm_90 the TMA + wgmma space takes n >= 4096 (tests/test_gemv_wgmma.py); the SIMT
     space takes the rest, and its seeds run on every issue shape (named, as on sm_80)."""
     from energy_tuner.compiler.spaces import choose_space
 
-    for n, k in [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]:
+    for n, k in [(1024, 4096), (2048, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]:
         op = make_op("gemv", f"{n},{k}", "float16")
-        assert (type(choose_space(op, SM90)) is GemvKnobs) == (n < 64 * 132)
+        assert (type(choose_space(op, SM90)) is GemvKnobs) == (n < 4096)
         chosen = choose_space(op, SM90, "gemv-simt")
         assert len(chosen.seeds()) == 3 and all(chosen.reject(c) is None for c in chosen.seeds())

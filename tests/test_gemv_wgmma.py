@@ -44,7 +44,8 @@ def test_auto_picks_it_where_it_was_measured_to_run_well():
     from energy_tuner.compiler.spaces import choose_space
 
     for shape, picked in [("14336,4096", True), ("28672,8192", True), ("8448,4096", True),
-                          ("4096,14336", False), ("4096,4096", False), ("1024,4096", False)]:
+                          ("4096,14336", True), ("4096,4096", True), ("2048,4096", False),
+                          ("1024,4096", False)]:
         chosen = choose_space(make_op("gemv", shape, "float16", {"accum": "float16"}), SM90)
         assert (type(chosen) is GemvWgmmaSpace) == picked, shape
     linear = make_op("linear", "16,14336,4096", "float16")
@@ -72,6 +73,37 @@ def test_recorded_gpu_measurements_replay_and_seed_the_space():
     ref = {n: min(c["mj"] for c in data["cublas"] if c["shape"]["n"] == n) for n in best}
     # the record says where it stands: within 3% of cuBLAS's least energy, not below it
     assert all(1.0 < best[n]["mj"] / ref[n] < 1.04 for n in best)
+
+
+def test_grid_measurements_replay_and_seed_the_split_shapes():
+    """The H200 table of the grid knobs: every config a correct point of the space; at n = 4096
+    the first seed is the least-energy config measured there (split over a 2-CTA cluster), at
+    n = 14336 the first seed is still the unsplit 128-row tile; and leaving SMs idle
+    (`sm_share` < 1) never used less energy than the same tile on every SM."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "h200_gemv_wgmma_grid_measured.json").read_text())
+    assert len(data["ours"]) == 44
+    by_shape: dict = {}
+    for r in data["ours"]:
+        s = space(shape=f"{r['shape']['n']},{r['shape']['k']}")
+        assert set(r["config"]) == {k.name for k in s.knobs} and s.reject(r["config"]) is None
+        assert r["rel_error"] <= s.op.tolerance
+        by_shape.setdefault((r["shape"]["n"], r["shape"]["k"]), []).append(r)
+    for (n, k), rows in by_shape.items():
+        best = min(rows, key=lambda r: r["mj"])
+        seeds = space(shape=f"{n},{k}").seeds()
+        if n == 4096:
+            assert best["config"]["split_k"] == 2 and seeds[0] == best["config"]
+        else:
+            assert best["config"]["split_k"] == 1 and seeds[0]["split_k"] == 1
+        full = {(r["config"]["consumers"], r["config"]["stages"]): r["mj"] for r in rows
+                if r["config"]["sm_share"] == 1.0 and r["config"]["split_k"] == 1}
+        for r in rows:
+            c = r["config"]
+            if c["sm_share"] < 1.0 and (c["consumers"], c["stages"]) in full:
+                assert r["mj"] >= full[(c["consumers"], c["stages"])] * 0.99
 
 
 def test_reject_names_the_reason_and_passes_the_seeds():
