@@ -179,12 +179,18 @@ _WARNED: set[tuple] = set()
 _REGISTERED = False
 
 
-def _dispatch(op: str, inputs: list, extra: tuple[int, ...], out_dtype):
-    """Run the held kernel for this call, else torch (warning once per workload)."""
+def _key(op: str, inputs: list, extra: tuple[int, ...], out_dtype) -> tuple:
+    """The dispatch key of a call (`Kernel.key`)."""
     dtypes = {str(t.dtype).removeprefix("torch.") for t in inputs}
     dtype = dtypes.pop() if len(dtypes) == 1 else "mixed"
     out = str(out_dtype).removeprefix("torch.")
-    key = (op, tuple(tuple(t.shape) for t in inputs), dtype, out, extra, inputs[0].device.type)
+    return op, tuple(tuple(t.shape) for t in inputs), dtype, out, extra, inputs[0].device.type
+
+
+def _dispatch(op: str, inputs: list, extra: tuple[int, ...], out_dtype):
+    """Run the held kernel for this call, else torch (warning once per workload)."""
+    key = _key(op, inputs, extra, out_dtype)
+    op, _, dtype, out, extra, _ = key
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel(inputs)
@@ -351,6 +357,15 @@ def linear_class() -> type:
             self.weight, self.bias, self.library = linear.weight, linear.bias, library
             self.register_buffer("weight_t", linear.weight.detach().t().contiguous(),
                                  persistent=False)
+            self.plans: dict[tuple, tuple] = {}   # per input signature: (op, out dtype, kernel)
+
+        def plan(self, a: torch.Tensor, b: torch.Tensor, op: str, dtype: str) -> tuple:
+            """(out dtype, held kernel or None) of this call's inputs, looked up once."""
+            sig = (op, a.shape, b.shape, dtype, a.device.type)
+            if sig not in self.plans:
+                out_dtype = self.library.out_dtype(op, [tuple(a.shape), tuple(b.shape)], dtype)
+                self.plans[sig] = out_dtype, _KERNELS.get(_key(op, [a, b], (), out_dtype))
+            return self.plans[sig]
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             *lead, k = x.shape
@@ -361,8 +376,11 @@ def linear_class() -> type:
                 a, b = self.weight.detach(), x.reshape(k)
             else:
                 a, b = x.reshape(-1, k), self.weight.detach() if op == "linear" else self.weight_t
-            out_dtype = self.library.out_dtype(op, [tuple(a.shape), tuple(b.shape)], dtype)
-            y = getattr(torch.ops.energy_tuner, op)(a, b, getattr(torch, out_dtype))
+            out_dtype, kernel = self.plan(a, b, op, dtype)
+            if kernel is not None and not torch.compiler.is_compiling():
+                y = kernel([a, b])     # eager: the held kernel, without the dispatcher's cost
+            else:                      # traced, or not held (torch's, said once)
+                y = getattr(torch.ops.energy_tuner, op)(a, b, getattr(torch, out_dtype))
             y = y.reshape(*lead, n).to(x.dtype)
             return y if self.bias is None else y + self.bias
 

@@ -61,6 +61,20 @@ def test_served_model_runs_our_kernels_and_matches_torch(lib_dir):
     assert calls == {((4, 16), (32, 16)): 2, ((4, 32), (16, 32)): 1}   # as the graph counted
 
 
+def test_eager_forward_calls_the_held_kernel_without_the_dispatcher(lib_dir, monkeypatch):
+    """In eager mode a served linear calls its kernel directly (the custom op's dispatch costs
+    host time per call); the result and the call counts are the same."""
+    lib, module, inputs, expected = served_tiny_model(lib_dir)
+
+    def no_dispatch(*args):
+        raise AssertionError("the custom op was dispatched")
+    monkeypatch.setattr(library, "_dispatch", no_dispatch)
+    with torch.no_grad():
+        got = module(*inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert sum(k.calls for k in lib.kernels) == 3
+
+
 def test_custom_op_called_directly(lib_dir):
     """Any float32 linear of x (4, 16) and w (32, 16) on the CPU is served, not only the
     model's, also with a non-contiguous w; a matmul of the same data is not held (torch's)."""
