@@ -359,29 +359,31 @@ def linear_class() -> type:
                                  persistent=False)
             self.plans: dict[tuple, tuple] = {}   # per input signature: (op, out dtype, kernel)
 
-        def plan(self, a: torch.Tensor, b: torch.Tensor, op: str, dtype: str) -> tuple:
-            """(out dtype, held kernel or None) of this call's inputs, looked up once."""
-            sig = (op, a.shape, b.shape, dtype, a.device.type)
+        def operands(self, x: torch.Tensor, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+            k = x.shape[-1]
+            if op == "gemv":
+                return self.weight.detach(), x.reshape(k)
+            return x.reshape(-1, k), self.weight.detach() if op == "linear" else self.weight_t
+
+        def plan(self, x: torch.Tensor) -> tuple:
+            """(op, out dtype, held kernel or None) for inputs like x, worked out once."""
+            sig = (x.shape, x.dtype, x.device.type)
             if sig not in self.plans:
+                dtype = str(x.dtype).removeprefix("torch.")
+                op = linear_task(math.prod(x.shape[:-1]), self.weight.shape[0], x.shape[-1], dtype)[0]
+                a, b = self.operands(x, op)
                 out_dtype = self.library.out_dtype(op, [tuple(a.shape), tuple(b.shape)], dtype)
-                self.plans[sig] = out_dtype, _KERNELS.get(_key(op, [a, b], (), out_dtype))
+                self.plans[sig] = op, out_dtype, _KERNELS.get(_key(op, [a, b], (), out_dtype))
             return self.plans[sig]
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            *lead, k = x.shape
-            n = self.weight.shape[0]
-            dtype = str(x.dtype).removeprefix("torch.")
-            op = linear_task(math.prod(lead), n, k, dtype)[0]
-            if op == "gemv":
-                a, b = self.weight.detach(), x.reshape(k)
-            else:
-                a, b = x.reshape(-1, k), self.weight.detach() if op == "linear" else self.weight_t
-            out_dtype, kernel = self.plan(a, b, op, dtype)
+            op, out_dtype, kernel = self.plan(x)
+            a, b = self.operands(x, op)
             if kernel is not None and not torch.compiler.is_compiling():
                 y = kernel([a, b])     # eager: the held kernel, without the dispatcher's cost
             else:                      # traced, or not held (torch's, said once)
                 y = getattr(torch.ops.energy_tuner, op)(a, b, getattr(torch, out_dtype))
-            y = y.reshape(*lead, n).to(x.dtype)
+            y = y.reshape(*x.shape[:-1], self.weight.shape[0]).to(x.dtype)
             return y if self.bias is None else y + self.bias
 
     return LibraryLinear
