@@ -61,6 +61,7 @@ from energy_tuner.measure import cuda_graph, l2
 from energy_tuner.schedules import OpError, make_op
 from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
+from energy_tuner.schedules.dequant_gemv_tma import DequantGemvTma
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
 from energy_tuner.schedules.gemv_mma import GemvMmaKnobs
 from energy_tuner.schedules.gemv_wgmma import GemvWgmmaSpace
@@ -187,13 +188,31 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
     {"l2_promotion": 3},
     {"consumers": 1, "stages": 24},
 ]
+BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
+            "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
+            "ctas_per_sm": 2, "l2_promotion": 2}
+CURATED_TMA = [  # TMA ring + mma: the mma space's best decode, then ring depth, tile and grid
+    {},                                      # W2: 2 x 80 KB CTAs per SM, 128 KB in flight
+    {"k_step": 512},                         # W4: the same bytes per stage as W2's base
+    {"k_step": 512, "stages": 6},
+    {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 8},
+    {"ctas_per_sm": 0},
+    {"ctas_per_sm": 1, "stages": 8},
+    {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 3, "stages": 3},
+    {"offset": "fold"},
+    {"mma_chains": 4, "k_step": 512, "stages": 8, "ctas_per_sm": 1},
+    {"thread_cols": 32, "fragment": "quad", "mma_chains": 1, "k_step": 512},
+    {"l2_promotion": 3},
+    {"k_step": 2048, "stages": 2},
+]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass
 BENCH_SPACES = {"gemv": {GemvKnobs.name: (GemvKnobs, BASE, CURATED, CURATED_BULK),
                          GemvMmaKnobs.name: (GemvMmaKnobs, BASE_GEMV_MMA, CURATED_GEMV_MMA, []),
                          GemvWgmmaSpace.name: (GemvWgmmaSpace, BASE_WGMMA, CURATED_WGMMA, [])},
                 "dequant": {DequantGemvKnobs.name: (DequantGemvKnobs, BASE_DEQUANT, CURATED_DEQUANT, []),
-                            DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, [])}}
+                            DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, []),
+                            DequantGemvTma.name: (DequantGemvTma, BASE_TMA, CURATED_TMA, [])}}
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 
