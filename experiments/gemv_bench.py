@@ -191,17 +191,19 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
 BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
             "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
             "ctas_per_sm": 2, "l2_promotion": 2}
-CURATED_TMA = [  # TMA ring + mma: the mma space's best decode, then ring depth, tile and grid
-    {},                                      # W2: 2 x 80 KB CTAs per SM, 128 KB in flight
-    {"k_step": 512},                         # W4: the same bytes per stage as W2's base
+CURATED_TMA = [  # TMA ring + mma: W2's consumer warps and bytes in flight first, then W4's, then the rest
+    {},                                      # W2: 2 CTAs of 4 consumer warps per SM, 2 x 64 KB ring
+    {"k_warps": 2},                          # W2: 16 consumer warps per SM
+    {"row_warps": 8, "k_step": 512},         # W2: 16 warps per SM, 128-row blocks
+    {"k_step": 512},                         # W4: the base's bytes per stage
     {"k_step": 512, "stages": 6},
-    {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 8},
+    {"k_warps": 2, "ctas_per_sm": 1, "stages": 6},                   # W4: 192 KB ring
+    {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 6},
     {"ctas_per_sm": 0},
-    {"ctas_per_sm": 1, "stages": 8},
-    {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 3, "stages": 3},
     {"offset": "fold"},
-    {"mma_chains": 4, "k_step": 512, "stages": 8, "ctas_per_sm": 1},
+    {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 3, "stages": 3},
     {"thread_cols": 32, "fragment": "quad", "mma_chains": 1, "k_step": 512},
+    {"mma_chains": 4, "k_step": 512, "stages": 8, "ctas_per_sm": 1},
     {"l2_promotion": 3},
     {"k_step": 2048, "stages": 2},
 ]
