@@ -62,7 +62,15 @@ class DequantGemvTma(DequantGemvMma):
 
     @classmethod
     def applies(cls, op: Op, target: Target) -> bool:
-        return DequantGemvMma.applies(op, target) and sm_arch(target) >= 90
+        return cls.why_not(op, target) is None
+
+    @classmethod
+    def why_not(cls, op: Op, target: Target) -> str | None:
+        if not DequantGemvMma.applies(op, target):
+            return "it computes lut_mpgemm impl=dequant at m = 1 in float16 on CUDA only"
+        if sm_arch(target) < 90:
+            return f"it needs a Hopper GPU (sm_90: TMA), the target is {target.attrs['arch']}"
+        return None
 
     def seeds(self) -> list[Config]:
         """None measured yet; the bench's curated list starts from the mma space's best."""

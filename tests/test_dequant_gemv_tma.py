@@ -39,6 +39,8 @@ def test_applies_to_the_dequant_twin_at_m1_on_sm90_only_and_is_named_only():
     assert DequantGemvTma in [type(s) for s in knob_spaces(op(), SM90)]
     ampere = Target({"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024})
     assert DequantGemvMma.applies(op(), ampere) and not DequantGemvTma.applies(op(), ampere)
+    assert "needs a Hopper GPU (sm_90: TMA), the target is sm_80" in DequantGemvTma.why_not(op(), ampere)
+    assert "lut_mpgemm impl=dequant at m = 1" in DequantGemvTma.why_not(op(m=2), SM90)
     assert not DequantGemvTma.applies(op(m=2), SM90)
     assert not DequantGemvTma.applies(op(impl="lut"), SM90)
     assert type(choose_space(op(n=28672, k=8192), SM90)) is DequantGemvMma
