@@ -17,7 +17,7 @@ walks the row blocks, the ring running on across them):
 - each stage completes on a full mbarrier (expect_tx bytes) and is released on an empty one by
   every consumer thread once it has read its words;
 - the consumer warps (row_warps x k_warps, as in the mma kernel) stage x permuted in shared
-  memory and its sums per span (with every thread, before the ring starts), then per sub-step of
+  memory and its sums per span (while the first stages arrive), then per sub-step of
   k_warps x 4 x thread_cols columns read their words from the stage and decode, multiply and
   scale them with the mma kernel's own code (`_MmaWriter.decode`, `load_x_pairs`,
   `apply_scales`, `reduce_and_write`); their barriers are a named barrier of the consumer warps
@@ -26,7 +26,7 @@ The CPU emulation (`emulate=True`) copies each stage with plain loads before its
 so the box layout and the coordinates are checked against the op's numpy reference on llvm.
 
 Left out: split-k (the persistent grid covers n >= 4096 at 16-128 rows per CTA), swizzled boxes
-(the layout above needs none), the TMA start overlapped with the staging of x.
+(the layout above needs none), scales by TMA (read from global memory once per span and row).
 """
 from __future__ import annotations
 
@@ -206,15 +206,15 @@ class _TmaWriter(_MmaWriter):
         if not self.emulate:
             full, empty = simt.shared((self.stages,), "uint64"), simt.shared((self.stages,), "uint64")
             self.init_ring(full, empty)
-        self.threads = simt.threads_per_block          # every thread stages x
-        self.stage_x()
         if self.emulate:
+            self.stage_x()
             self.consume(None, None)
             return
         tx = simt._tx
         with T.If(tx < self.consumers):
             with T.Then():
-                simt.consumers_only = True
+                simt.consumers_only = True     # x staged while the first stages arrive
+                self.stage_x()
                 self.consume(full, empty)
             with T.Else():
                 with T.If(tx == self.consumers):
