@@ -190,14 +190,17 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
 ]
 BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
             "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
-            "ctas_per_sm": 2, "l2_promotion": 2}
-CURATED_TMA = [  # TMA ring + mma: W2's consumer warps and bytes in flight first, then W4's, then the rest
+            "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad"}
+CURATED_TMA = [  # TMA ring + mma: W2's consumer warps and boxes first, then W4's, then the rest
+    {"k_warps": 2},                          # W2: 16 consumer warps per SM (43.6 us on an H200)
+    {"k_warps": 2, "box": "row"},            # one TMA box per stage instead of 2
     {},                                      # W2: 2 CTAs of 4 consumer warps per SM, 2 x 64 KB ring
-    {"k_warps": 2},                          # W2: 16 consumer warps per SM
+    {"box": "row"},
     {"row_warps": 8, "k_step": 512},         # W2: 16 warps per SM, 128-row blocks
     {"k_step": 512},                         # W4: the base's bytes per stage
     {"k_step": 512, "stages": 6},
     {"k_warps": 2, "ctas_per_sm": 1, "stages": 6},                   # W4: 192 KB ring
+    {"k_warps": 2, "ctas_per_sm": 1, "stages": 6, "box": "row"},
     {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 6},
     {"ctas_per_sm": 0},
     {"offset": "fold"},
@@ -205,7 +208,7 @@ CURATED_TMA = [  # TMA ring + mma: W2's consumer warps and bytes in flight first
     {"thread_cols": 32, "fragment": "quad", "mma_chains": 1, "k_step": 512},
     {"mma_chains": 4, "k_step": 512, "stages": 8, "ctas_per_sm": 1},
     {"l2_promotion": 3},
-    {"k_step": 2048, "stages": 2},
+    {"k_step": 2048, "stages": 2, "box": "row"},
 ]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass

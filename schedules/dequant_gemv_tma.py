@@ -11,9 +11,11 @@ The kernel (one CTA per block of 16 x row_warps rows; `ctas_per_sm` > 0: a persi
 walks the row blocks, the ring running on across them):
 - a producer warp (the CTA's last) streams, per k-step of `k_step` columns, the bit planes of the
   block's rows into a ring stage in dynamic shared memory by 3-D TMA boxes of the packed planes
-  (uint32 words [bits, n, k/32]), one box per quad span (4 x thread_cols columns: 16 or 64 bytes
-  of each row and plane), laid out [box][plane][row][word]: the 8 rows a warp reads at once are
-  one contiguous run of shared memory, so its loads are free of bank conflicts;
+  (uint32 words [bits, n, k/32]), laid out [box][plane][row][word]. `box`: `quad` copies one box
+  per quad span (4 x thread_cols columns: 16 or 64 bytes of each row and plane), so the 8 rows a
+  warp reads at once are one contiguous run of shared memory (no bank conflicts); `row` copies
+  the whole k-step of each row and plane in one box (one TMA per stage, 64-256 bytes per row),
+  and a warp's reads of 8 rows then conflict where rows lie 128 bytes apart;
 - each stage completes on a full mbarrier (expect_tx bytes) and is released on an empty one by
   every consumer thread once it has read its words;
 - the consumer warps (row_warps x k_warps, as in the mma kernel) stage x permuted in shared
@@ -49,8 +51,13 @@ RING_ALIGN = 128                # bytes: a TMA box's shared-memory destination
 
 
 def quad_words(config: Config) -> int:
-    """32-bit words of one row and plane in one TMA box: a quad's span of 4 x thread_cols."""
+    """32-bit words of one row and plane in a quad's span of 4 x thread_cols columns."""
     return 4 * int(config["thread_cols"]) // WORD
+
+
+def box_words(config: Config) -> int:
+    """32-bit words of one row and plane in one TMA box (`box`: a quad span, or the k-step)."""
+    return quad_words(config) if config["box"] == "quad" else int(config["k_step"]) // WORD
 
 
 @register
@@ -88,7 +95,8 @@ class DequantGemvTma(DequantGemvMma):
                 Knob("offset", ("fold", "hsub2")),
                 Knob("decode", ("shift", "scaled")),
                 Knob("ctas_per_sm", (0, 1, 2, 3, 4)),
-                Knob("l2_promotion", (0, 2, 3)))
+                Knob("l2_promotion", (0, 2, 3)),
+                Knob("box", ("quad", "row")))
 
     @staticmethod
     def mma_config(config: Config) -> Config:
@@ -134,7 +142,8 @@ class DequantGemvTma(DequantGemvMma):
         return {**super().features(mma), "bulk_stages": int(config["stages"]), "threads": threads,
                 "shared_bytes": smem, "ring_bytes": self.ring_bytes(config),
                 "bytes_in_flight_per_sm": resident * self.ring_bytes(config),
-                "k_step": int(config["k_step"]), "l2_promotion": int(config["l2_promotion"])}
+                "k_step": int(config["k_step"]), "l2_promotion": int(config["l2_promotion"]),
+                "box_row": float(config["box"] == "row")}
 
     def writer(self, config: Config, emulate: bool) -> _TmaWriter:
         return _TmaWriter(self, self.mma_config(config), emulate)
@@ -165,8 +174,8 @@ class _TmaWriter(_MmaWriter):
         self.stages, self.stage_cols = int(config["stages"]), int(config["k_step"])
         self.per_stage = self.stage_cols // self.substep        # sub-steps per stage
         self.block_steps = self.k // self.stage_cols            # stages per row block
-        self.qw = quad_words(config)
-        self.boxes = self.stage_cols // (4 * self.cols)         # TMA boxes per stage
+        self.qw, self.bw = quad_words(config), box_words(config)
+        self.boxes = self.stage_cols // (WORD * self.bw)        # TMA boxes per stage
         self.tx_bytes = space.stage_bytes(config)
         self.l2_promotion = int(config["l2_promotion"])
 
@@ -180,7 +189,7 @@ class _TmaWriter(_MmaWriter):
             T.evaluate(tirx.call_packed(
                 "runtime.cuTensorMapEncodeTiled", self.tensor_map, "uint32", 3, self.packed.data,
                 words, self.n, self.bits, words * 4, self.n * words * 4,
-                self.qw, self.rows, self.bits, 1, 1, 1, 0, 0, self.l2_promotion, 0))
+                self.bw, self.rows, self.bits, 1, 1, 1, 0, 0, self.l2_promotion, 0))
         self.simt = _RingSimt(self.consumers, self.emulate)
         with self.simt.launch([("blockIdx.x", self.grid_x)]) as (bx,):
             self.bx, self.ks = bx, 0
@@ -192,7 +201,7 @@ class _TmaWriter(_MmaWriter):
         scope = "global" if self.emulate else "shared.dyn"
         ring = T.alloc_buffer((self.stages * self.tx_bytes // 4,), "uint32", scope=scope,
                               align=RING_ALIGN)
-        self.ring = T.decl_buffer((self.stages, self.boxes, self.bits, self.rows, self.qw),
+        self.ring = T.decl_buffer((self.stages, self.boxes, self.bits, self.rows, self.bw),
                                   "uint32", data=ring.data, scope=scope)
         self.acc = simt.reg((2,), "float32")
         self.w_reg = simt.reg((2 * self.bits * self.words,), "uint32")
@@ -251,7 +260,7 @@ class _TmaWriter(_MmaWriter):
                 T.evaluate(TS.ptx["mbarrier.arrive.expect_tx.shared.b64"](
                     full.ptr_to([stage]), tirx.const(self.tx_bytes, "uint32")))
                 for j in range(self.boxes):
-                    word = (st * self.stage_cols + j * 4 * self.cols) // WORD
+                    word = st * self.stage_cols // WORD + j * self.bw
                     T.evaluate(TS.ptx[TMA](self.ring.ptr_to([stage, j, 0, 0, 0]),
                                            tirx.address_of(self.tensor_map), word,
                                            self.rb * self.rows, 0, full.ptr_to([stage])))
@@ -263,8 +272,8 @@ class _TmaWriter(_MmaWriter):
         with T.serial(0, self.boxes) as j:
             with T.serial(0, self.bits) as b:
                 with T.serial(0, self.rows) as r:
-                    with T.serial(0, self.qw) as w:
-                        word = (st * self.stage_cols + j * 4 * self.cols) // WORD + w
+                    with T.serial(0, self.bw) as w:
+                        word = st * self.stage_cols // WORD + j * self.bw + w
                         T.buffer_store(self.ring, self.planes[b, self.rb * self.rows + r, word],
                                        [0, j, b, r, w])
 
@@ -317,13 +326,15 @@ class _TmaWriter(_MmaWriter):
 
     def read_planes(self, t, stage, u: int) -> None:
         """w_reg as the mma kernel's loads leave it (sub-step 0): the thread's words of every
-        plane of its two rows, from box u x k_warps + its k warp of the stage."""
+        plane of its two rows, in quad span u x k_warps + its k warp of the stage."""
         g, q = self.lane(t)
         warp = t // WARP
-        box = u * self.k_warps + warp // self.row_warps
+        span = u * self.k_warps + warp // self.row_warps
+        per_box = self.bw // self.qw
+        box, at = span // per_box, span % per_box * self.qw + q * self.words
         for r in range(2):
             local = warp % self.row_warps * MMA_ROWS + g + 8 * r
             for b in range(self.bits):
-                self.w_reg.store(t, self.ring[stage, box, b, local, ramp(q * self.words, self.words)],
+                self.w_reg.store(t, self.ring[stage, box, b, local, ramp(at, self.words)],
                                  ramp((r * self.bits + b) * self.words, self.words))
 

@@ -19,7 +19,7 @@ from tests.gemv_helpers import SM90, check_emulation, cuda_source, nvcc, op_inpu
 
 BASE = {"row_warps": 2, "k_warps": 1, "thread_cols": 32, "k_step": 512, "stages": 2,
         "mma_chains": 1, "fragment": "quad", "offset": "hsub2", "decode": "shift",
-        "ctas_per_sm": 0, "l2_promotion": 2}
+        "ctas_per_sm": 0, "l2_promotion": 2, "box": "quad"}
 WIDE = {**BASE, "row_warps": 4, "thread_cols": 128, "fragment": "thread", "k_step": 1024,
         "stages": 4, "mma_chains": 2, "decode": "scaled", "ctas_per_sm": 2}
 
@@ -75,6 +75,9 @@ def test_reject_names_the_reason(changes, kw, why):
     (2, False, 48, {"ctas_per_sm": 1, "row_warps": 1}),          # 3 on 2: the last visit guarded
     (4, True, 32, {"thread_cols": 128, "fragment": "thread", "k_step": 1024, "decode": "scaled",
                    "offset": "fold", "row_warps": 1}),
+    (2, True, 64, {"box": "row", "k_step": 1024, "k_warps": 2, "row_warps": 1}),  # 1 box of 8 spans
+    (3, False, 48, {"box": "row", "thread_cols": 128, "fragment": "thread", "k_step": 1024,
+                    "ctas_per_sm": 1, "row_warps": 1}),
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, n, changes):
     s = space(bits=bits, zero_points=zero_points, n=n)
@@ -89,6 +92,8 @@ COVER = [
     {**WIDE, "row_warps": 1, "k_warps": 2, "k_step": 2048, "stages": 2, "ctas_per_sm": 4},
     {**BASE, "stages": 3, "ctas_per_sm": 3, "decode": "scaled", "mma_chains": 2},
     {**BASE, "k_step": 2048, "stages": 8, "offset": "fold", "row_warps": 2},
+    {**WIDE, "box": "row"},
+    {**WIDE, "box": "row", "k_warps": 2, "k_step": 2048, "stages": 3, "ctas_per_sm": 1},
 ]
 
 
@@ -109,7 +114,8 @@ def test_cuda_source_has_tma_ring_and_mma_and_compiles(bits, at, tmp_path):
     src = cuda_source(s, cfg)
     body = src[src.rindex("__global__"):]
     assert "const __grid_constant__ CUtensorMap" in body and "extern __shared__" in body
-    assert body.count("cp_async_bulk_tensor_g2s") == int(cfg["k_step"]) // (4 * cfg["thread_cols"])
+    boxes = 1 if cfg["box"] == "row" else int(cfg["k_step"]) // (4 * cfg["thread_cols"])
+    assert body.count("cp_async_bulk_tensor_g2s") == boxes
     assert "mbarrier_arrive_expect_tx" in body
     # x is staged by the consumers alone: their named barrier, one __syncthreads (the ring's init)
     assert "bar_sync_count_sync((uint)1" in body and body.count("__syncthreads()") == 1
@@ -161,6 +167,8 @@ GPU_CONFIGS = {
     "w2_kwarps_grid_uneven": (2, False, {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 3}),
     "w4_narrow_quad": (4, True, {**BASE, "stages": 4}),
     "w2_rows128_deep": (2, False, {"row_warps": 8, "k_step": 512, "stages": 8, "ctas_per_sm": 0}),
+    "w2z_row_boxes": (2, True, {"box": "row", "k_warps": 2}),
+    "w4_row_boxes_wide": (4, False, {"box": "row", "k_step": 2048, "stages": 3, "ctas_per_sm": 1}),
 }
 
 
