@@ -191,22 +191,25 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
 BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
             "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
             "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad"}
-CURATED_TMA = [  # TMA ring + mma: W2's consumer warps and boxes first, then W4's, then the rest
-    {"k_warps": 2},                          # W2: 16 consumer warps per SM (43.6 us on an H200)
-    {"k_warps": 2, "box": "row"},            # one TMA box per stage instead of 2
-    {},                                      # W2: 2 CTAs of 4 consumer warps per SM, 2 x 64 KB ring
-    {"box": "row"},
-    {"row_warps": 8, "k_step": 512},         # W2: 16 warps per SM, 128-row blocks
-    {"k_step": 512},                         # W4: the base's bytes per stage
-    {"k_step": 512, "stages": 6},
-    {"k_warps": 2, "ctas_per_sm": 1, "stages": 6},                   # W4: 192 KB ring
-    {"k_warps": 2, "ctas_per_sm": 1, "stages": 6, "box": "row"},
-    {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 6},
-    {"ctas_per_sm": 0},
-    {"offset": "fold"},
-    {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 3, "stages": 3},
+CURATED_TMA = [  # TMA ring + mma, W2 28672x8192 on an H200 (2026-12-02): the best two, then
+    {"k_warps": 2},                          # variants; ~43.7 us (16 consumer warps per SM)
+    {"k_warps": 2, "offset": "fold"},
+    {"k_warps": 2, "mma_chains": 4},
+    {"row_warps": 8, "k_step": 512},         # ~44.5 us
+    {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 4, "stages": 3},
+    {"row_warps": 8, "k_step": 512, "offset": "fold"},
+    {"k_step": 512},                         # W4's best (55.7 us), then its variants
+    {"k_step": 512, "offset": "fold"},
+    {"k_step": 512, "mma_chains": 4},
+    {"k_step": 512, "ctas_per_sm": 3, "stages": 3},
+    {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 6},  # W4: 56.2 us
+    {"k_warps": 2, "ctas_per_sm": 1, "stages": 6},                   # W4: 61.0 us
+    {},                                      # W2: 46.4 us
+    {"box": "row"},                          # W2: 47.0 us
+    {"k_warps": 2, "box": "row"},            # W2: 47.7 us
+    {"k_step": 512, "stages": 6},            # W2: 48.6 us
+    {"ctas_per_sm": 0},                      # W4: 66.9 us
     {"thread_cols": 32, "fragment": "quad", "mma_chains": 1, "k_step": 512},
-    {"mma_chains": 4, "k_step": 512, "stages": 8, "ctas_per_sm": 1},
     {"l2_promotion": 3},
     {"k_step": 2048, "stages": 2, "box": "row"},
 ]

@@ -27,6 +27,12 @@ walks the row blocks, the ring running on across them):
 The CPU emulation (`emulate=True`) copies each stage with plain loads before its consumers run,
 so the box layout and the coordinates are checked against the op's numpy reference on llvm.
 
+Measured on an H200 (experiments/results/dequant_gemv_tma_h200_2026-12-02, 28672 x 8192):
+W2 43.6 us / 24.6 mJ, W4 55.7 us / 34.7 mJ, against cuBLAS fp16's 109-120 us / 68-71 mJ. That
+is 2.5-2.9x (W2) and 2.0x (W4), short of issue 10's 5x and 3x. The mma space's plain loads
+measured 47.8 and 53.9 us, so the bytes in flight were not what bounds the kernel; doubling the
+consumer warps per SM bought 6%.
+
 Left out: split-k (the persistent grid covers n >= 4096 at 16-128 rows per CTA), swizzled boxes
 (the layout above needs none), scales by TMA (read from global memory once per span and row).
 """
@@ -38,7 +44,7 @@ from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
 from .dequant_gemv_mma import MMA_ROWS, PAIRS, WORD, DequantGemvMma, _MmaWriter
-from .gemv_knobs import CTAS_PER_SM, THREADS_PER_SM, _UniformIf, sm_arch
+from .gemv_knobs import CTAS_PER_SM, STATIC_SHARED, THREADS_PER_SM, _UniformIf, sm_arch
 from .hopper_gemm import SMEM_LIMIT, SMEM_PER_SM
 from .knobs import Config, Knob, register
 from .lut_mpgemm import K_PER_BYTE
@@ -48,6 +54,8 @@ from .simt import WARP, Simt, mma_m16n8k16, ramp
 TMA = "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
 CONSUMER_BARRIER = 1            # named barrier id of the consumer warps (0 is __syncthreads)
 RING_ALIGN = 128                # bytes: a TMA box's shared-memory destination
+DYNAMIC_OPT_IN = 48 * 1024      # dynamic shared memory from which TVM's runtime opts a kernel in
+BARRIER_BYTES = 1024            # the ring's mbarriers and what ptxas adds to static shared memory
 
 
 def quad_words(config: Config) -> int:
@@ -113,6 +121,19 @@ class DequantGemvTma(DequantGemvMma):
     def ring_bytes(self, config: Config) -> int:
         return int(config["stages"]) * self.stage_bytes(config)
 
+    def dynamic_bytes(self, config: Config) -> int:
+        """The ring's dynamic shared memory, padded to DYNAMIC_OPT_IN where the block needs more
+        than STATIC_SHARED in all: TVM's runtime raises a kernel's shared-memory limit only for
+        that much dynamic memory, and the launch fails otherwise (seen on an H200: 32 KB of
+        ring and 17 KB of x)."""
+        ring = self.ring_bytes(config)
+        static = self.shared_bytes(self.mma_config(config)) + BARRIER_BYTES
+        return max(ring, DYNAMIC_OPT_IN) if ring + static > STATIC_SHARED else ring
+
+    def block_bytes(self, config: Config) -> int:
+        """Shared memory of one CTA: the (padded) ring, x and its sums."""
+        return self.dynamic_bytes(config) + self.shared_bytes(self.mma_config(config))
+
     def reject(self, config: Config) -> str | None:
         mma = self.mma_config(config)
         step, substep = int(config["k_step"]), self.substep(mma)
@@ -124,7 +145,7 @@ class DequantGemvTma(DequantGemvMma):
         why = super().reject(mma)
         if why:
             return why
-        smem, per_sm = self.ring_bytes(config) + self.shared_bytes(mma), int(config["ctas_per_sm"])
+        smem, per_sm = self.block_bytes(config), int(config["ctas_per_sm"])
         if smem > SMEM_LIMIT:
             return f"shared memory {smem} B (ring and x) over the {SMEM_LIMIT} B a block can have"
         if per_sm * smem > SMEM_PER_SM:
@@ -136,7 +157,7 @@ class DequantGemvTma(DequantGemvMma):
         """The mma space's, with the producer warp and the ring: CTAs resident per SM (the
         persistent grid's, else as shared memory allows) times the ring's bytes in flight."""
         mma = self.mma_config(config)
-        threads, smem = self.threads(mma) + WARP, self.ring_bytes(config) + self.shared_bytes(mma)
+        threads, smem = self.threads(mma) + WARP, self.block_bytes(config)
         resident = int(config["ctas_per_sm"]) or min(SMEM_PER_SM // smem, THREADS_PER_SM // threads,
                                                      CTAS_PER_SM)
         return {**super().features(mma), "bulk_stages": int(config["stages"]), "threads": threads,
@@ -177,6 +198,7 @@ class _TmaWriter(_MmaWriter):
         self.qw, self.bw = quad_words(config), box_words(config)
         self.boxes = self.stage_cols // (WORD * self.bw)        # TMA boxes per stage
         self.tx_bytes = space.stage_bytes(config)
+        self.dynamic_bytes = space.dynamic_bytes(config)
         self.l2_promotion = int(config["l2_promotion"])
 
     def body(self) -> None:
@@ -199,7 +221,7 @@ class _TmaWriter(_MmaWriter):
     def block(self) -> None:
         simt = self.simt
         scope = "global" if self.emulate else "shared.dyn"
-        ring = T.alloc_buffer((self.stages * self.tx_bytes // 4,), "uint32", scope=scope,
+        ring = T.alloc_buffer((self.dynamic_bytes // 4,), "uint32", scope=scope,
                               align=RING_ALIGN)
         self.ring = T.decl_buffer((self.stages, self.boxes, self.bits, self.rows, self.bw),
                                   "uint32", data=ring.data, scope=scope)
