@@ -61,6 +61,7 @@ from energy_tuner.measure import cuda_graph, l2
 from energy_tuner.schedules import OpError, make_op
 from energy_tuner.schedules.dequant_gemv_knobs import DequantGemvKnobs
 from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
+from energy_tuner.schedules.dequant_gemv_tma import DequantGemvTma
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
 from energy_tuner.schedules.gemv_mma import GemvMmaKnobs
 from energy_tuner.schedules.gemv_wgmma import GemvWgmmaSpace
@@ -187,13 +188,39 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
     {"l2_promotion": 3},
     {"consumers": 1, "stages": 24},
 ]
+BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
+            "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
+            "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad"}
+CURATED_TMA = [  # TMA ring + mma, W2 28672x8192 on an H200 (2026-12-02): the best two, then
+    {"k_warps": 2},                          # variants; ~43.7 us (16 consumer warps per SM)
+    {"k_warps": 2, "offset": "fold"},
+    {"k_warps": 2, "mma_chains": 4},
+    {"row_warps": 8, "k_step": 512},         # ~44.5 us
+    {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 4, "stages": 3},
+    {"row_warps": 8, "k_step": 512, "offset": "fold"},
+    {"k_step": 512},                         # W4's best (55.7 us), then its variants
+    {"k_step": 512, "offset": "fold"},
+    {"k_step": 512, "mma_chains": 4},
+    {"k_step": 512, "ctas_per_sm": 3, "stages": 3},
+    {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 6},  # W4: 56.2 us
+    {"k_warps": 2, "ctas_per_sm": 1, "stages": 6},                   # W4: 61.0 us
+    {},                                      # W2: 46.4 us
+    {"box": "row"},                          # W2: 47.0 us
+    {"k_warps": 2, "box": "row"},            # W2: 47.7 us
+    {"k_step": 512, "stages": 6},            # W2: 48.6 us
+    {"ctas_per_sm": 0},                      # W4: 66.9 us
+    {"thread_cols": 32, "fragment": "quad", "mma_chains": 1, "k_step": 512},
+    {"l2_promotion": 3},
+    {"k_step": 2048, "stages": 2, "box": "row"},
+]
 # --space: the spaces the bench can measure per --op, the first the default, with the base and the
 # hand-picked changes of their ld pass and their bulk pass
 BENCH_SPACES = {"gemv": {GemvKnobs.name: (GemvKnobs, BASE, CURATED, CURATED_BULK),
                          GemvMmaKnobs.name: (GemvMmaKnobs, BASE_GEMV_MMA, CURATED_GEMV_MMA, []),
                          GemvWgmmaSpace.name: (GemvWgmmaSpace, BASE_WGMMA, CURATED_WGMMA, [])},
                 "dequant": {DequantGemvKnobs.name: (DequantGemvKnobs, BASE_DEQUANT, CURATED_DEQUANT, []),
-                            DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, [])}}
+                            DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, []),
+                            DequantGemvTma.name: (DequantGemvTma, BASE_TMA, CURATED_TMA, [])}}
 SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
                "max_shared_memory_per_block": 232448, "thread_warp_size": 32})
 

@@ -10,6 +10,7 @@ from . import gemv_wgmma  # noqa: F401  the TMA + wgmma GEMV space, before the S
 from . import dequant_gemv_knobs, gemv_knobs, gemv_mma  # noqa: F401  registers the GEMV knob spaces
 from . import cpu_matmul  # noqa: F401  registers its knob space
 from . import dequant_gemv_mma  # noqa: F401  registers the tensor-core dequant GEMV space
+from . import dequant_gemv_tma  # noqa: F401  and its TMA-ring twin (sm_90)
 from . import linear_mma  # noqa: F401  registers the tensor-core skinny GEMM space
 from .op import Op, OpError, make_op, op_from_description, OPS
 from .space import design_space
