@@ -33,6 +33,8 @@ float64 product with the dequantized weights, and cuBLAS fp16 GEMV on those dequ
 (schedules/dequant_gemv_mma.py, their hand-picked CURATED_MMA first) instead of the SIMT ones;
 `--space gemv-mma` the tensor-core fp16 GEMV (schedules/gemv_mma.py, CURATED_GEMV_MMA first);
 `--space gemv-wgmma` the TMA + wgmma fp16 GEMV (schedules/gemv_wgmma.py, CURATED_WGMMA first).
+`--op linear --rows M` measures y = x W^T for M <= 16 rows of x (decode at batch M) through
+gemv-wgmma (default) or linear-mma, against cuBLAS through torch's F.linear and an fp32-out mm.
 
 --dry-run needs no GPU: it writes OUT/plan.json with the configs per shape, the reasons why
 random samples were rejected (counts), and whether each config builds to CUDA source.
@@ -65,6 +67,7 @@ from energy_tuner.schedules.dequant_gemv_tma import DequantGemvTma
 from energy_tuner.schedules.gemv_knobs import GemvKnobs
 from energy_tuner.schedules.gemv_mma import GemvMmaKnobs
 from energy_tuner.schedules.gemv_wgmma import GemvWgmmaSpace
+from energy_tuner.schedules.linear_mma import LinearMmaKnobs
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
 DEQUANT_SHAPES = SHAPES[1:]          # issue 10's W4/W2 table
@@ -218,6 +221,8 @@ CURATED_TMA = [  # TMA ring + mma, W2 28672x8192 on an H200 (2026-12-02): the be
 BENCH_SPACES = {"gemv": {GemvKnobs.name: (GemvKnobs, BASE, CURATED, CURATED_BULK),
                          GemvMmaKnobs.name: (GemvMmaKnobs, BASE_GEMV_MMA, CURATED_GEMV_MMA, []),
                          GemvWgmmaSpace.name: (GemvWgmmaSpace, BASE_WGMMA, CURATED_WGMMA, [])},
+                "linear": {GemvWgmmaSpace.name: (GemvWgmmaSpace, BASE_WGMMA, CURATED_WGMMA, []),
+                           LinearMmaKnobs.name: (LinearMmaKnobs, BASE_GEMV_MMA, CURATED_GEMV_MMA, [])},
                 "dequant": {DequantGemvKnobs.name: (DequantGemvKnobs, BASE_DEQUANT, CURATED_DEQUANT, []),
                             DequantGemvMma.name: (DequantGemvMma, BASE_MMA, CURATED_MMA, []),
                             DequantGemvTma.name: (DequantGemvTma, BASE_TMA, CURATED_TMA, [])}}
@@ -227,6 +232,8 @@ SM90 = Target({"kind": "cuda", "arch": "sm_90a", "max_threads_per_block": 1024,
 
 # ---------------------------------------------------------------- the plan (CPU)
 def case_name(args, n: int, k: int) -> str:
+    if args.op == "linear":
+        return f"linear{args.rows}x{n}x{k}"
     return f"gemv{n}x{k}" if args.op == "gemv" else \
         f"dequant{n}x{k}_w{args.wbits}g{args.group_size}" + ("z" if args.zero_points else "")
 
@@ -234,6 +241,8 @@ def case_name(args, n: int, k: int) -> str:
 def make_op_for(args, n: int, k: int):
     if args.op == "gemv":
         return make_op("gemv", f"{n},{k}", "float16")
+    if args.op == "linear":
+        return make_op("linear", f"{args.rows},{n},{k}", "float16")
     return make_op("lut_mpgemm", f"m=1,n={n},k={k}", "float16",
                    {"wbits": args.wbits, "group_size": args.group_size,
                     "zero_points": args.zero_points, "impl": "dequant"})
@@ -347,11 +356,15 @@ class Bench:
     def cublas(self, case: str, problem: "Problem") -> list[dict]:
         torch, ref = self.torch, problem.ref
         ws, xs = [w for w, _ in problem.dense_sets], [x for _, x in problem.dense_sets]
-        variants = {"cublas fp16->fp16": lambda w, x: torch.mv(w, x)}
+        if self.args.op == "linear":   # y = x W^T, as nn.Linear calls it
+            variants = {"cublas fp16->fp16": lambda w, x: torch.nn.functional.linear(x, w)}
+            fp32 = lambda w, x: torch.mm(x, w.t(), out_dtype=torch.float32)  # noqa: E731
+        else:
+            variants = {"cublas fp16->fp16": lambda w, x: torch.mv(w, x)}
+            fp32 = lambda w, x: torch.mm(w, x[:, None], out_dtype=torch.float32)  # noqa: E731
         try:
-            torch.mm(ws[0], xs[0][:, None], out_dtype=torch.float32)
-            variants["cublas fp16->fp32"] = \
-                lambda w, x: torch.mm(w, x[:, None], out_dtype=torch.float32)
+            fp32(ws[0], xs[0])
+            variants["cublas fp16->fp32"] = fp32
         except (TypeError, RuntimeError) as err:
             print(f"fp32-out cuBLAS not available: {err}", flush=True)
         rows = []
@@ -421,6 +434,15 @@ class Bench:
             dense = [(w, x)] + [(w.clone(), x.clone()) for _ in range(sets - 1)]
             return Problem(op, [list(s) for s in dense], dense, torch.empty((n,), device="cuda"),
                            w.double() @ x.double())
+        if args.op == "linear":       # ours take (x, W); cuBLAS's calls below take (W, x)
+            op = make_op_for(args, n, k)
+            w = torch.randn((n, k), device="cuda", dtype=torch.float16, generator=gen)
+            x = torch.randn((args.rows, k), device="cuda", dtype=torch.float16, generator=gen)
+            sets = l2.rotation_count(n * k * 2 + args.rows * k * 2, self.l2)
+            dense = [(w, x)] + [(w.clone(), x.clone()) for _ in range(sets - 1)]
+            return Problem(op, [[x, w] for w, x in dense], dense,
+                           torch.empty((args.rows, n), device="cuda"),
+                           (x.double() @ w.double().T).reshape(-1))
         op = make_op_for(args, n, k)
         host = op.inputs(np.random.default_rng(args.seed))     # x, packed planes, scales, zeros
         inputs = [torch.from_numpy(a).cuda() for a in host]
@@ -507,7 +529,7 @@ def summary(results: list[dict], state: dict, args, gpu: str, driver: str) -> di
         row = {"case": case, "op": desc["op"], "shape": desc["shape"], "dtype": "float16",
                "out_dtype": "float32", "params": desc.get("params", {})}
         if refs:
-            row["ref"] = {"name": ref_name + ("" if args.op == "gemv" else
+            row["ref"] = {"name": ref_name + ("" if args.op != "dequant" else
                                               " on the dequantized weights"), "repeats": len(refs),
                           "ms": statistics.median(r["sustained_latency_s"] for r in refs) * 1e3,
                           "mj": statistics.median(r["energy_j"] for r in refs) * 1e3,
@@ -590,8 +612,10 @@ def shapes(text: str) -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--op", choices=("gemv", "dequant"), default="gemv",
-                    help="fp16 GEMV, or lut_mpgemm's dequant twin at m = 1 (low-bit weights)")
+    ap.add_argument("--op", choices=("gemv", "linear", "dequant"), default="gemv",
+                    help="fp16 GEMV, fp16 linear of --rows rows (x W^T), or lut_mpgemm's dequant "
+                         "twin at m = 1 (low-bit weights)")
+    ap.add_argument("--rows", type=int, default=16, help="--op linear: rows of x (1..16)")
     ap.add_argument("--wbits", type=int, choices=(1, 2, 3, 4), default=4)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--zero-points", action="store_true")
@@ -610,10 +634,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="plan and build to CUDA source only (no GPU)")
     args = ap.parse_args(argv)
     args.t0 = time.monotonic()
-    args.shapes = args.shapes or (SHAPES if args.op == "gemv" else DEQUANT_SHAPES)
+    args.shapes = args.shapes or (DEQUANT_SHAPES if args.op == "dequant" else SHAPES)
     if args.space is not None and args.space not in BENCH_SPACES[args.op]:
         print(f"--space for --op {args.op} must be one of {', '.join(BENCH_SPACES[args.op])}, "
               f"got {args.space!r}", file=sys.stderr)
+        return 2
+    if args.op == "linear" and not 1 <= args.rows <= 16:
+        print(f"--rows must be 1..16, got {args.rows}", file=sys.stderr)
         return 2
     if args.configs < 1 or args.ref_every < 1 or args.bulk_configs < 0 \
             or not 0 <= args.bulk_share < 1:

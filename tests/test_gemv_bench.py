@@ -62,8 +62,20 @@ def test_dry_run_of_the_dequant_twin(tmp_path):
     assert plan["configs"][0] == {**gemv_bench.BASE_DEQUANT, **gemv_bench.CURATED_DEQUANT[0]}
 
 
+@pytest.mark.parametrize("space", ["gemv-wgmma", "linear-mma"])
+def test_dry_run_of_linear_decode_rows(space, tmp_path):
+    """--op linear plans y = x W^T at --rows rows through both linear spaces, curated first."""
+    rc = gemv_bench.main(["--dry-run", "--op", "linear", "--rows", "16", "--space", space,
+                          "--out", str(tmp_path), "--configs", "2", "--shapes", "4096x4096"])
+    (plan,) = json.loads((tmp_path / "plan.json").read_text())
+    assert rc == 0 and plan["case"] == "linear16x4096x4096" and plan["builds"] == [True, True]
+    _, base, curated, _ = gemv_bench.BENCH_SPACES["linear"][space]
+    assert plan["configs"][0] == {**base, **curated[0]}
+
+
 @pytest.mark.parametrize("argv", [["--configs", "0"], ["--ref-every", "0"], ["--bulk-share", "1"],
-                                  ["--op", "dequant", "--group-size", "7"]])
+                                  ["--op", "dequant", "--group-size", "7"],
+                                  ["--op", "linear", "--rows", "17"]])
 def test_bad_counts_exit_2(argv, tmp_path, capsys):
     assert gemv_bench.main(["--dry-run", "--out", str(tmp_path), *argv]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
