@@ -36,6 +36,8 @@ class KnobSpace(ABC):
     compile_options: ClassVar[dict] = {}         # extra tvm.compile arguments, e.g. tir_pipeline
     auto: ClassVar[bool] = True                  # may `--space auto` pick it (False: not yet run
                                                  # on hardware; it must then be named)
+    model_quality: ClassVar[str | None] = None   # where the cost model's quality on this family
+                                                 # was measured (compiler/policy.py trusts it)
 
     def __init__(self, op: Op, target: Target) -> None:
         self.op, self.target = op, target
@@ -78,6 +80,11 @@ class KnobSpace(ABC):
         which a strategy tries before it samples; those `reject` refuses for this op are skipped.
         None by default."""
         return []
+
+    def runnable_seeds(self) -> list[Config]:
+        """The seeds, without duplicates, that `reject` accepts for this op, in order."""
+        unique = {self.key(c): c for c in self.seeds()}
+        return [c for c in unique.values() if self.reject(c) is None]
 
     # -- what a strategy needs; written once here over the knobs --------------------------------
     def sample(self, rng: np.random.Generator) -> Config:

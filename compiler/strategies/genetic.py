@@ -102,9 +102,8 @@ class GeneticStrategy(Strategy):
 
     def _seeds(self) -> list[Config]:
         """The space's seeds this tune has not measured and the op can run (once per tune)."""
-        seeds, self.seeded = ([] if self.seeded else self.space.seeds()), True
-        fresh = {self.space.key(c): c for c in seeds if self.space.key(c) not in self.known}
-        return [c for c in fresh.values() if self.space.reject(c) is None][:self.setup.batch]
+        seeds, self.seeded = ([] if self.seeded else self.space.runnable_seeds()), True
+        return [c for c in seeds if self.space.key(c) not in self.known][:self.setup.batch]
 
     def propose(self) -> list[Candidate]:
         seeds = self._seeds()
