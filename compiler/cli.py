@@ -14,7 +14,7 @@ import numpy as np
 from ..measure.l2_policy import L2_CHOICES, l2_policy
 from ..measure.rpc_server import parse_address
 from .objective import KINDS, Objective
-from .policy import POLICIES
+from .policy import AUTO, CHOICES
 
 if TYPE_CHECKING:
     from .database import TuningDatabase
@@ -64,11 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slowdown", type=float, metavar="X",
                    help="least energy among kernels within X times the best latency found "
                         "(X >= 1; implies --objective energy)")
-    p.add_argument("--energy-policy", choices=POLICIES, default="all",
-                   help="all (default): measure every correct candidate's energy; dynamic: only "
-                        "those the model places near the objective's front (skips are counted "
-                        "and reported; on an H200 it missed a low-power kernel, see "
-                        "experiments/results/energy_policy_h200_2026-11-21)")
+    p.add_argument("--energy-policy", choices=CHOICES, default=AUTO,
+                   help="all: measure every correct candidate's energy; dynamic: only those the "
+                        "model places near the objective's front (skips are counted and "
+                        "reported); auto (default): dynamic on a knob space whose model quality "
+                        "was measured (hopper_gemm), else all (on MetaSchedule traces dynamic "
+                        "missed a low-power kernel, experiments/results/energy_policy_h200_2026-11-21)")
     p.add_argument("--trials", type=int, default=64,
                    help="candidates to measure for this workload and objective, counting those "
                         "already in --db (re-running continues an interrupted tune)")

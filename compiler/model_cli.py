@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from .cli import UsageError, _Parser, default_db
 from .objective import KINDS
-from .policy import POLICIES
+from .policy import AUTO, CHOICES
 from ..measure.l2_policy import L2_CHOICES
 
 PROG = "tune-model"
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("auto", "cuda", "llvm"), default="auto")
     p.add_argument("--objective", choices=KINDS, help="as for tune (default latency)")
     p.add_argument("--max-slowdown", type=float, metavar="X", help="as for tune")
-    p.add_argument("--energy-policy", choices=POLICIES, default="all", help="as for tune")
+    p.add_argument("--energy-policy", choices=CHOICES, default=AUTO, help="as for tune")
     p.add_argument("--trials", type=int, default=64,
                    help="candidates to measure over all tasks, counting those already in --db")
     p.add_argument("--first-trials", type=int, default=4,

@@ -81,7 +81,7 @@ class Settings:
     objective: Objective
     trials: int
     l2: str = "auto"                # per task, measure/l2_policy.py
-    energy_policy: str = "all"
+    energy_policy: str = "auto"
     seed: int = 0
     overlap: bool = True            # on CUDA: search while measuring
     round_trials: int = 16          # trials handed out per round after the first

@@ -11,25 +11,38 @@ power x measured latency. Energy is measured when
   is always measured), or
 - the candidate is near the objective's front: it could be chosen if its energy were up to
   `margin` better than predicted (`Objective.near_front`).
-The margin follows the model's measured error: max(`base_margin`, `error_factor` (2) x the median
-relative energy error over the last `window` candidates whose energy was both predicted and
-measured), so it
-tightens as the model improves and loosens when it drifts. Skipped measurements are counted.
+The margin follows the model's measured error: max(`base_margin` (3%), `error_factor` (2) x the
+median relative energy error over the last `window` candidates whose energy was both predicted
+and measured), so it tightens as the model improves and loosens when it drifts. Skipped
+measurements are counted.
+
+Which policy a tune runs (`policy_for`): `auto` is `dynamic` for a knob space whose cost model's
+quality has been measured (`KnobSpace.model_quality`), else `all`. On a space with seeds the
+warmup is its runnable seeds: the strategy measures them first and they set the front (energy is
+measured anyway until the model has the MIN_TRAIN_SAMPLES it trains on); otherwise WARMUP
+candidates. Evidence: H200 Hopper tunes replayed, experiments/results/policy_replay_hopper_2026-12-02.
 """
 from __future__ import annotations
 
 import statistics
 from collections import deque
+from typing import TYPE_CHECKING
 
 from .database import Record
 from .objective import Objective
 
+if TYPE_CHECKING:
+    from .spaces import Space
+
+AUTO = "auto"
 POLICIES = ("dynamic", "all")
+CHOICES = (AUTO, *POLICIES)
+WARMUP = 8  # energies measured before the model is trusted, on a space without seeds
 
 
 class EnergyPolicy:
-    def __init__(self, objective: Objective, mode: str = "dynamic", warmup: int = 8,
-                 base_margin: float = 0.05, window: int = 16, error_factor: float = 2.0) -> None:
+    def __init__(self, objective: Objective, mode: str = "dynamic", warmup: int = WARMUP,
+                 base_margin: float = 0.03, window: int = 16, error_factor: float = 2.0) -> None:
         if mode not in POLICIES:
             raise ValueError(f"unknown energy policy {mode!r} (known: {', '.join(POLICIES)})")
         self.objective, self.mode, self.warmup, self.base_margin = objective, mode, warmup, base_margin
@@ -66,3 +79,10 @@ class EnergyPolicy:
         """Record how far the prediction was from a measured energy."""
         if predicted_power_w is not None and energy_j > 0:
             self.errors.append(abs(predicted_power_w * latency_s - energy_j) / energy_j)
+
+
+def policy_for(objective: Objective, mode: str, space: Space) -> EnergyPolicy:
+    """The policy a tune of `space` runs under `mode` (one of CHOICES; see the module docstring)."""
+    if mode == AUTO:
+        mode = "dynamic" if space.model_quality else "all"
+    return EnergyPolicy(objective, mode, warmup=len(space.runnable_seeds()) or WARMUP)

@@ -30,7 +30,7 @@ from .builder import Builder, BuildResult
 from .database import Record, TuningDatabase
 from .identity import measurement_config, target_json, workload_key
 from .objective import Objective
-from .policy import EnergyPolicy
+from .policy import AUTO as POLICY_AUTO, policy_for
 from .scoring import Scorer
 from .spaces import AUTO, choose_space, stored_module
 from .strategies import Candidate, SearchSetup, strategy_for
@@ -115,6 +115,8 @@ class Tuner:
     from the results up to batch i-1 (without overlap: up to batch i). With one measurement slot
     the records are stored in the order proposed, whatever order the builds finish in.
 
+    energy_policy: `auto` (the space's default), `dynamic` or `all` (compiler/policy.py).
+
     measurement: how candidates will be measured (`measure.runner.measurement_identity`), for a
     tuner whose runner is attached later (runner None); otherwise the runner's.
 
@@ -123,7 +125,7 @@ class Tuner:
 
     def __init__(self, op: Op, plat: Platform, runner: CandidateRunner, db: TuningDatabase,
                  objective: Objective, seed: int = 0, batch: int = 16, population: int = 512,
-                 energy_policy: str = "all", overlap: bool = False, space: str = AUTO,
+                 energy_policy: str = POLICY_AUTO, overlap: bool = False, space: str = AUTO,
                  strategy: str | None = None, screen: bool = True,
                  measurement: dict | None = None, builder: Builder | None = None) -> None:
         self.op, self.plat, self.runner, self.db, self.builder = op, plat, runner, db, builder
@@ -131,13 +133,13 @@ class Tuner:
         self.overlap, self.screen = overlap, screen
         self.space = choose_space(op, plat.target, space)
         self.strategy_cls = strategy_for(self.space, strategy)
+        self.policy = policy_for(objective, energy_policy, self.space)
         measurement = runner.measurement if measurement is None else measurement
-        self.key = workload_key(op, plat, measurement_config(measurement, energy_policy))
+        self.key = workload_key(op, plat, measurement_config(measurement, self.policy.mode))
         # workloads whose models can share weights: same op, dtype, device and space (features)
         self.family = f"{op.name}/{op.dtype}/{plat.device_name}/{self.space.name}"
         self.model = KernelModel(seed)
         self.scorer = Scorer(objective, self.model, seed)
-        self.policy = EnergyPolicy(objective, energy_policy)
         self.records: list[Record] = []
         self.features: dict[str, np.ndarray] = {}  # feature row per mod_hash, computed once
 

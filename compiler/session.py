@@ -150,7 +150,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
         runner.close()
 
     s = result.stats
-    err.print(f"space {s.space}, strategy {s.strategy}"
+    err.print(f"space {s.space}, strategy {s.strategy}, energy policy {tuner.policy.mode}"
               + (f"; {s.strategy_report}" if s.strategy_report else ""))
     err.print(f"measured {s.measured} new candidates ({s.previous} before): {s.build_errors} build "
               f"errors, {s.run_errors} run errors, {s.wrong} wrong results, "
@@ -162,7 +162,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     if runner.measurement.get("meter") and s.energy_measured + s.energy_skipped + s.screened:
         err.print(f"energy measured for {s.energy_measured} of "
                   f"{s.energy_measured + s.energy_skipped + s.screened} correct candidates "
-                  f"({s.energy_skipped} left to the model by the {args.energy_policy} policy"
+                  f"({s.energy_skipped} left to the model by the {tuner.policy.mode} policy"
                   + (", the objective needs none" if not objective.needs_energy else "")
                   + f", {s.screened} screened out)")
     if line := time_split(s, result.records[len(result.records) - s.measured:]):

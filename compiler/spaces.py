@@ -26,6 +26,7 @@ class TraceSpace:
 
     name = TRACE
     compile_options: dict = {}
+    model_quality = None  # as KnobSpace's: the trace model's quality falls short (compiler/policy.py)
 
     def __init__(self, op: Op, target: Target) -> None:
         self.op, self.target = op, target
@@ -33,6 +34,10 @@ class TraceSpace:
 
     def generator(self):
         return design_space(self.op, self.target)
+
+    def runnable_seeds(self) -> list:
+        """None: a trace search starts from samples of the space."""
+        return []
 
     def schedule(self, trace: list) -> tvm.s_tir.Schedule:
         """The schedule a stored trace (JSON) describes."""
