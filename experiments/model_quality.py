@@ -42,12 +42,11 @@ H100 = tvm.target.Target("nvidia/nvidia-h100")
 def featurize(records) -> tuple[object, np.ndarray]:
     """The op and one feature row per record: a trace space's (ending in the 6 kernel-level
     features), or a knob space's own features (`of_knob_space`)."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401  traces may tensorize with WMMA
-
     op = op_from_description(records[0].workload)
     if isinstance(records[0].trace, dict):
         space = SPACES[records[0].trace["space"]](op, H100)
         return op, knob_features(op, [space.features(r.trace["config"]) for r in records])
+    import tvm.s_tir.tensor_intrin  # noqa: F401  traces may tensorize with WMMA
     mod = tvm.IRModule({"main": op.prim_func()})
     ctx = ms.TuneContext(mod=mod, target=H100, num_threads=2)
     args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
