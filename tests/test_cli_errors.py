@@ -146,7 +146,7 @@ FLAGS = {
     "--accum": st.sampled_from(["float16", "float32"]) | TEXT,
     "--objective": st.sampled_from(["latency", "energy", "edp", "pareto"]) | TEXT,
     "--max-slowdown": st.floats(allow_nan=True).map(str) | TEXT,
-    "--energy-policy": st.sampled_from(["all", "dynamic"]) | TEXT,
+    "--energy-policy": st.sampled_from(["auto", "all", "dynamic"]) | TEXT,
     "--trials": st.integers(-5, 10 ** 6).map(str) | TEXT,
     "--l2": st.sampled_from(["resident", "rotate"]) | TEXT,
     "--seed": st.integers(-5, 2 ** 40).map(str) | TEXT,
