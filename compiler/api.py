@@ -141,17 +141,30 @@ def tune_tasks_on(found: list[Task], *, target: str = "auto",
     return run
 
 
+def only_ops(found: list[Task], ops: tuple[str, ...] | None) -> list[Task]:
+    """The tasks of the named ops (all where `ops` is None); an unknown name is a UsageError."""
+    if ops is None:
+        return found
+    from ..schedules import OPS
+
+    if unknown := sorted(set(ops) - set(OPS)):
+        raise UsageError(f"unknown op {unknown[0]!r} in ops (known: {', '.join(sorted(OPS))})")
+    return [t for t in found if t.op in ops]
+
+
 def tune_model(model, example_inputs: tuple | None = None, *, dtype: str | None = None,
-               target: str = "auto", **kwargs) -> ModelRun:
-    """Tune every task of a model (spec or nn.Module, as `graph` takes) from one budget.
-    Keyword arguments: objective (an Objective or its name), trials, db, export, baseline, console, and
-    Settings' fields (l2, energy_policy, seed, overlap, round_trials, first_trials, ...)."""
+               target: str = "auto", ops: tuple[str, ...] | None = None, **kwargs) -> ModelRun:
+    """Tune every task of a model (spec or nn.Module, as `graph` takes) from one budget, or
+    only those of `ops` (the rest stay with torch). Keyword arguments: objective (an Objective
+    or its name), trials, db, export, baseline, console, and Settings' fields (l2,
+    energy_policy, seed, overlap, round_trials, first_trials, ...)."""
     from .target import resolve
 
     if dtype is None and not hasattr(model, "forward"):
         dtype = DEFAULT_DTYPE[resolve(target).kind]
     g = graph(model, example_inputs, dtype or "float32")
-    return tune_tasks_on(graph_tasks(g), target=target, title=g.graph.get("name", "model"), **kwargs)
+    return tune_tasks_on(only_ops(graph_tasks(g), ops), target=target,
+                         title=g.graph.get("name", "model"), **kwargs)
 
 
 def tune_op(op: str, shape: str | None = None, dtype: str | None = None,

@@ -1,7 +1,7 @@
 """GPU benchmark: a decoder layer's energy and latency per forward pass, our library vs torch eager.
 
     python -m experiments.model_benchmark OUT [--trials 256] [--objective energy]
-                                              [--cases decode1,decode16,prefill2048]
+                                              [--cases decode1,decode16,prefill2048] [--served-only]
 
 The issue's layer (hidden 4096, FFN 14336, 32 heads, 8 KV heads, float16) in decode at batch 1
 and 16 (one token after a 2047-token KV cache) and in prefill (2048 tokens). Per case:
@@ -16,6 +16,8 @@ and 16 (one token after a 2047-token KV cache) and in prefill (2048 tokens). Per
    launch gaps included), then as CUDA-graph replays of the same passes on the same static
    inputs (`graph_ms`, `graph_mj`, `graph_w`: the kernels without launch gaps; where a layer
    cannot be captured, `graph_error` says why); the served output is checked against eager.
+`--served-only` tunes only the tasks the served layer runs (its linears: gemv, linear, matmul);
+the attention products are then neither tuned nor in the per-task rows.
 Writes OUT/summary.json (GUIDE §6 format; `ms` is the sustained per-call time of the energy
 windows) and OUT/<case>/report.json. Needs a CUDA GPU with NVML.
 """
@@ -39,6 +41,7 @@ from energy_tuner.measure.meters import open_meter
 from energy_tuner.measure.protocol import Precision, measure_energy
 from experiments.decoder_layer import FULL, DecoderLayer, example_inputs
 
+SERVED_OPS = ("gemv", "linear", "matmul")   # what LibraryLinear dispatches an nn.Linear to
 CASES = {"decode1": (1, 2048, "decode"), "decode16": (16, 2048, "decode"),
          "prefill2048": (1, 2048, "prefill")}
 
@@ -80,7 +83,8 @@ def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
     batch, seq, phase = CASES[name]
     spec = {"model": "decoder_layer", **FULL, "batch": batch, "seq": seq, "phase": phase}
     run = api.tune_model(spec, target="cuda", dtype="float16", objective=args.objective,
-                         trials=args.trials, db=out / "tune.sqlite", export=out / name / "lib")
+                         trials=args.trials, db=out / "tune.sqlite", export=out / name / "lib",
+                         ops=SERVED_OPS if args.served_only else None)
     rows = []
     for r in run.results:
         op = r.task.make_op()
@@ -143,6 +147,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=256)
     ap.add_argument("--objective", default="energy")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--served-only", action="store_true",
+                    help="tune only the ops the served layer runs (its linears)")
     args = ap.parse_args()
     args.objective = api.make_objective(args.objective)
     if not torch.cuda.is_available():

@@ -198,6 +198,24 @@ def test_api_tunes_one_op_and_reads_the_db(tmp_path):
         api.make_objective("energy", 0.5)
 
 
+def test_tune_model_can_keep_to_some_ops():
+    """`ops` keeps the tasks of those ops (a decode layer's linears are gemvs, its attention
+    products batch_matmuls); none left is the one-line 'nothing to do', an unknown name one line."""
+    from energy_tuner.compiler import api
+    from energy_tuner.compiler.graph import spec_graph, tasks
+
+    spec = {"model": "decoder_layer", "hidden": 256, "ffn": 512, "heads": 4, "kv_heads": 2,
+            "batch": 1, "seq": 64, "phase": "decode"}
+    found = tasks(spec_graph(spec, "float32"))
+    assert {t.op for t in found} == {"gemv", "batch_matmul"}
+    assert {t.op for t in api.only_ops(found, ("gemv", "linear", "matmul"))} == {"gemv"}
+    assert api.only_ops(found, None) == found
+    with pytest.raises(api.ERRORS, match="unknown op 'gemm' in ops"):
+        api.only_ops(found, ("gemm",))
+    with pytest.raises(api.ERRORS, match="nothing to do"):
+        api.tune_model(spec, target="llvm", ops=("conv2d",))
+
+
 def test_torch_falls_back_to_python_launches_where_capture_fails():
     import torch
 
