@@ -265,16 +265,7 @@ class _MmaWriter(_SplitKWriter):
                             self.load_planes(t, u, r, s, policy)
                 for u in range(self.unroll):
                     for word in range(self.words):
-                        with simt.threads() as t:
-                            self.decode(t, u, word)
-                            self.load_x_pairs(t, s, u, word)
-                        with simt.threads() as t:
-                            for m in range(PAIRS // 2):
-                                chain = (u * self.chains + (word * PAIRS // 2 + m) % self.chains) * 4
-                                mma_m16n8k16(simt, t, self.a_reg,
-                                             (2 * m, PAIRS + 2 * m, 2 * m + 1, PAIRS + 2 * m + 1),
-                                             self.b_reg, (2 * m, 2 * m + 1),
-                                             self.c_reg, tuple(range(chain, chain + 4)))
+                        self.multiply_word(s, u, word)
                 with simt.threads() as t:
                     self.apply_scales(t, s)
             self.reduce_and_write()
@@ -415,6 +406,21 @@ class _MmaWriter(_SplitKWriter):
                 row = self.row(t, r)
                 correction = self.zeros[row, group] * x_sum + offset
                 self.acc.store(t, self.acc.load(t, r) + self.scales[row, group] * (c - correction), r)
+
+    def multiply_word(self, s, u: int, word: int) -> None:
+        """One plane word of sub-step u: decoded into A, its x pairs loaded into B, and its mmas
+        run on their chains of C."""
+        simt = self.simt
+        with simt.threads() as t:
+            self.decode(t, u, word)
+            self.load_x_pairs(t, s, u, word)
+        with simt.threads() as t:
+            for m in range(PAIRS // 2):
+                chain = (u * self.chains + (word * PAIRS // 2 + m) % self.chains) * 4
+                mma_m16n8k16(simt, t, self.a_reg,
+                             (2 * m, PAIRS + 2 * m, 2 * m + 1, PAIRS + 2 * m + 1),
+                             self.b_reg, (2 * m, 2 * m + 1),
+                             self.c_reg, tuple(range(chain, chain + 4)))
 
     def reduce_and_write(self) -> None:
         """Sum each row over its quad (`thread`) and its k warps; quad thread 0 writes."""

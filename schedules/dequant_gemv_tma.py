@@ -49,7 +49,7 @@ from .hopper_gemm import SMEM_LIMIT, SMEM_PER_SM
 from .knobs import Config, Knob, register
 from .lut_mpgemm import K_PER_BYTE
 from .op import Op
-from .simt import WARP, Simt, mma_m16n8k16, ramp
+from .simt import WARP, Simt, ramp
 
 TMA = "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
 CONSUMER_BARRIER = 1            # named barrier id of the consumer warps (0 is __syncthreads)
@@ -333,16 +333,7 @@ class _TmaWriter(_MmaWriter):
                 self.c_reg.store(t, tirx.const(0.0, "float32"), i)
             self.read_planes(t, stage, u)
         for word in range(self.words):
-            with simt.threads() as t:
-                self.decode(t, 0, word)
-                self.load_x_pairs(t, s, 0, word)
-            with simt.threads() as t:
-                for m in range(PAIRS // 2):
-                    chain = (word * PAIRS // 2 + m) % self.chains * 4
-                    mma_m16n8k16(simt, t, self.a_reg,
-                                 (2 * m, PAIRS + 2 * m, 2 * m + 1, PAIRS + 2 * m + 1),
-                                 self.b_reg, (2 * m, 2 * m + 1),
-                                 self.c_reg, tuple(range(chain, chain + 4)))
+            self.multiply_word(s, 0, word)
         with simt.threads() as t:
             self.apply_scales(t, s)
 
