@@ -232,12 +232,13 @@ class GemvWgmmaSpace(KnobSpace):
         return cls.why_not(op, target) is None
 
     def preferred(self) -> bool:
-        """`--space auto` picks it for a gemv of at least 4096 rows: measured on an H200 with
-        weights from DRAM (experiments/results/gemv_wgmma_grid_h200_2026-12-02) at 1.01-1.04x
-        cuBLAS's energy at n = 4096 (split-k), 14336 and 28672, where the SIMT space's best drew
-        1.06-1.12x (gemv_h200_2026-12-01); not measured below n = 4096 (the SIMT space keeps
-        those) nor for linear (named only)."""
-        return self.op.name == "gemv" and self.op.shape["n"] >= 4096
+        """`--space auto` picks it for a gemv or a linear (m <= 16) of at least 4096 rows of W:
+        measured on an H200 with weights from DRAM at 1.01-1.04x cuBLAS's energy for gemv at
+        n = 4096 (split-k), 14336 and 28672 (experiments/results/gemv_wgmma_grid_h200_2026-12-02),
+        where the SIMT space's best drew 1.06-1.12x (gemv_h200_2026-12-01), and at 1.04-1.06x
+        for linear at 16 rows (linear_wgmma_h200_2026-12-02), where the alternative is the
+        MetaSchedule trace space; not measured below n = 4096 (those keep the other spaces)."""
+        return self.op.shape["n"] >= 4096
 
     @classmethod
     def why_not(cls, op: Op, target: Target) -> str | None:

@@ -48,9 +48,12 @@ def test_auto_picks_it_where_it_was_measured_to_run_well():
                           ("1024,4096", False)]:
         chosen = choose_space(make_op("gemv", shape, "float16", {"accum": "float16"}), SM90)
         assert (type(chosen) is GemvWgmmaSpace) == picked, shape
-    linear = make_op("linear", "16,14336,4096", "float16")
-    assert type(choose_space(linear, SM90)) is not GemvWgmmaSpace        # named only
-    assert type(choose_space(linear, SM90, "gemv-wgmma")) is GemvWgmmaSpace
+    for shape, picked in [("16,14336,4096", True), ("16,4096,4096", True), ("2,4096,14336", True),
+                          ("16,1024,4096", False)]:
+        linear = make_op("linear", shape, "float16")
+        assert (type(choose_space(linear, SM90)) is GemvWgmmaSpace) == picked, shape
+    assert type(choose_space(make_op("linear", "16,1024,4096", "float16"), SM90,
+                             "gemv-wgmma")) is GemvWgmmaSpace
 
 
 def test_recorded_gpu_measurements_replay_and_seed_the_space():
