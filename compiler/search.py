@@ -52,6 +52,7 @@ class TuneStats:
     screened: int = 0           # correct candidates screened out: clearly slower than the best
     proposal_s: list[float] = field(default_factory=list)  # per generation, search + scoring
     build_wait_s: float = 0.0   # the loop waited for builds
+    first_build_wait_s: float = 0.0  # ... of which for the first batch (worker start-up included)
     wall_s: float = 0.0         # the whole tune of this run
     search_wait_s: float = 0.0  # of which the loop spent waiting (the rest overlapped measuring)
     warm_start: str | None = None  # workload key whose saved model started this tune
@@ -251,7 +252,7 @@ class Tuner:
                     planned = stats.measured + len(batch.fresh)
                     more = planned < remaining
                     power = self._predicted_power(strategy, batch.fresh)
-                    builds = self._waited(batch.builds, stats)
+                    builds = self._waited(batch.builds, stats, first=not stats.measured)
                     if not self.overlap:  # measure once every build is done (building while
                         builds = iter(list(builds))  # measuring on the CPU disturbs its timing)
                     elif more:  # search on while the device measures
@@ -290,13 +291,17 @@ class Tuner:
         return TuneResult(records, stats)
 
     @staticmethod
-    def _waited(builds: list[Future], stats: TuneStats) -> Iterator[BuildResult]:
+    def _waited(builds: list[Future], stats: TuneStats, first: bool = False
+                ) -> Iterator[BuildResult]:
         """The builds' results in order, the time spent waiting for each added to
-        stats.build_wait_s (with several measurement slots: the time a free slot waited)."""
+        stats.build_wait_s (with several measurement slots: the time a free slot waited), and to
+        stats.first_build_wait_s for the `first` batch."""
         for build in builds:
             started = time.perf_counter()
             built = build.result()
-            stats.build_wait_s += time.perf_counter() - started
+            waited = time.perf_counter() - started
+            stats.build_wait_s += waited
+            stats.first_build_wait_s += waited if first else 0.0
             yield built
 
     def _predicted_power(self, strategy, candidates: list[Candidate]) -> list[float | None]:

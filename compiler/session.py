@@ -190,5 +190,6 @@ def time_split(stats, measured: list[Record]) -> str | None:
     steps = ", ".join(f"{name.removesuffix('_s')} {seconds / n:.2f}" for name, seconds in phases.items())
     rest = stats.wall_s - stats.build_wait_s - sum(phases.values())
     return (f"time per candidate: {stats.wall_s / n:.2f} s ({stats.measured * 60 / stats.wall_s:.1f}"
-            f"/min): measuring {steps or 'none'}; waiting for builds {stats.build_wait_s / n:.2f}; "
+            f"/min): measuring {steps or 'none'}; waiting for builds {stats.build_wait_s / n:.2f} "
+            f"({stats.first_build_wait_s:.1f} s in all for the first batch); "
             f"other {max(rest, 0.0) / n:.2f}")
