@@ -75,6 +75,7 @@ WORD = 32                       # weights per 32-bit plane word
 PAIRS = WORD // 2               # fp16 pairs (A words) per word and row
 MAGIC = 0x64006400              # fp16 pair (1024, 1024)
 MAGIC_VALUE = 1024.0
+AND_OR = (0xF0 & 0xCC) | 0xAA     # lop3's look-up table of (a & b) | c
 MANTISSA = 10                   # fp16 mantissa bits: where a field can sit under the magic number
 
 
@@ -394,9 +395,19 @@ class _MmaWriter(_SplitKWriter):
                     shift, place = self.field_shift(f)
                     fields = value >> u32(shift) if shift else value
                     at = r * PAIRS + per * e + f
-                    self.a_reg.store(t, (fields & u32(mask << place)) | u32(MAGIC), at)
+                    self.magic_pair(t, fields, mask << place, at)
                     if not self.fold:
                         self.subtract_magic(t, at)
+
+    def magic_pair(self, t, fields, mask: int, at: int) -> None:
+        """a_reg[at] = (fields & mask) | MAGIC; on the GPU as one lop3.b32 (nvcc splits the C
+        expression into an AND and an OR: a LOP3 takes one immediate)."""
+        u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+        if self.emulate:
+            self.a_reg.store(t, (fields & u32(mask)) | u32(MAGIC), at)
+            return
+        T.evaluate(TS.ptx["lop3.b32"](self.a_reg.load(t, at), fields, u32(mask), u32(MAGIC),
+                                      tirx.const(AND_OR, "int32")))
 
     def field_shift(self, f: int) -> tuple[int, int]:
         """(right shift, bit left in place) of field f of a `fields` word. `scaled`: the fields
