@@ -47,9 +47,22 @@ The CPU emulation (`emulate=True`, schedules/simt.py) runs the same decode on th
 emulates each mma from the fragments of all 32 threads of the warp (`mma_m16n8k16`), so the
 mapping of fragments to columns is checked for real against the op's numpy reference.
 
-Left out: a weight layout made for this kernel (nibble-packed words would skip the field
-assembly, ~0.9 of the 1.8 instructions per weight at W4; the op's packing is bit planes),
-ldmatrix or shared staging of the planes, cp.async/bulk copies, m > 1 (B's 8 columns could
+`layout=fields` (the op's option, schedules/weight_layout.py: the weights packed offline so that
+word e of a 32-column chunk holds pair h = F e + f as field f of both halves) skips the field
+assembly: each pair is one lop3.b32 ((w >> shift) & mask) | 0x64006400 (`decode_fields`), the
+fields in the fp16 mantissa masked in place (`scaled`, x staged divided by 2^bit: up to 16 at W4,
+256 at W2, 512 at W1) and the rest after one shift per word. The loads, TMA boxes and rings are
+the planes' (the words sit in the planes' place); W3 is refused (its fields would straddle the
+halves). Static SASS counts of the main loop (nvcc 13, sm_90a; not timings), per weight and
+thread, planes -> fields:
+    W2 TMA bench best (k_warps 2, hsub2): all 2.52 -> 1.53, integer 1.70 -> 0.71 (LOP3 1.28 -> 0.53,
+        SHF 0.31 -> 0.09), HADD2 0.50 both; with offset=fold all 2.03 -> 1.04
+    W2 TMA BASE_TMA: all 2.42 -> 1.44, integer 1.63 -> 0.62
+    W4 TMA bench best (k_step 512): all 2.95 -> 1.57, integer 2.08 -> 0.70 (LOP3 1.50 -> 0.50,
+        SHF 0.32 -> 0.13, IMAD 0.23 -> 0.04); decode=shift all 3.20 -> 1.82
+    W4 mma BASE_MMA: all 2.89 -> 1.53, integer 2.10 -> 0.76
+(integer: LOP3, SHF, IMAD, IADD3, LEA, MOV, SEL, ISETP, PRMT; HMMA 1/8 per weight in all.)
+Left out: ldmatrix or shared staging of the planes, cp.async/bulk copies, m > 1 (B's 8 columns could
 hold 8 activation rows at no extra cost; here 7 of them are unused or zero), and the x staging
 per CTA is not overlapped with the first weight loads.
 """
