@@ -25,7 +25,8 @@ config within 1.03x cuBLAS's time, else the least-energy one. `--budget-s` bound
 pass): each shape gets an equal share of what is left, and configs that do not fit are skipped.
 
 `--op dequant` measures lut_mpgemm's dequant twin at m = 1 instead (schedules/dequant_gemv_knobs.py;
-`--wbits`, `--group-size`, `--zero-points`; default shapes issue 10's three W4/W2 ones), with
+`--wbits`, `--group-size`, `--zero-points`, `--layout fields` for the fp16-pair weight layout of
+schedules/weight_layout.py (tensor-core spaces only); default shapes issue 10's three W4/W2 ones), with
 random normal weights quantized and packed as the op does, its output checked against the
 float64 product with the dequantized weights, and cuBLAS fp16 GEMV on those dequantized weights
 (fp16, in their own rotated sets) as the reference: the comparison issue 10 asks for.
@@ -235,7 +236,8 @@ def case_name(args, n: int, k: int) -> str:
     if args.op == "linear":
         return f"linear{args.rows}x{n}x{k}"
     return f"gemv{n}x{k}" if args.op == "gemv" else \
-        f"dequant{n}x{k}_w{args.wbits}g{args.group_size}" + ("z" if args.zero_points else "")
+        f"dequant{n}x{k}_w{args.wbits}g{args.group_size}" + ("z" if args.zero_points else "") \
+        + ("_fields" if args.layout == "fields" else "")
 
 
 def make_op_for(args, n: int, k: int):
@@ -243,9 +245,10 @@ def make_op_for(args, n: int, k: int):
         return make_op("gemv", f"{n},{k}", "float16")
     if args.op == "linear":
         return make_op("linear", f"{args.rows},{n},{k}", "float16")
+    layout = {"layout": args.layout} if args.layout == "fields" else {}    # planes: the op's default
     return make_op("lut_mpgemm", f"m=1,n={n},k={k}", "float16",
                    {"wbits": args.wbits, "group_size": args.group_size,
-                    "zero_points": args.zero_points, "impl": "dequant"})
+                    "zero_points": args.zero_points, "impl": "dequant", **layout})
 
 
 def space_name(args) -> str:
@@ -254,8 +257,10 @@ def space_name(args) -> str:
 
 
 def make_space(args, n: int, k: int, target: Target, sms: int) -> GemvKnobs:
-    cls = BENCH_SPACES[args.op][space_name(args)][0]
-    return cls(make_op_for(args, n, k), target, sms=sms)
+    cls, op = BENCH_SPACES[args.op][space_name(args)][0], make_op_for(args, n, k)
+    if args.op == "dequant" and args.layout == "fields" and cls.why_not(op, target):
+        raise SystemExit(f"--space {cls.name}: {cls.why_not(op, target)}")
+    return cls(op, target, sms=sms)
 
 
 def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
@@ -619,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wbits", type=int, choices=(1, 2, 3, 4), default=4)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--zero-points", action="store_true")
+    ap.add_argument("--layout", choices=("planes", "fields"), default="planes",
+                    help="packed weight layout of --op dequant (fields: tensor-core spaces only)")
     ap.add_argument("--space", help="knob space to measure (gemv: gemv-simt; dequant: "
                     "lut-dequant-gemv-simt, the default, or lut-dequant-gemv-mma)")
     ap.add_argument("--shapes", type=shapes, help="NxK,NxK,... (default: issue 10's for --op)")

@@ -56,8 +56,15 @@ class DequantGemvKnobs(GemvKnobs):
 
     @classmethod
     def applies(cls, op: Op, target: Target) -> bool:
-        return (op.name == "lut_mpgemm" and op.params["impl"] == "dequant" and op.shape["m"] == 1
-                and op.dtype == "float16" and target.kind.name == "cuda" and sm_arch(target) >= 80)
+        return cls.why_not(op, target) is None
+
+    @classmethod
+    def why_not(cls, op: Op, target: Target) -> str | None:
+        if not is_dequant_gemv(op, target):
+            return "it computes lut_mpgemm impl=dequant at m = 1 in float16 on CUDA sm_80+ only"
+        if op.layout != "planes":
+            return f"it decodes bit planes, the weights are packed as layout={op.layout}"
+        return None
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -113,6 +120,12 @@ class DequantGemvKnobs(GemvKnobs):
 
     def writer(self, config: Config, emulate: bool) -> _DequantWriter:
         return _DequantWriter(self, config, emulate)
+
+
+def is_dequant_gemv(op: Op, target: Target) -> bool:
+    """lut_mpgemm's dequant twin at m = 1 in float16 on CUDA sm_80+ (any weight layout)."""
+    return (op.name == "lut_mpgemm" and op.params["impl"] == "dequant" and op.shape["m"] == 1
+            and op.dtype == "float16" and target.kind.name == "cuda" and sm_arch(target) >= 80)
 
 
 def declare_dequant_args(writer) -> None:

@@ -47,9 +47,22 @@ The CPU emulation (`emulate=True`, schedules/simt.py) runs the same decode on th
 emulates each mma from the fragments of all 32 threads of the warp (`mma_m16n8k16`), so the
 mapping of fragments to columns is checked for real against the op's numpy reference.
 
-Left out: a weight layout made for this kernel (nibble-packed words would skip the field
-assembly, ~0.9 of the 1.8 instructions per weight at W4; the op's packing is bit planes),
-ldmatrix or shared staging of the planes, cp.async/bulk copies, m > 1 (B's 8 columns could
+`layout=fields` (the op's option, schedules/weight_layout.py: the weights packed offline so that
+word e of a 32-column chunk holds pair h = F e + f as field f of both halves) skips the field
+assembly: each pair is one lop3.b32 ((w >> shift) & mask) | 0x64006400 (`decode_fields`), the
+fields in the fp16 mantissa masked in place (`scaled`, x staged divided by 2^bit: up to 16 at W4,
+256 at W2, 512 at W1) and the rest after one shift per word. The loads, TMA boxes and rings are
+the planes' (the words sit in the planes' place); W3 is refused (its fields would straddle the
+halves). Static SASS counts of the main loop (nvcc 13, sm_90a; not timings), per weight and
+thread, planes -> fields:
+    W2 TMA bench best (k_warps 2, hsub2): all 2.52 -> 1.53, integer 1.70 -> 0.71 (LOP3 1.28 -> 0.53,
+        SHF 0.31 -> 0.09), HADD2 0.50 both; with offset=fold all 2.03 -> 1.04
+    W2 TMA BASE_TMA: all 2.42 -> 1.44, integer 1.63 -> 0.62
+    W4 TMA bench best (k_step 512): all 2.95 -> 1.57, integer 2.08 -> 0.70 (LOP3 1.50 -> 0.50,
+        SHF 0.32 -> 0.13, IMAD 0.23 -> 0.04); decode=shift all 3.20 -> 1.82
+    W4 mma BASE_MMA: all 2.89 -> 1.53, integer 2.10 -> 0.76
+(integer: LOP3, SHF, IMAD, IADD3, LEA, MOV, SEL, ISETP, PRMT; HMMA 1/8 per weight in all.)
+Left out: ldmatrix or shared staging of the planes, cp.async/bulk copies, m > 1 (B's 8 columns could
 hold 8 activation rows at no extra cost; here 7 of them are unused or zero), and the x staging
 per CTA is not overlapped with the first weight loads.
 """
@@ -62,18 +75,21 @@ from tvm.script import tirx as TS
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
-from .dequant_gemv_knobs import X_VECTOR, DequantGemvKnobs, declare_dequant_args
+from .dequant_gemv_knobs import X_VECTOR, declare_dequant_args, is_dequant_gemv
 from .gemv_knobs import LOADS, PREFETCH, GemvKnobs, _ld_chain, _SplitKWriter, _UniformIf
 from .knobs import Config, Knob, register
 from .lut_mpgemm import K_PER_BYTE
 from .op import Op
 from .simt import WARP, half, half2_word, mma_m16n8k16, ramp
+from .weight_layout import fields_per_half
 
 MMA_ROWS = 16                   # weight rows per warp (the mma's M)
 WORD = 32                       # weights per 32-bit plane word
 PAIRS = WORD // 2               # fp16 pairs (A words) per word and row
 MAGIC = 0x64006400              # fp16 pair (1024, 1024)
 MAGIC_VALUE = 1024.0
+AND_OR = (0xF0 & 0xCC) | 0xAA     # lop3's look-up table of (a & b) | c
+MANTISSA = 10                   # fp16 mantissa bits: where a field can sit under the magic number
 
 
 def pair_columns(h: int) -> tuple[int, int]:
@@ -93,11 +109,11 @@ class DequantGemvMma(GemvKnobs):
 
     def __init__(self, op: Op, target: Target, sms: int | None = None) -> None:
         super().__init__(op, target, sms)
-        self.bits, self.group = op.bits, op.group_size
+        self.bits, self.group, self.layout = op.bits, op.group_size, op.layout
 
     @classmethod
     def applies(cls, op: Op, target: Target) -> bool:
-        return DequantGemvKnobs.applies(op, target)
+        return is_dequant_gemv(op, target)
 
     def seeds(self) -> list[Config]:
         """The least-energy W4 configs of the H200 table (tensor_core_gemv_h200_2026-12-01):
@@ -177,10 +193,15 @@ class DequantGemvMma(GemvKnobs):
         pairs (`shift`: a shift and a lop3 each but the first of 4, 28 per 32 weights; `scaled`:
         a lop3 each and one shift per 2, 20), the HSUB2 (0.5, `hsub2`), the mma (1 per 8
         weights and thread), B's shared loads (4 per 2 x 32 weights); per step and row the plane
-        loads and the scale (~8)."""
-        cols = int(config["thread_cols"])
-        pairs = 20 if config["decode"] == "scaled" else 28
-        per = (7 * self.bits + pairs) / WORD + 1 / 8 + 4 / (2 * WORD)
+        loads and the scale (~8). `layout=fields` has no assembly: per 32 weights a lop3 per
+        pair (16) and a shift per word (`scaled`: bits; `shift`: each field's but the first,
+        16 - bits)."""
+        cols, scaled = int(config["thread_cols"]), config["decode"] == "scaled"
+        if self.layout == "fields":
+            decode = PAIRS + (self.bits if scaled else PAIRS - self.bits)
+        else:
+            decode = 7 * self.bits + (20 if scaled else 28)
+        per = decode / WORD + 1 / 8 + 4 / (2 * WORD)
         per += 0.5 if config["offset"] == "hsub2" else 0.0
         per_step_row = self.bits + 8 + 4 * int(config["mma_chains"]) / 2
         return per + per_step_row / cols
@@ -212,6 +233,7 @@ class _MmaWriter(_SplitKWriter):
         self.per_thread = config["fragment"] == "thread"
         self.fold = config["offset"] == "fold"
         self.scaled = config["decode"] == "scaled"
+        self.fields = space.layout == "fields"
         self.rows, self.substep = space.rows_per_block(config), space.substep(config)
         self.k_step = space.k_per_step(config)
         self.steps = self.k_slice // self.k_step
@@ -340,8 +362,16 @@ class _MmaWriter(_SplitKWriter):
             T.evaluate(TS.ptx[chain](*dst, self.planes.ptr_to([b, row, word]), *extra))
 
     def decode(self, t, u: int, word: int) -> None:
-        """A words of plane word `word` of sub-step u, both rows: a_reg[r * 16 + 4p + i] is the
-        fp16 pair (1024 + q_(4p+i), 1024 + q_(4p+i+16)), or q itself with `hsub2`."""
+        """A words of chunk `word` of sub-step u, both rows: a_reg[r * 16 + h] is the fp16 pair
+        (1024 + q_h, 1024 + q_(h+16)) (times field_scale(h)), or that less 1024 with `hsub2`."""
+        if self.fields:
+            self.decode_fields(t, u, word)
+        else:
+            self.decode_planes(t, u, word)
+
+    def decode_planes(self, t, u: int, word: int) -> None:
+        """From the bit planes: the 4-bit fields N_i assembled, then pair h = 4p + i is field p
+        of N_i (low half) and p + 4 (high half)."""
         u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
         for r in range(2):
             planes = [self.w_reg.load(t, ((u * 2 + r) * self.bits + b) * self.words + word)
@@ -365,9 +395,47 @@ class _MmaWriter(_SplitKWriter):
                     if not self.fold:
                         self.subtract_magic(t, at)
 
+    def decode_fields(self, t, u: int, word: int) -> None:
+        """From the `fields` layout (schedules/weight_layout.py): field f of word e of the chunk,
+        in both halves, is pair h = F e + f; one lop3 each (mask, or in the magic number) and
+        the shifts of `field_shift`."""
+        u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+        per, mask = fields_per_half(self.bits), (2 ** self.bits - 1) * 0x00010001
+        for r in range(2):
+            for e in range(self.bits):
+                value = self.w_reg.load(t, ((u * 2 + r) * self.bits + e) * self.words + word)
+                for f in range(per):
+                    shift, place = self.field_shift(f)
+                    fields = value >> u32(shift) if shift else value
+                    at = r * PAIRS + per * e + f
+                    self.magic_pair(t, fields, mask << place, at)
+                    if not self.fold:
+                        self.subtract_magic(t, at)
+
+    def magic_pair(self, t, fields, mask: int, at: int) -> None:
+        """a_reg[at] = (fields & mask) | MAGIC; on the GPU as one lop3.b32 (nvcc splits the C
+        expression into an AND and an OR: a LOP3 takes one immediate)."""
+        u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+        if self.emulate:
+            self.a_reg.store(t, (fields & u32(mask)) | u32(MAGIC), at)
+            return
+        T.evaluate(TS.ptx["lop3.b32"](self.a_reg.load(t, at), fields, u32(mask), u32(MAGIC),
+                                      tirx.const(AND_OR, "int32")))
+
+    def field_shift(self, f: int) -> tuple[int, int]:
+        """(right shift, bit left in place) of field f of a `fields` word. `scaled`: the fields
+        that lie in the fp16 mantissa (bits 0-9) stay in place and the others share one shift
+        (W4 fields 2-3 by 8, W2 5-7 by 10, W1 10-15 by 10); `shift`: each field moved to bit 0."""
+        if not self.scaled:
+            return self.bits * f, 0
+        inside = MANTISSA // self.bits
+        return (0, self.bits * f) if f < inside else (self.bits * inside, self.bits * (f - inside))
+
     def field_scale(self, h: int) -> int:
-        """What A word h's values are multiplied by: 16 for the odd fields under `scaled`
-        (their x is staged divided by 16), else 1."""
+        """What A word h's values are multiplied by (their x is staged divided by it): under
+        `scaled` 16 for the planes' odd fields, 2^place for the fields layout's; else 1."""
+        if self.fields:
+            return 2 ** self.field_shift(h % fields_per_half(self.bits))[1]
         return 16 if self.scaled and (h // 4) % 2 else 1
 
     def subtract_magic(self, t, at: int) -> None:

@@ -33,6 +33,12 @@ is 2.5-2.9x (W2) and 2.0x (W4), short of issue 10's 5x and 3x. The mma space's p
 measured 47.8 and 53.9 us, so the bytes in flight were not what bounds the kernel; doubling the
 consumer warps per SM bought 6%.
 
+With the op's `layout=fields` (schedules/weight_layout.py) the same ring carries the fp16-pair
+field words instead of the bit planes (same bytes, same boxes) and `_MmaWriter.decode_fields`
+makes each pair in one lop3: the main loop's static SASS falls from 2.5 to 1.5 instructions per
+weight at W2 and from 3.0 to 1.6 at W4 (counts in schedules/dequant_gemv_mma.py; not measured
+on a GPU yet).
+
 Left out: split-k (the persistent grid covers n >= 4096 at 16-128 rows per CTA), swizzled boxes
 (the layout above needs none), scales by TMA (read from global memory once per span and row).
 """

@@ -9,14 +9,17 @@ optional zero points), out[m, n] = X @ W^T in float32, in two implementations of
 - `dequant`: unpack, dequantize to fp16, multiply-accumulate in float32.
 
 Weights arrive packed for the kernel: uint8 [bits, n, k / 8], two 4-bit run indices per byte
-(`lut.pack_bytes`), so a W2 weight costs 2 bits of memory traffic and a W4 weight 4 bits.
+(`lut.pack_bytes`), so a W2 weight costs 2 bits of memory traffic and a W4 weight 4 bits. The
+option `layout=fields` (dequant only, W1/W2/W4) packs the same bytes as fp16-pair fields instead
+(schedules/weight_layout.py), the layout the tensor-core dequant GEMV decodes with the fewest
+instructions; without the option the layout is `planes` (and the op's identity unchanged).
 """
 from __future__ import annotations
 
 import numpy as np
 from tvm import te, tirx
 
-from . import lut
+from . import lut, weight_layout
 from .matmul import Product
 from .op import OpError, register
 
@@ -49,6 +52,7 @@ class LutMpGemm(Product):
     name = "lut_mpgemm"
     default_shape = {"cuda": "m=1,n=4096,k=4096", "llvm": "m=4,n=128,k=512"}
     param_defaults = {"wbits": 2, "group_size": 128, "zero_points": False, "impl": "lut"}
+    options = ("layout",)
     tolerance = 2e-3  # fp16 tables: each entry rounded once
 
     @property
@@ -58,6 +62,11 @@ class LutMpGemm(Product):
     @property
     def group_size(self) -> int:
         return int(self.params["group_size"])
+
+    @property
+    def layout(self) -> str:
+        """How the weights are packed (schedules/weight_layout.py): `planes` unless given."""
+        return str(self.params.get("layout", "planes"))
 
     @property
     def groups(self) -> int:
@@ -76,6 +85,17 @@ class LutMpGemm(Product):
         if self.params["impl"] == "lut" and self.group_size < LUT_MIN_GROUP:
             raise OpError(f"the LUT implementation needs --group-size >= {LUT_MIN_GROUP}, got "
                           f"{self.group_size} (--impl dequant supports it)")
+        if self.layout not in weight_layout.LAYOUTS:
+            raise OpError(f"lut_mpgemm layout must be one of {', '.join(weight_layout.LAYOUTS)}, "
+                          f"got {self.layout!r}")
+        if self.layout == "fields" and self.params["impl"] != "dequant":
+            raise OpError("layout=fields is for --impl dequant (the LUT implementation looks up "
+                          "bit-plane indices)")
+        if self.layout == "fields" and self.bits not in weight_layout.FIELD_BITS:
+            raise OpError(f"layout=fields packs 1, 2 or 4 bits (fields that tile a 16-bit fp16 "
+                          f"half), got --wbits {self.bits}")
+        if self.layout == "fields" and k % weight_layout.CHUNK:
+            raise OpError(f"layout=fields packs chunks of {weight_layout.CHUNK} columns, k={k}")
         if m > 256:
             raise OpError(f"lut_mpgemm is for m <= 256 (decoding to small batches), got m={m}")
 
@@ -89,7 +109,8 @@ class LutMpGemm(Product):
         return [self.dtype, "uint8", "float32", "float32"]
 
     def quantized(self, packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> lut.QuantizedWeights:
-        return lut.QuantizedWeights(lut.unpack_bytes(packed), scales, zeros, self.bits, self.group_size)
+        return lut.QuantizedWeights(weight_layout.unpack_planes(packed, self.layout), scales, zeros,
+                                    self.bits, self.group_size)
 
     def inputs(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Random activations and random weights quantized and packed for the kernel."""
@@ -97,7 +118,7 @@ class LutMpGemm(Product):
         x = rng.uniform(-1.0, 1.0, (m, k)).astype(self.dtype)
         w = lut.quantize(rng.normal(0.0, 1.0, (n, k)), self.bits, self.group_size,
                          bool(self.params["zero_points"]))
-        return [x, lut.pack_bytes(w.planes), w.scales, w.zeros]
+        return [x, weight_layout.pack_planes(w.planes, self.layout), w.scales, w.zeros]
 
     def reference(self, inputs):
         x, packed, scales, zeros = inputs
@@ -166,11 +187,20 @@ class LutMpGemm(Product):
         m, n, k = (self.shape[key] for key in self.shape_keys)
         gs = self.group_size
 
-        def weight(c, j):
+        def code(c, j):
+            if self.layout == "fields":
+                chunk = j // weight_layout.CHUNK
+                e, pos = weight_layout.field_place(j % weight_layout.CHUNK, self.bits)
+                byte = packed[e, c, chunk * 4 + pos // 8].astype("int32")
+                return (byte >> (pos % 8)) & (2 ** self.bits - 1)
             byte = packed[0, c, j // K_PER_BYTE].astype("int32")
             q = (byte >> (j % K_PER_BYTE)) & 1
             for b in range(1, self.bits):
                 q = q + (((packed[b, c, j // K_PER_BYTE].astype("int32") >> (j % K_PER_BYTE)) & 1) << b)
+            return q
+
+        def weight(c, j):
+            q = code(c, j)
             return (scales[c, j // gs] * (q.astype("float32") - zeros[c, j // gs])).astype(self.dtype)
 
         w = te.compute((n, k), weight, name="weights")

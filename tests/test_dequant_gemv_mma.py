@@ -26,9 +26,10 @@ BASE = {"row_warps": 2, "k_warps": 1, "thread_cols": 32, "unroll": 1, "mma_chain
         "prefetch": "none", "split_k": 1, "split_reduce": "atomic"}
 
 
-def op(bits=4, zero_points=False, n=64, k=1024, group=128, m=1, impl="dequant"):
+def op(bits=4, zero_points=False, n=64, k=1024, group=128, m=1, impl="dequant", layout=None):
+    params = {"wbits": bits, "group_size": group, "zero_points": zero_points, "impl": impl}
     return make_op("lut_mpgemm", f"m={m},n={n},k={k}", "float16",
-                   {"wbits": bits, "group_size": group, "zero_points": zero_points, "impl": impl})
+                   params if layout is None else {**params, "layout": layout})
 
 
 def space(**kw) -> DequantGemvMma:
@@ -176,14 +177,32 @@ def test_activation_outliers_stay_accurate(offset):
     check_emulation(s, cfg, _inputs(s, outliers=True))
 
 
+@pytest.mark.parametrize("bits, zero_points, changes", [
+    (4, False, {"offset": "hsub2", "decode": "scaled", "unroll": 2}),
+    (2, True, {"decode": "scaled", "fragment": "thread", "k_warps": 2, "split_k": 2}),
+    (1, False, {"decode": "shift", "mma_chains": 2}),
+])
+def test_emulated_fields_layout_matches_numpy(bits, zero_points, changes):
+    s = space(bits=bits, zero_points=zero_points, layout="fields")
+    check_emulation(s, {**BASE, **changes}, _inputs(s))
+
+
+def test_only_the_tensor_core_spaces_read_fields():
+    fields = op(layout="fields")
+    assert DequantGemvMma.applies(fields, SM90) and not DequantGemvKnobs.applies(fields, SM90)
+    assert "decodes bit planes" in DequantGemvKnobs.why_not(fields, SM90)
+
+
 @pytest.mark.parametrize("fragment", ["quad", "thread"])
 def test_a_wrong_pairing_of_x_and_weights_fails(fragment, monkeypatch):
-    """x staged with the pair's halves swapped: B no longer matches A, and the emulated mma,
-    which reads every thread's fragments, computes a different product."""
-    s, cfg = space(bits=4), {**BASE, "fragment": fragment}
-    check_emulation(s, cfg, _inputs(s))
-    monkeypatch.setattr(dequant_gemv_mma, "pair_columns", lambda h: (h + 16, h))
-    assert run_emulated(s, cfg, _inputs(s)) > 0.1
+    """x staged with the pair's halves swapped (planes and fields layouts): B no longer matches
+    A, and the emulated mma, which reads every thread's fragments, computes a different product."""
+    for s in (space(bits=4), space(bits=2, layout="fields")):
+        cfg = {**BASE, "fragment": fragment}
+        check_emulation(s, cfg, _inputs(s))
+        with monkeypatch.context() as patch:
+            patch.setattr(dequant_gemv_mma, "pair_columns", lambda h: (h + 16, h))
+            assert run_emulated(s, cfg, _inputs(s)) > 0.1
 
 
 # -- CUDA ---------------------------------------------------------------------------------------------

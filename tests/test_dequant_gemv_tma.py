@@ -15,7 +15,8 @@ from energy_tuner.schedules import make_op
 from energy_tuner.schedules.dequant_gemv_mma import DequantGemvMma
 from energy_tuner.schedules.dequant_gemv_tma import DequantGemvTma
 from energy_tuner.schedules.knobs import knob_spaces
-from tests.gemv_helpers import SM90, check_emulation, cuda_source, nvcc, op_inputs, ptx, run_error
+from tests.gemv_helpers import (SM90, check_emulation, cuda_source, nvcc, op_inputs, ptx, run_emulated,
+                                run_error)
 
 BASE = {"row_warps": 2, "k_warps": 1, "thread_cols": 32, "k_step": 512, "stages": 2,
         "mma_chains": 1, "fragment": "quad", "offset": "hsub2", "decode": "shift",
@@ -24,9 +25,10 @@ WIDE = {**BASE, "row_warps": 4, "thread_cols": 128, "fragment": "thread", "k_ste
         "stages": 4, "mma_chains": 2, "decode": "scaled", "ctas_per_sm": 2}
 
 
-def op(bits=4, zero_points=False, n=64, k=1024, group=128, m=1, impl="dequant"):
+def op(bits=4, zero_points=False, n=64, k=1024, group=128, m=1, impl="dequant", layout=None):
+    params = {"wbits": bits, "group_size": group, "zero_points": zero_points, "impl": impl}
     return make_op("lut_mpgemm", f"m={m},n={n},k={k}", "float16",
-                   {"wbits": bits, "group_size": group, "zero_points": zero_points, "impl": impl})
+                   params if layout is None else {**params, "layout": layout})
 
 
 def space(sms=2, **kw) -> DequantGemvTma:
@@ -82,6 +84,50 @@ def test_reject_names_the_reason(changes, kw, why):
 def test_emulated_kernel_matches_numpy(bits, zero_points, n, changes):
     s = space(bits=bits, zero_points=zero_points, n=n)
     check_emulation(s, {**BASE, **changes}, op_inputs(s))
+
+
+@pytest.mark.parametrize("bits, zero_points, group, changes", [
+    (2, False, 128, {}),
+    (2, True, 64, {"decode": "scaled", "fragment": "thread"}),
+    (4, True, 128, {"decode": "scaled", "offset": "fold", "mma_chains": 2}),
+    (4, False, 64, {"decode": "scaled", "fragment": "thread", "k_warps": 2, "row_warps": 1,
+                    "box": "row"}),
+    (1, True, 128, {"decode": "scaled"}),
+    (2, True, 128, {"thread_cols": 128, "fragment": "thread", "k_step": 1024, "decode": "scaled",
+                    "row_warps": 1}),
+])
+def test_emulated_fields_layout_matches_numpy(bits, zero_points, group, changes):
+    """layout=fields: every mma emulated from the 32 lanes' fragments of the decoded fields (and
+    x staged by `field_scale`) against the op's reference of the same packed bytes."""
+    s = space(bits=bits, zero_points=zero_points, group=group, layout="fields")
+    check_emulation(s, {**BASE, **changes}, op_inputs(s))
+
+
+@pytest.mark.parametrize("decode", ["shift", "scaled"])
+def test_fields_read_as_planes_fail(decode, monkeypatch):
+    """The fields kernel is not the planes kernel on other bytes: decoding fields as bit planes
+    (or fields at the wrong scale) is caught by the emulation."""
+    s = space(bits=2, layout="fields")
+    cfg = {**BASE, "decode": decode}
+    inputs = op_inputs(s)
+    monkeypatch.setattr(s, "layout", "planes")
+    assert run_emulated(s, cfg, inputs) > 0.1
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_fields_cut_the_decode_in_the_cuda_source(bits, tmp_path):
+    """One lop3.b32 per fp16 pair (AND the field, OR the magic number), none of the planes'
+    field assembly (0x11111111 masks), the same TMA copies and mmas as the planes kernel."""
+    fields = space(bits=bits, n=28672, k=8192, sms=132, layout="fields")
+    planes = space(bits=bits, n=28672, k=8192, sms=132)
+    cfg = {**WIDE, "k_step": 512}               # the bench's best W4 config
+    src, plain = cuda_source(fields, cfg), cuda_source(planes, cfg)
+    assert "286331153" not in src and "286331153" in plain              # 0x11111111
+    code = ptx(src, tmp_path)
+    pairs = int(cfg["k_step"]) // (4 * cfg["k_warps"])     # per stage: 2 rows, 2 weights a pair
+    assert len(re.findall(r"lop3\.b32 [^;]*, 234;", code)) == pairs
+    assert code.count("cp.async.bulk.tensor.3d") == ptx(plain, tmp_path).count("cp.async.bulk.tensor.3d")
+    assert fields.features(cfg)["instructions_per_byte"] < planes.features(cfg)["instructions_per_byte"]
 
 
 # every knob value appears in one of these (checked below), each lowered and compiled by nvcc
@@ -181,6 +227,13 @@ GPU_CONFIGS = {   # n = 4096, k = 4096 unless "k" says otherwise
     "w2_rows128_deep": (2, False, {"row_warps": 8, "k_step": 512, "stages": 8, "ctas_per_sm": 0}),
     "w2z_row_boxes": (2, True, {"box": "row", "k_warps": 2}),
     "w4_row_boxes_wide": (4, False, {"box": "row", "k_step": 2048, "stages": 3, "ctas_per_sm": 1}),
+    # layout=fields (the op's option): the bench's best planes configs, and variants
+    "fields_w2_best": (2, False, {"k_warps": 2, "layout": "fields"}),
+    "fields_w2z_fold": (2, True, {"k_warps": 2, "offset": "fold", "layout": "fields"}),
+    "fields_w2_shift_row": (2, False, {"decode": "shift", "box": "row", "layout": "fields"}),
+    "fields_w4_best": (4, False, {"k_step": 512, "layout": "fields"}),
+    "fields_w4z_fold": (4, True, {"k_step": 512, "offset": "fold", "layout": "fields"}),
+    "fields_w4_narrow_quad": (4, True, {**BASE, "stages": 4, "decode": "scaled", "layout": "fields"}),
 }
 
 
@@ -201,8 +254,8 @@ def test_kernel_on_gpu_matches_numpy(name):
     dev, target = _gpu_target()
     bits, zero_points, changes = GPU_CONFIGS[name]
     changes = dict(changes)
-    k = changes.pop("k", 4096)
-    s = DequantGemvTma(op(bits=bits, zero_points=zero_points, n=4096, k=k), target,
+    k, layout = changes.pop("k", 4096), changes.pop("layout", None)
+    s = DequantGemvTma(op(bits=bits, zero_points=zero_points, n=4096, k=k, layout=layout), target,
                        sms=dev.multi_processor_count)
     cfg = {**WIDE, **changes}
     assert s.reject(cfg) is None, s.reject(cfg)
