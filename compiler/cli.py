@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     low.add_argument("--impl", choices=("lut", "dequant", "both"),
                      help="table lookups (LUT-mpGEMM instruction), dequantize-then-multiply, or "
                           "both, splitting the trials and choosing by measurement (default)")
+    low.add_argument("--weight-layout", choices=("planes", "fields"),
+                     help="how the weights are packed, offline: bit planes (default), or fp16-pair "
+                          "fields that the tensor-core dequant kernels decode with one lop3 per "
+                          "two weights (implies --impl dequant; W1, W2, W4)")
     return p
 
 
@@ -115,7 +119,8 @@ def op_params(args: argparse.Namespace) -> list[dict] | None:
     """The op's options: for lut_mpgemm one dict per implementation to tune; None for none."""
     if args.accum is not None and args.op not in ("matmul", "batch_matmul"):
         raise UsageError("--accum applies to --op matmul and batch_matmul only")
-    given = [f for f in ("wbits", "group_size", "impl") if getattr(args, f) is not None]
+    given = [f for f in ("wbits", "group_size", "impl", "weight_layout")
+             if getattr(args, f) is not None]
     if args.op != "lut_mpgemm":
         if given or args.zero_points:
             flag = given[0] if given else "zero_points"
@@ -125,6 +130,13 @@ def op_params(args: argparse.Namespace) -> list[dict] | None:
     base.update({f: getattr(args, f) for f in ("wbits", "group_size") if getattr(args, f) is not None})
     from ..schedules.lut_mpgemm import LUT_MIN_GROUP
 
+    if args.weight_layout is not None:
+        if args.impl in ("lut", "both"):
+            raise UsageError(f"--weight-layout {args.weight_layout} applies to --impl dequant only "
+                             "(the LUT implementation reads bit planes)")
+        if args.weight_layout == "fields":
+            base["layout"] = "fields"
+        args.impl = "dequant"
     impls = ("lut", "dequant") if args.impl in (None, "both") else (args.impl,)
     if len(impls) == 2 and args.group_size is not None and 0 < args.group_size < LUT_MIN_GROUP:
         print(f"tune: --group-size {args.group_size}: the LUT implementation needs "

@@ -64,6 +64,11 @@ def tune_in_process(args, capsys):
     (["--op", "lut_mpgemm", "--group-size", "-16", "--impl", "dequant"],
      "--group-size -16 must be a positive multiple"),
     (["--op", "lut_mpgemm", "--wbits", "5"], "--wbits must be 1, 2, 3 or 4"),
+    (["--op", "matmul", "--weight-layout", "fields"], "--weight-layout applies to --op lut_mpgemm"),
+    (["--op", "lut_mpgemm", "--weight-layout", "fields", "--impl", "lut"],
+     "applies to --impl dequant only"),
+    (["--op", "lut_mpgemm", "--weight-layout", "fields", "--wbits", "3"],
+     "layout=fields packs 1, 2 or 4 bits"),
 ])
 def test_bad_input(args, fragment, tmp_path, capsys):
     code, err = tune_in_process(args + ["--target", "llvm", "--db", str(tmp_path / "d.sqlite")],
@@ -203,3 +208,13 @@ def test_sizes_beyond_the_gpus_memory_are_refused():
     big = make_op("matmul", "16384,16384,16384", "float16")
     assert "GiB of GPU memory, a 1 GiB GPU has 1 GiB" in memory_problem(big, gpu, "resident")
     assert memory_problem(make_op("matmul", "1024,1024,1024", "float16"), gpu, "resident") is None
+
+
+def test_weight_layout_fields_selects_the_dequant_implementation():
+    from energy_tuner.compiler.cli import build_parser, op_params
+
+    parse = build_parser().parse_args
+    fields = op_params(parse(["--op", "lut_mpgemm", "--weight-layout", "fields"]))
+    assert fields == [{"zero_points": False, "layout": "fields", "impl": "dequant"}]
+    planes = op_params(parse(["--op", "lut_mpgemm", "--weight-layout", "planes"]))
+    assert planes == [{"zero_points": False, "impl": "dequant"}]  # the op's default: identity kept
