@@ -66,8 +66,8 @@ def sibling_groups(traced: fx.GraphModule) -> list[list[fx.Node]]:
     sites = Counter(n.target for n in traced.graph.nodes if n.op == "call_module")
     groups: dict[tuple, list[fx.Node]] = {}
     for node in traced.graph.nodes:
-        if node.op != "call_module" or sites[node.target] != 1 or node.kwargs \
-                or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        if node.op != "call_module" or sites[node.target] != 1 or len(node.args) != 1 \
+                or not isinstance(node.args[0], fx.Node):      # (a keyword call has no args)
             continue
         mod = traced.get_submodule(node.target)
         if type(mod) is not nn.Linear or mod._forward_hooks or mod._forward_pre_hooks:
