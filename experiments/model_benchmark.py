@@ -148,7 +148,7 @@ def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
     rows.append(row)
     report = {**run.to_dict(), "layer_windows": windows, "rel_error_vs_eager": rel["served"],
               "rel_error_merged_torch_vs_eager": rel.get("eager_merged"),
-              "merged_linears": modules["served"].meta.get("merged_linears") if args.merge else None,
+              "merged_linears": modules["served"].meta["merged_linears"] if args.merge else None,
               "graph_errors": graph_errors,
               "graph_calls_per_replay": {k: g.calls_per_replay for k, g in graphs.items()},
               "kernel_calls": {k.entry["library"]: k.calls for k in lib.kernels}}
@@ -190,7 +190,8 @@ def main() -> None:
                "l2": "auto: per task (its row's l2), rotate for gemv and few-row products; "
                      "the layer reads its weights as a forward pass does", "rows": rows}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(json.dumps([{k: r[k] for k in ("case", "ours", "ref", "ref_merged") if k in r} for r in rows
+    layer_keys = ("case", "ours", "ref", "ref_merged")
+    print(json.dumps([{k: r[k] for k in layer_keys if k in r} for r in rows
                       if r["case"].endswith("/layer")], indent=2, default=str))
 
 
