@@ -9,6 +9,8 @@
     api.records("t.sqlite", op="matmul")          # every measured candidate, as db Records
     api.export("t.sqlite", "lib", objective="latency")   # the db's chosen kernels as a library
     lib = api.load("lib"); lib.serve(my_module)   # nn.Linear layers now call the kernels
+    merged = api.merge_linears(my_module)         # parallel linears as one (compiler/merge.py);
+    api.tune_model(merged, (x,), ...); lib.serve(merged)   # tune, export and serve it as any module
 
 Bad input raises one of the project's error types (`ERRORS`), each with a one-line message.
 """
@@ -22,11 +24,12 @@ from rich.console import Console
 from .cli import DEFAULT_DTYPE, DTYPES_FOR_TARGET, UsageError, default_db, make_objective
 from .graph import GraphError, Task, module_graph, parse_spec, spec_graph, tasks as graph_tasks
 from .library import Library, LibraryError, db_kernels, export_library, load
+from .merge import merge_linears
 from .model_tuner import Settings, TaskResult, per_pass, report_table, tune_tasks
 from .objective import Objective
 
 __all__ = ["ERRORS", "Library", "ModelRun", "export", "graph", "load", "make_objective",
-           "records", "report", "tasks", "tune_model", "tune_op", "tune_tasks_on"]
+           "merge_linears", "records", "report", "tasks", "tune_model", "tune_op", "tune_tasks_on"]
 
 
 def _errors() -> tuple[type[Exception], ...]:

@@ -97,12 +97,15 @@ class _Builder:
 
 
 def decoder_layer(hidden: int, ffn: int, heads: int, kv_heads: int, batch: int, seq: int,
-                  phase: str = "prefill", dtype: str = "float16") -> nx.DiGraph:
+                  phase: str = "prefill", dtype: str = "float16",
+                  merge_linears: bool = False) -> nx.DiGraph:
     """A LLaMA-style decoder layer (RMSNorm, grouped-query attention with RoPE, SwiGLU MLP).
 
     prefill: `seq` tokens per sequence attend to each other; decode: one new token per sequence
     attends to a KV cache of `seq` tokens. Attention runs as batch_matmuls over batch x heads
-    (the KV heads repeated to `heads`)."""
+    (the KV heads repeated to `heads`). `merge_linears`: the layer as compiler/merge.py rewrites
+    it, q/k/v as one linear `qkv_proj` (hidden + 2 kv rows) and gate/up as one `gate_up_proj`
+    (2 ffn rows)."""
     if phase not in ("prefill", "decode"):
         raise GraphError(f"decoder_layer: phase must be prefill or decode, got {phase!r}")
     if hidden % heads or heads % kv_heads:
@@ -113,9 +116,12 @@ def decoder_layer(hidden: int, ffn: int, heads: int, kv_heads: int, batch: int, 
     tokens = batch * q_len
     g = _Builder("decoder_layer", phase=phase)
     norm = g.torch("attn_norm", "rmsnorm", [])
-    q = g.linear("q_proj", tokens, hidden, hidden, dtype, [norm])
-    k = g.linear("k_proj", tokens, kv, hidden, dtype, [norm])
-    v = g.linear("v_proj", tokens, kv, hidden, dtype, [norm])
+    if merge_linears:
+        q = k = v = g.linear("qkv_proj", tokens, hidden + 2 * kv, hidden, dtype, [norm])
+    else:
+        q = g.linear("q_proj", tokens, hidden, hidden, dtype, [norm])
+        k = g.linear("k_proj", tokens, kv, hidden, dtype, [norm])
+        v = g.linear("v_proj", tokens, kv, hidden, dtype, [norm])
     rope = g.torch("rope", "rope", [q, k])
     scores = g.task("qk", "batch_matmul", {"b": batch * heads, "m": q_len, "n": seq, "k": head_dim},
                     dtype, [rope], product_options(dtype))
@@ -125,8 +131,11 @@ def decoder_layer(hidden: int, ffn: int, heads: int, kv_heads: int, batch: int, 
     o = g.linear("o_proj", tokens, hidden, hidden, dtype, [attn])
     res = g.torch("attn_residual", "add", [o])
     norm2 = g.torch("mlp_norm", "rmsnorm", [res])
-    gate = g.linear("gate_proj", tokens, ffn, hidden, dtype, [norm2])
-    up = g.linear("up_proj", tokens, ffn, hidden, dtype, [norm2])
+    if merge_linears:
+        gate = up = g.linear("gate_up_proj", tokens, 2 * ffn, hidden, dtype, [norm2])
+    else:
+        gate = g.linear("gate_proj", tokens, ffn, hidden, dtype, [norm2])
+        up = g.linear("up_proj", tokens, ffn, hidden, dtype, [norm2])
     act = g.torch("silu_mul", "silu_mul", [gate, up])
     down = g.linear("down_proj", tokens, hidden, ffn, dtype, [act])
     g.torch("mlp_residual", "add", [down, res])
@@ -172,12 +181,13 @@ def resnet50_stage(stage: int, batch: int = 1, image: int = 224,
 
 
 MODELS = {"decoder_layer": decoder_layer, "resnet50_stage": resnet50_stage}
+BOOLS = {"true": True, "false": False}
 
 
 def parse_spec(text: str) -> dict:
     """A spec from a JSON file (`{"model": "decoder_layer", "hidden": 4096, ...}`) or inline
     text `name:key=value,...` (e.g. `decoder_layer:hidden=64,ffn=128,heads=4,kv_heads=2,batch=1,
-    seq=16,phase=decode`)."""
+    seq=16,phase=decode,merge_linears=true`; digits are integers, true/false booleans)."""
     path = Path(text)
     if text.endswith(".json") or path.is_file():
         try:
@@ -193,7 +203,7 @@ def parse_spec(text: str) -> dict:
         key, sep, value = part.partition("=")
         if not sep:
             raise GraphError(f"model spec {text!r}: expected key=value, got {part!r}")
-        spec[key] = int(value) if value.isdigit() else value
+        spec[key] = int(value) if value.isdigit() else BOOLS.get(value, value)
     return spec
 
 
@@ -220,6 +230,8 @@ def spec_graph(spec: dict, dtype: str) -> nx.DiGraph:
     for key, value in spec.items():
         if params[key].annotation == "int" and not (isinstance(value, int) and value > 0):
             raise GraphError(f"{name}: {key} must be a positive integer, got {value!r}")
+        if params[key].annotation == "bool" and not isinstance(value, bool):
+            raise GraphError(f"{name}: {key} must be true or false, got {value!r}")
     return MODELS[name](**spec)
 
 
@@ -239,19 +251,27 @@ def tasks(graph: nx.DiGraph) -> list[Task]:
 
 # ---- torch.fx ---------------------------------------------------------------------------------
 
-def module_graph(module, example_inputs: tuple) -> nx.DiGraph:
-    """The operator graph of a torch.fx trace of `module` run on `example_inputs`: nn.Linear,
-    F.linear, matmul/mm/bmm and nn.Conv2d (groups 1, square stride and padding) in float16 or
-    float32 become tasks, everything else is a torch node."""
+def fx_trace(module, example_inputs: tuple | None = None):
+    """A torch.fx GraphModule of `module` (its nodes' tensor_meta filled in by running it on
+    `example_inputs`, where given); a GraphError if it cannot be traced or run."""
     import torch.fx
     from torch.fx.passes.shape_prop import ShapeProp
 
     try:
         traced = torch.fx.symbolic_trace(module)
-        ShapeProp(traced).propagate(*example_inputs)
+        if example_inputs is not None:
+            ShapeProp(traced).propagate(*example_inputs)
     except Exception as err:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()] or [type(err).__name__]
         raise GraphError(f"cannot trace {type(module).__name__} with torch.fx: {lines[0]}") from None
+    return traced
+
+
+def module_graph(module, example_inputs: tuple) -> nx.DiGraph:
+    """The operator graph of a torch.fx trace of `module` run on `example_inputs`: nn.Linear,
+    F.linear, matmul/mm/bmm and nn.Conv2d (groups 1, square stride and padding) in float16 or
+    float32 become tasks, everything else is a torch node."""
+    traced = fx_trace(module, example_inputs)
     g = _Builder(type(module).__name__)
     for node in traced.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):

@@ -330,7 +330,9 @@ class Library:
         return "float32"
 
     def serve(self, module) -> int:
-        """Replace every nn.Linear inside `module` by a `LibraryLinear`; returns how many."""
+        """Replace every nn.Linear inside `module` by a `LibraryLinear`; returns how many.
+        To serve parallel linears as one wider kernel, serve `merge.merge_linears(module)`
+        (a new module: merging is a separate rewrite, serving swaps layers in place)."""
         import torch
 
         count = 0

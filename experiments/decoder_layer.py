@@ -1,6 +1,6 @@
 """Example: a LLaMA-style decoder layer whose linear layers are served by a tuned kernel library.
 
-    python -m experiments.decoder_layer OUT [--phase decode|prefill] [--trials N] [--full]
+    python -m experiments.decoder_layer OUT [--phase decode|prefill] [--trials N] [--full] [--merge]
 
 Traces the torch module below with torch.fx, tunes its tasks from one budget (`api.tune_model`),
 exports the chosen kernels as a library, loads it (`api.load`), swaps the layer's nn.Linear
@@ -8,7 +8,9 @@ modules for library calls (`Library.serve`) and checks the served layer's output
 On a CPU it runs a small layer in float32 on llvm (hidden 64); `--full` (for a GPU) is the
 issue's layer: hidden 4096, FFN 14336, 32 heads, 8 KV heads, float16. Attention's batch_matmuls
 are tuned and reported per task but stay with torch in the served layer (only nn.Linear is
-swapped). Writes OUT/report.json and the library under OUT/lib.
+swapped). `--merge` first merges the parallel linears (compiler/merge.py: q/k/v into one,
+gate/up into one), then tunes and serves the merged module, still checked against the unmerged
+torch layer. Writes OUT/report.json and the library under OUT/lib.
 """
 from __future__ import annotations
 
@@ -89,6 +91,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--full", action="store_true", help="the issue's layer (for a GPU)")
+    ap.add_argument("--merge", action="store_true", help="merge parallel linears first")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
@@ -96,15 +99,17 @@ def main() -> None:
     layer = DecoderLayer(**(FULL if args.full else SMALL)).to(device, dtype).eval()
     inputs = example_inputs(layer, args.batch, args.seq, args.phase, dtype, device)
     args.out.mkdir(parents=True, exist_ok=True)
-    run = api.tune_model(layer, inputs, target="cuda" if cuda else "llvm", trials=args.trials,
+    module = api.merge_linears(layer) if args.merge else layer
+    run = api.tune_model(module, inputs, target="cuda" if cuda else "llvm", trials=args.trials,
                          db=args.out / "tune.sqlite", export=args.out / "lib")
     lib = api.load(args.out / "lib")
     with torch.inference_mode():
         expected = layer(*inputs)
-        served = lib.serve(layer)
-        got = layer(*inputs)
+        served = lib.serve(module)
+        got = module(*inputs)
     error = float((got.float() - expected.float()).norm() / expected.float().norm())
     report = {**run.to_dict(), "served_linear_layers": served,
+              "merged_linears": module.meta["merged_linears"] if args.merge else None,
               "kernel_calls": {k.entry["library"]: k.calls for k in lib.kernels},
               "rel_error_vs_torch": error}
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -2,6 +2,7 @@
 
     python -m experiments.model_benchmark OUT [--trials 256] [--objective energy]
                                               [--cases decode1,decode16,prefill2048] [--served-only]
+                                              [--merge]
 
 The issue's layer (hidden 4096, FFN 14336, 32 heads, 8 KV heads, float16) in decode at batch 1
 and 16 (one token after a 2047-token KV cache) and in prefill (2048 tokens). Per case:
@@ -18,6 +19,10 @@ and 16 (one token after a 2047-token KV cache) and in prefill (2048 tokens). Per
    cannot be captured, `graph_error` says why); the served output is checked against eager.
 `--served-only` tunes only the tasks the served layer runs (its linears: gemv, linear, matmul);
 the attention products are then neither tuned nor in the per-task rows.
+`--merge` serves the layer with its parallel linears merged (compiler/merge.py: q/k/v as one
+linear, gate/up as one), so the merged tasks are tuned (the spec's merge_linears); `ref` stays
+torch eager on the unmerged layer (the user's baseline), and the layer row's `ref_merged` is torch
+eager on the merged layer, measured in the same A/B/C rounds (merging's effect on torch alone).
 Writes OUT/summary.json (GUIDE §6 format; `ms` is the sustained per-call time of the energy
 windows) and OUT/<case>/report.json. Needs a CUDA GPU with NVML.
 """
@@ -81,7 +86,8 @@ def layer_figures(windows: dict, side: str, tokens: int, graph_error: str | None
 
 def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
     batch, seq, phase = CASES[name]
-    spec = {"model": "decoder_layer", **FULL, "batch": batch, "seq": seq, "phase": phase}
+    spec = {"model": "decoder_layer", **FULL, "batch": batch, "seq": seq, "phase": phase,
+            **({"merge_linears": True} if args.merge else {})}
     run = api.tune_model(spec, target="cuda", dtype="float16", objective=args.objective,
                          trials=args.trials, db=out / "tune.sqlite", export=out / name / "lib",
                          ops=SERVED_OPS if args.served_only else None)
@@ -106,14 +112,17 @@ def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
     inputs = example_inputs(layer, batch, seq, phase, torch.float16, "cuda")
     served = DecoderLayer(**FULL).to("cuda", torch.float16).eval()
     served.load_state_dict(layer.state_dict())
+    modules = {"eager": layer, "served": api.merge_linears(served) if args.merge else served}
+    if args.merge:
+        modules["eager_merged"] = api.merge_linears(layer)
     lib = api.load(out / name / "lib")
     with torch.inference_mode():
-        lib.serve(served)
-        expected, got = layer(*inputs), served(*inputs)
-        rel = float((got.float() - expected.float()).norm() / expected.float().norm())
-        modules = {"eager": layer, "served": served}
-        windows = {"eager": [], "served": []}
-        for _ in range(2):                           # A/B/A/B within one run
+        lib.serve(modules["served"])
+        expected = layer(*inputs)
+        rel = {side: float((m(*inputs).float() - expected.float()).norm() / expected.float().norm())
+               for side, m in modules.items() if side != "eager"}
+        windows = {side: [] for side in modules}
+        for _ in range(2):                           # A/B(/C)/A/B(/C) within one run
             for side, module in modules.items():
                 windows[side].append(measure_forward(python_batch(module, inputs), meter))
         graphs, graph_errors = {}, {}
@@ -126,12 +135,20 @@ def run_case(name: str, out: Path, args, meter) -> tuple[list[dict], dict]:
             for side, graph in graphs.items():
                 windows.setdefault(f"{side}_graph", []).append(measure_forward(graph, meter))
     tokens = batch * (seq if phase == "prefill" else 1)
-    rows.append({"case": f"{name}/layer", "op": "decoder_layer", "shape": spec, "dtype": "float16",
-                 "ours": {**layer_figures(windows, "served", tokens, graph_errors["served"]),
-                          "rel_error": rel, "objective": args.objective.label},
-                 "ref": {"name": f"torch {torch.__version__} eager",
-                         **layer_figures(windows, "eager", tokens, graph_errors["eager"])}})
-    report = {**run.to_dict(), "layer_windows": windows, "rel_error_vs_eager": rel,
+    row = {"case": f"{name}/layer", "op": "decoder_layer", "shape": spec, "dtype": "float16",
+           "ours": {**layer_figures(windows, "served", tokens, graph_errors["served"]),
+                    "rel_error": rel["served"], "objective": args.objective.label},
+           "ref": {"name": f"torch {torch.__version__} eager",
+                   **layer_figures(windows, "eager", tokens, graph_errors["eager"])}}
+    if args.merge:
+        row["ref_merged"] = {"name": f"torch {torch.__version__} eager, linears merged",
+                             **layer_figures(windows, "eager_merged", tokens,
+                                             graph_errors["eager_merged"]),
+                             "rel_error": rel["eager_merged"]}
+    rows.append(row)
+    report = {**run.to_dict(), "layer_windows": windows, "rel_error_vs_eager": rel["served"],
+              "rel_error_merged_torch_vs_eager": rel.get("eager_merged"),
+              "merged_linears": modules["served"].meta["merged_linears"] if args.merge else None,
               "graph_errors": graph_errors,
               "graph_calls_per_replay": {k: g.calls_per_replay for k, g in graphs.items()},
               "kernel_calls": {k.entry["library"]: k.calls for k in lib.kernels}}
@@ -149,6 +166,8 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--served-only", action="store_true",
                     help="tune only the ops the served layer runs (its linears)")
+    ap.add_argument("--merge", action="store_true",
+                    help="merge parallel linears (q/k/v, gate/up) before tuning and serving")
     args = ap.parse_args()
     args.objective = api.make_objective(args.objective)
     if not torch.cuda.is_available():
@@ -171,7 +190,8 @@ def main() -> None:
                "l2": "auto: per task (its row's l2), rotate for gemv and few-row products; "
                      "the layer reads its weights as a forward pass does", "rows": rows}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(json.dumps([{k: r.get(k) for k in ("case", "ours", "ref")} for r in rows
+    layer_keys = ("case", "ours", "ref", "ref_merged")
+    print(json.dumps([{k: r[k] for k in layer_keys if k in r} for r in rows
                       if r["case"].endswith("/layer")], indent=2, default=str))
 
 

@@ -3,7 +3,7 @@
 # each under its own time limit. A stopped case loses nothing: its tune db (OUT/CASE/tune.sqlite)
 # resumes when the same command runs again. The spaces' seeds make short budgets useful.
 #   bash experiments/model_benchmark.sh OUT [COMMIT] [CASES] [TRIALS] [LIMIT_S per case] [FLAGS...]
-# (FLAGS go to model_benchmark.py, e.g. --served-only)
+# (FLAGS go to model_benchmark.py, e.g. --served-only, --merge: q/k/v and gate/up merged)
 # CASES: comma-separated of decode1, decode16, prefill2048 (default prefill2048,decode1).
 # TVM must be staged in /tmp/site first (shared/device/prepare.sh here, .device/pK/stage.sh there).
 set -uo pipefail

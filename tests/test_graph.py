@@ -164,13 +164,49 @@ def test_untraceable_module_is_one_clear_error():
         module_graph(Branchy(), (torch.randn(3),))
 
 
+@pytest.mark.parametrize("merge", [False, True])
 @pytest.mark.parametrize("phase,batch", [("decode", 1), ("decode", 4), ("prefill", 2)])
-def test_fx_trace_of_the_example_decoder_matches_the_spec(phase, batch):
-    """experiments/decoder_layer.py's torch module has the tasks graph.decoder_layer predicts."""
+def test_fx_trace_of_the_example_decoder_matches_the_spec(phase, batch, merge):
+    """experiments/decoder_layer.py's torch module has the tasks graph.decoder_layer predicts,
+    also once compiler/merge.py has merged its parallel linears (merge_linears in the spec)."""
+    from energy_tuner.compiler.merge import merge_linears
     from experiments.decoder_layer import SMALL, DecoderLayer, example_inputs
 
     layer = DecoderLayer(**SMALL).eval()
     inputs = example_inputs(layer, batch, 16, phase, torch.float32, "cpu")
-    traced = sorted((t.key, t.count) for t in tasks(module_graph(layer, inputs)))
-    spec = {"model": "decoder_layer", **SMALL, "batch": batch, "seq": 16, "phase": phase}
+    module = merge_linears(layer) if merge else layer
+    traced = sorted((t.key, t.count) for t in tasks(module_graph(module, inputs)))
+    spec = {"model": "decoder_layer", **SMALL, "batch": batch, "seq": 16, "phase": phase,
+            "merge_linears": merge}
     assert traced == sorted((t.key, t.count) for t in tasks(spec_graph(spec, "float32")))
+
+
+def test_merged_decoder_spec_has_qkv_and_gate_up_tasks():
+    g = spec_graph({**LLAMA, "batch": 1, "seq": 2048, "phase": "decode", "merge_linears": True},
+                   "float16")
+    assert nx.is_directed_acyclic_graph(g) and nx.has_path(g, "qkv_proj", "down_proj")
+    found = by_label(tasks(g))
+    assert {k: t.count for k, t in found.items() if k[0] == "gemv"} == {
+        ("gemv", (6144, 4096)): 1,            # q, k, v: 4096 + 1024 + 1024 rows
+        ("gemv", (4096, 4096)): 1,            # o_proj
+        ("gemv", (28672, 4096)): 1,           # gate, up
+        ("gemv", (4096, 14336)): 1}           # down
+    assert found[("gemv", (6144, 4096))].nodes == ["qkv_proj"]
+    assert set(g.predecessors("silu_mul")) == {"gate_up_proj"}
+    assert {"rope", "pv"} <= set(g.successors("qkv_proj"))
+    prefill = by_label(tasks(spec_graph({**LLAMA, "batch": 1, "seq": 2048, "merge_linears": True},
+                                        "float16")))
+    assert prefill[("matmul", (2048, 28672, 4096))].count == 1
+    assert prefill[("matmul", (2048, 4096, 4096))].count == 1
+
+
+def test_spec_text_booleans():
+    spec = parse_spec("decoder_layer:hidden=64,ffn=128,heads=4,kv_heads=2,batch=1,seq=16,"
+                      "merge_linears=true")
+    assert spec["merge_linears"] is True
+    calls = lambda s: sum(t.count for t in tasks(spec_graph(s, "float32")))  # noqa: E731
+    assert calls(spec) == 4 + 2                              # qkv, o, gate_up, down; 2 bmms
+    assert calls({**spec, "merge_linears": False}) == 7 + 2
+    for bad in (1, "yes"):
+        with pytest.raises(GraphError, match="merge_linears must be true or false"):
+            spec_graph({**spec, "merge_linears": bad}, "float32")
