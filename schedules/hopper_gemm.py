@@ -521,7 +521,7 @@ class HopperGemmSpace(KnobSpace):
                 Knob("stages", (2, 3, 4, 5, 6)), Knob("warp_specialized", (False, True)),
                 Knob("persistent", (False, True)), Knob("group_m", (1, 4, 8, 16)),
                 Knob("l2_promotion", (0, 2, 3)),
-                Knob("epilogue", ("direct", "tma", "tma_half")), Knob("cluster_m", CLUSTERS))
+                Knob("epilogue", ("direct", "tma", "tma_half")), Knob("cluster_m", CLUSTERS, default=1))
 
     def seeds(self) -> list[Config]:
         """The least-energy configs of the H200 tables (experiments/results/hopper_epilogue_h200_
