@@ -6,7 +6,8 @@ Each config is built through TVM's TIRx pipeline for sm_90a, exported as a .so, 
 the project's Runner (measure/runner.py: NaN-poisoned output, relative error against the op's
 numpy reference, time_evaluator latency, NVML energy windows of measure/protocol.py); cuBLAS
 (torch) is measured in the same process on the same inputs with the same energy protocol
-(experiments/cublas_energy.py), before and after ours for each case (the summary takes the mean of
+(experiments/cublas_energy.py), before and after ours for each case (list a config's `_c2` twin,
+2x1 clusters multicasting B, next to it, so that both see the same board state) (the summary takes the mean of
 the two, so that a drift of the board between them does not favour either). A fresh subprocess then loads
 each exported .so with tvm.runtime.load_module alone and checks it again.
 """
@@ -40,6 +41,9 @@ CONFIGS = {
     "wsp_half": dict(warp_specialized=True, persistent=True, group_m=16, stages=3, epilogue="tma_half"),
     "wsp_tma2": dict(warp_specialized=True, persistent=True, group_m=16, stages=2, epilogue="tma"),
 }
+# the same with 2x1 clusters whose CTAs multicast the shared B tile (cluster_m = 2), "NAME_c2"
+CONFIGS.update({f"{name}_c2": dict(knobs, cluster_m=2) for name, knobs in list(CONFIGS.items())
+                if knobs.get("warp_specialized")})
 
 
 def make_case(case: str, accum: str, dtype: str = "float16"):

@@ -91,7 +91,7 @@ def knob_space(records: list[Record]) -> KnobSpace | None:
 
 def shuffled(name: str, pool: list[Record], features: np.ndarray, space: KnobSpace, orders: int,
              trials: int, seeds_first: bool) -> list[Case]:
-    keys = [KnobSpace.key(r.trace["config"]) for r in pool]
+    keys = [KnobSpace.key(space.complete(r.trace["config"])) for r in pool]
     seeds = [keys.index(k) for k in map(KnobSpace.key, space.runnable_seeds()) if k in keys] \
         if seeds_first else []
     rest = [i for i in range(len(pool)) if i not in seeds]
@@ -111,7 +111,7 @@ def cases(paths: list[str], orders: int, trials: int) -> list[Case]:
         _, features = featurize(records)
         space = knob_space(records)
         seeded = space is not None and bool(space.runnable_seeds()) and all(
-            KnobSpace.key(r.trace["config"]) == KnobSpace.key(c)
+            KnobSpace.key(space.complete(r.trace["config"])) == KnobSpace.key(c)
             for r, c in zip(records, space.runnable_seeds()))
         out.append(Case(f"{path}, as recorded", records, features, space, seeded))
         if space is not None:

@@ -21,7 +21,18 @@ The kernel, for one output tile of BM x BN per CTA:
   thread TMA-stores the tile, which drains while the next tile's mainloop runs; `tma_half` stages
   the tile in two passes of BN/2 columns through half the shared memory (an fp32 128 x 256 tile is
   128 KB: whole, it leaves room for 2 stages only), the second pass waiting until the first
-  store has read its half.
+  store has read its half;
+- `cluster_m` = 2 (warp-specialized): a thread-block cluster of two CTAs computes the vertically
+  adjacent tiles (2i, j) and (2i + 1, j), which need the same B tile: each CTA loads its own A box
+  and the rows rank * BK/2 .. of every B chunk, multicast (`.multicast::cluster`, cta mask 0b11)
+  into the same shared-memory offset of both CTAs, so B crosses L2 -> SM once per pair. Each
+  CTA's full barrier still expects the whole stage's bytes (its A, its half of B and the peer's);
+  a stage's slot is written by both producers, so consumers release it on the empty barriers of
+  both CTAs (a remote `mbarrier.arrive.shared::cluster` through `mapa`; the empty barrier expects
+  2 x consumers arrivals); a cluster barrier after the barriers' init (before any multicast) and
+  one before exit (no CTA leaves while its peer may still write into it or arrive on it). The
+  tile walk is over cluster units (pairs of tile rows), so both CTAs walk the same tiles and
+  k-steps; the persistent grid is a whole number of clusters.
 
 Shared-memory layouts (CUTLASS's canonical GMMA layouts, 128B swizzle):
 - A, K-major: rows of BK = 64 fp16 = 128 bytes, 8-row atoms of 1024 bytes (SBO = 1024 B, LBO unused);
@@ -52,6 +63,16 @@ REGS_PER_SM = 65536
 NUM_SMS = 132                 # H100 SXM / H200
 OVERHEAD_REGS = 40            # registers a consumer thread needs beside its accumulators (ptxas: ~154 - 128)
 PRODUCER_REGS = 40            # setmaxnreg.dec target of the producer warpgroup
+CLUSTERS = (1, 2)             # cluster_m: CTAs of a cluster along m (they share the B tile)
+
+# an arrival on the mbarrier at the same shared-memory offset in CTA `rank` of the cluster
+CLUSTER_ARRIVE = """
+__forceinline__ __device__ void cluster_arrive(void* bar, int rank) {
+  unsigned local = (unsigned)__cvta_generic_to_shared(bar), remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" : : "r"(remote) : "memory");
+}
+"""
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,7 @@ class GemmConfig:
     in_dtype: str = "float16"  # or bfloat16 (same 2-byte layouts and swizzles; wgmma .bf16)
     l2_promotion: int = 2      # CUtensorMapL2promotion: 0 none, 1 64B, 2 128B, 3 256B
     epilogue: str = "direct"   # direct: registers -> global; tma / tma_half: -> swizzled smem -> TMA store
+    cluster_m: int = 1         # CTAs of a cluster along m, sharing (multicasting) the B tile
 
     @property
     def block_m(self) -> int:
@@ -132,51 +154,82 @@ def reject(m: int, n: int, k: int, cfg: GemmConfig) -> str | None:
         return "persistent needs warp_specialized (the simple body computes one tile per CTA)"
     if cfg.epilogue_passes and not cfg.warp_specialized:
         return "the tma epilogues are written for the warp-specialized body"
+    if cfg.cluster_m not in CLUSTERS:
+        return f"cluster_m {cfg.cluster_m} is not one of {CLUSTERS}"
+    if cfg.cluster_m > 1 and not cfg.warp_specialized:
+        return "clusters (cluster_m > 1) are written for the warp-specialized body"
+    if (m // cfg.block_m) % cfg.cluster_m:
+        return (f"the {m // cfg.block_m} tile rows are not a whole number of clusters of "
+                f"cluster_m {cfg.cluster_m} (both CTAs of a cluster need a tile)")
     if cfg.epilogue_passes and (cfg.block_n // cfg.epilogue_passes) % (128 // cfg.out_bytes):
         return (f"a {cfg.epilogue} pass of {cfg.block_n // cfg.epilogue_passes} columns is not a "
                 f"whole number of 128-byte TMA boxes")
     return None
 
 
-# The ring of stages, shared by the wgmma kernels of this module and schedules/gemv_wgmma.py.
+# The ring of stages, shared by the wgmma kernels of this module and schedules/gemv_wgmma.py;
+# `cluster` > 1: the ring of a cluster's CTAs whose stages both CTAs' producers write (cluster_m).
 @T.macro
-def init_ring(full, empty, tid, stages, consumers):
+def init_ring(full, empty, tid, stages, consumers, cluster=1):
     """Thread 0: each stage's full barrier waits for one arrival (the TMA bytes), its empty
-    barrier for one per consumer warpgroup; then every thread may use them."""
+    barrier for one per consumer warpgroup of each CTA of the cluster; then every thread (of the
+    cluster) may use them."""
     if tid == 0:
         for s in T.unroll(stages):
             T.ptx.mbarrier.init.shared.b64(T.address_of(full[s]), T.uint32(1))
-            T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(consumers))
+            T.ptx.mbarrier.init.shared.b64(T.address_of(empty[s]), T.uint32(consumers * cluster))
         T.ptx.fence.proxy.async_.shared__cta()
-    T.cuda.cta_sync()
+        if cluster > 1:
+            T.ptx["fence.mbarrier_init.release.cluster"]()
+    if cluster > 1:
+        T.cuda.cluster_sync()
+    else:
+        T.cuda.cta_sync()
+
+
+@T.macro
+def release(empty, s, cluster):
+    """One thread of a consumer warpgroup: stage s is read; with a cluster, on the empty barrier
+    of every CTA of it (each one's producer multicasts into this CTA's stage)."""
+    if cluster > 1:
+        for r in T.unroll(cluster):
+            T.cuda.func_call("cluster_arrive", T.address_of(empty[s]), r, source_code=CLUSTER_ARRIVE)
+    else:
+        T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[s]))
 
 
 # The consumer side of the ring: after issuing a k-step's wgmmas, keep one step in flight and release the stage
 # of the step before; after a tile's last step, drain and release its stage.
 @T.macro
-def release_previous(empty, it, kt, stages, tid):
+def release_previous(empty, it, kt, stages, tid, cluster=1):
     T.ptx.wgmma.wait_group.sync.aligned(1)
     if kt > 0:
         if tid % 128 == 0:
-            T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % stages]))
+            release(empty, (it - 1) % stages, cluster)
 
 
 @T.macro
-def release_last(empty, it, stages, tid):
+def release_last(empty, it, stages, tid, cluster=1):
     T.ptx.wgmma.wait_group.sync.aligned(0)
     if tid % 128 == 0:
-        T.ptx.mbarrier.arrive.shared.b64(T.address_of(empty[(it - 1) % stages]))
+        release(empty, (it - 1) % stages, cluster)
 
 
 def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.tirx.PrimFunc:
     """The TIRx PrimFunc main(A, B, C) for C = A @ B; batch > 0 makes it batched (b, m, k) x (b, k, n)."""
     BM, BN, S, WG = cfg.block_m, cfg.block_n, cfg.stages, cfg.consumers
     nb = max(batch, 1)
+    CL = cfg.cluster_m
+    mcast = CL > 1
     tiles_m, tiles_n, k_tiles = m // BM, n // BN, k // BK
-    num_tiles = nb * tiles_m * tiles_n
-    grid = min(num_tiles, NUM_SMS) if cfg.persistent else num_tiles
-    tiles_per_batch = tiles_m * tiles_n
-    group = max(1, min(cfg.group_m, tiles_m))
+    # the tile walk is over units of CL vertically adjacent tiles, one cluster each
+    units_m = tiles_m // CL
+    num_units = nb * units_m * tiles_n
+    grid = (min(nb * tiles_m * tiles_n, NUM_SMS) // CL * CL if cfg.persistent
+            else nb * tiles_m * tiles_n)
+    clusters = grid // CL
+    units_per_batch = units_m * tiles_n
+    group = max(1, min(cfg.group_m // CL, units_m))
     stage_elems = cfg.stage_bytes // 2
     n_chunks = BN // 64
     acc_n = cfg.acc_regs
@@ -191,8 +244,9 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
     # TMA maps: dims innermost first, strides in bytes of the outer dims
     a_map_args = ([k, m, nb, k * 2, m * k * 2, BK, BM, 1, 1, 1, 1] if batch
                   else [k, m, k * 2, BK, BM, 1, 1])
-    b_map_args = ([n, k, nb, n * 2, k * n * 2, 64, BK, 1, 1, 1, 1] if batch
-                  else [n, k, n * 2, 64, BK, 1, 1])
+    b_rows = BK // CL                             # rows of a B box: each CTA of a cluster loads its share
+    b_map_args = ([n, k, nb, n * 2, k * n * 2, 64, b_rows, 1, 1, 1, 1] if batch
+                  else [n, k, n * 2, 64, b_rows, 1, 1])
     tail = [0, SWIZZLE_128B, l2p, 0]
     a_map_args, b_map_args = a_map_args + tail, b_map_args + tail
     # the tma epilogues store C in boxes of 128 bytes of columns (64 fp16 / 32 fp32) x BM rows
@@ -211,12 +265,14 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
     a_elems, chunk_elems = BM * BK, BK * 64
     stage_bytes = cfg.stage_bytes
     tma = f"cp.async.bulk.tensor.{rank}d.shared::cluster.global.mbarrier::complete_tx::bytes"
+    tma_multicast = tma + ".multicast::cluster"
+    cta_mask = (1 << CL) - 1
 
     def a_coords(kt, tm, bi):
         return (kt * BK, tm * BM, bi) if batch else (kt * BK, tm * BM)
 
-    def b_coords(kt, col, bi):
-        return (col, kt * BK, bi) if batch else (col, kt * BK)
+    def b_coords(row, col, bi):
+        return (col, row, bi) if batch else (col, row)
 
     def c_batch(bi):
         return (bi,) if batch else ()
@@ -229,29 +285,38 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
     wgmma = f"wgmma.mma_async.sync.aligned.m64n{BN}k16.f32.{ab}.{ab}"
     b_ldo = BK * 128 // 16          # chunk stride (LBO), 16-byte units
     sdo = 1024 // 16                # 8-row atom stride (SBO), 16-byte units
-    max_tiles_per_cta = (num_tiles + grid - 1) // grid
+    max_units_per_cluster = (num_units + clusters - 1) // clusters
 
     nreg_producer, nreg_consumer = PRODUCER_REGS, cfg.consumer_regs
 
     # fmt: off
     @T.macro
-    def tile_coords(tile, tm, tn, bi):
-        """tile -> (tm, tn, bi): groups of `group` tile rows, raster along n inside a group."""
-        grp: T.let[T.int32] = (tile % tiles_per_batch) // (group * tiles_n)
+    def tile_coords(unit, cta_rank, tm, tn, bi):
+        """unit -> (tm, tn, bi): groups of `group` unit rows, raster along n inside a group; a
+        unit is CL vertically adjacent tiles, CTA cta_rank of the cluster computing one."""
+        grp: T.let[T.int32] = (unit % units_per_batch) // (group * tiles_n)
         first_m: T.let[T.int32] = grp * group
-        gsize: T.let[T.int32] = T.min(tiles_m - first_m, group)
-        in_grp: T.let[T.int32] = (tile % tiles_per_batch) % (group * tiles_n)
-        tm = first_m + in_grp % gsize
+        gsize: T.let[T.int32] = T.min(units_m - first_m, group)
+        in_grp: T.let[T.int32] = (unit % units_per_batch) % (group * tiles_n)
+        if mcast:
+            tm = (first_m + in_grp % gsize) * CL + cta_rank
+        else:
+            tm = first_m + in_grp % gsize
         tn = in_grp // gsize
-        bi = tile // tiles_per_batch
+        bi = unit // units_per_batch
 
     @T.macro
-    def load_stage(smem, full, A_map, B_map, s, kt, tm, tn, bi):
-        """One elected thread: expect the stage's bytes on full[s], then issue its TMA copies."""
+    def load_stage(smem, full, A_map, B_map, s, kt, tm, tn, bi, cta_rank):
+        """One elected thread: expect the stage's bytes on full[s], then issue its TMA copies; in
+        a cluster, its share of B's rows goes to the same offset of every CTA's stage (whose
+        full barrier counts those bytes too)."""
         T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(full[s]), T.uint32(stage_bytes))
         T.ptx[tma](smem.ptr_to([s * stage_elems]), T.address_of(A_map), *a_coords(kt, tm, bi), T.address_of(full[s]))
         for j in T.unroll(n_chunks):
-            T.ptx[tma](smem.ptr_to([s * stage_elems + a_elems + j * chunk_elems]), T.address_of(B_map), *b_coords(kt, tn * BN + j * 64, bi), T.address_of(full[s]))
+            if mcast:
+                T.ptx[tma_multicast](smem.ptr_to([s * stage_elems + a_elems + j * chunk_elems + cta_rank * b_rows * 64]), T.address_of(B_map), *b_coords(kt * BK + cta_rank * b_rows, tn * BN + j * 64, bi), T.address_of(full[s]), T.uint16(cta_mask))
+            else:
+                T.ptx[tma](smem.ptr_to([s * stage_elems + a_elems + j * chunk_elems]), T.address_of(B_map), *b_coords(kt * BK, tn * BN + j * 64, bi), T.address_of(full[s]))
 
     @T.macro
     def mma_stage(smem, acc, desc_a, desc_b, s, cwg):
@@ -310,6 +375,10 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
 
         T.device_entry()
         bid = T.cta_id([grid])
+        if mcast:
+            cta_rank = T.cta_id_in_cluster([CL])    # the cluster's CTAs: consecutive bids
+        else:
+            cta_rank = T.meta_var(0)
         tid = T.thread_id([threads])
         smem = T.alloc_buffer((smem_elems,), in_dtype, scope="shared.dyn", align=1024)
         c_smem = T.decl_buffer((smem_elems * 2 // ob,), out, data=smem.data, scope="shared.dyn")
@@ -324,33 +393,33 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
         if ws:
             it: T.int32   # k-steps through the pipeline so far, across this CTA's tiles
 
-        init_ring(full, empty, tid, S, WG)
+        init_ring(full, empty, tid, S, WG, CL)
         if ws:
             it = 0
             if tid < 128:
                 # producer warpgroup: one thread streams every k-tile of every tile of this CTA
                 T.ptx["setmaxnreg.dec.sync.aligned.u32"](nreg_producer)
                 if tid == 0:
-                    for t in T.serial(max_tiles_per_cta):
-                        if bid + t * grid < num_tiles:
-                            tile_coords(bid + t * grid, tm, tn, bi)
+                    for t in T.serial(max_units_per_cluster):
+                        if bid // CL + t * clusters < num_units:
+                            tile_coords(bid // CL + t * clusters, cta_rank, tm, tn, bi)
                             for kt in T.serial(k_tiles):
                                 T.cuda.mbarrier_wait(T.address_of(empty[it % S]), it // S % 2 ^ 1)
-                                load_stage(smem, full, A_map, B_map, it % S, kt, tm, tn, bi)
+                                load_stage(smem, full, A_map, B_map, it % S, kt, tm, tn, bi, cta_rank)
                                 it = it + 1
             else:
                 T.ptx["setmaxnreg.inc.sync.aligned.u32"](nreg_consumer)
-                for t in T.serial(max_tiles_per_cta):
-                    if bid + t * grid < num_tiles:
-                        tile_coords(bid + t * grid, tm, tn, bi)
+                for t in T.serial(max_units_per_cluster):
+                    if bid // CL + t * clusters < num_units:
+                        tile_coords(bid // CL + t * clusters, cta_rank, tm, tn, bi)
                         for i in T.unroll(acc_n):
                             acc[i] = T.float32(0)
                         for kt in T.serial(k_tiles):
                             T.cuda.mbarrier_wait(T.address_of(full[it % S]), it // S % 2)
                             mma_stage(smem, acc, desc_a, desc_b, it % S, tid // 128 - 1)
-                            release_previous(empty, it, kt, S, tid)
+                            release_previous(empty, it, kt, S, tid, CL)
                             it = it + 1
-                        release_last(empty, it, S, tid)
+                        release_last(empty, it, S, tid, CL)
                         if tma_epi:
                             store_tile_tma(C_map, c_smem, acc, tm, tn, bi, tid - 128)
                         else:
@@ -358,12 +427,15 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                 if tma_epi:
                     if tid == 128:
                         T.ptx.cp.async_.bulk.wait_group(0)
+            if mcast:
+                # no CTA exits while its peer may still multicast into it or arrive on its barriers
+                T.cuda.cluster_sync()
         else:
             # one tile per CTA; thread 0 also issues the TMA loads
-            tile_coords(bid, tm, tn, bi)
+            tile_coords(bid, cta_rank, tm, tn, bi)
             if tid == 0:
                 for s in T.unroll(n_pro):
-                    load_stage(smem, full, A_map, B_map, s, s, tm, tn, bi)
+                    load_stage(smem, full, A_map, B_map, s, s, tm, tn, bi, cta_rank)
             for i in T.unroll(acc_n):
                 acc[i] = T.float32(0)
             for kt in T.serial(k_tiles):
@@ -377,7 +449,7 @@ def gemm_func(m: int, n: int, k: int, cfg: GemmConfig, batch: int = 0) -> tvm.ti
                     if tid == 0:
                         if kt - 1 + S < k_tiles:
                             T.cuda.mbarrier_wait(T.address_of(empty[(kt - 1) % S]), (kt - 1) // S % 2)
-                            load_stage(smem, full, A_map, B_map, (kt - 1) % S, kt - 1 + S, tm, tn, bi)
+                            load_stage(smem, full, A_map, B_map, (kt - 1) % S, kt - 1 + S, tm, tn, bi, cta_rank)
             T.ptx.wgmma.wait_group.sync.aligned(0)
             store_tile(C, acc, tm, tn, bi, tid)
     # fmt: on
@@ -449,14 +521,15 @@ class HopperGemmSpace(KnobSpace):
                 Knob("stages", (2, 3, 4, 5, 6)), Knob("warp_specialized", (False, True)),
                 Knob("persistent", (False, True)), Knob("group_m", (1, 4, 8, 16)),
                 Knob("l2_promotion", (0, 2, 3)),
-                Knob("epilogue", ("direct", "tma", "tma_half")))
+                Knob("epilogue", ("direct", "tma", "tma_half")), Knob("cluster_m", CLUSTERS, default=1))
 
     def seeds(self) -> list[Config]:
         """The least-energy configs of the H200 tables (experiments/results/hopper_epilogue_h200_
         2026-12-01 for fp32 output, hopper_gemm_h200_2026-12-01 for fp16), then their direct-store
-        and block_n = 128 twins for shapes or GPUs where those do not run or win."""
+        and block_n = 128 twins for shapes or GPUs where those do not run or win. All without
+        clusters (cluster_m = 2 is not measured yet)."""
         best = dict(block_n=256, consumers=2, stages=3, warp_specialized=True, persistent=True,
-                    group_m=16, l2_promotion=2, epilogue="tma_half")
+                    group_m=16, l2_promotion=2, epilogue="tma_half", cluster_m=1)
         if self.op.output_dtype == "float16":
             best["epilogue"] = "tma"
         direct = dict(best, stages=4, group_m=8, epilogue="direct")
@@ -489,8 +562,9 @@ class HopperGemmSpace(KnobSpace):
             "threads": cfg.threads, "smem_bytes": cfg.smem_bytes, "acc_regs": cfg.acc_regs,
             "tiles": tiles, "k_tiles": k // BK, "ctas_per_sm": ctas_per_sm, "waves": waves,
             "wave_efficiency": waves / math.ceil(waves), "occupancy_warps": ctas_per_sm * cfg.threads / 32,
-            # bytes moved from L2 into shared memory per FLOP, and the output bytes per FLOP
-            "l2_bytes_per_flop": (cfg.block_m + cfg.block_n) / (cfg.block_m * cfg.block_n),
+            # bytes moved from L2 into shared memory per FLOP (a cluster's CTAs share B's), and
+            # the output bytes per FLOP
+            "l2_bytes_per_flop": (cfg.block_m + cfg.block_n / cfg.cluster_m) / (cfg.block_m * cfg.block_n),
             "out_bytes_per_flop": cfg.out_bytes / (2 * k),
-            "epilogue_passes": cfg.epilogue_passes,
+            "epilogue_passes": cfg.epilogue_passes, "cluster_m": cfg.cluster_m,
         }

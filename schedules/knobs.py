@@ -27,6 +27,7 @@ Config = dict[str, object]  # knob name -> chosen value (JSON-serialisable)
 class Knob:
     name: str
     values: tuple
+    default: object = None   # what a config recorded before the knob existed ran with
 
 
 class KnobSpace(ABC):
@@ -99,6 +100,10 @@ class KnobSpace(ABC):
 
     def crossover(self, a: Config, b: Config, rng: np.random.Generator) -> Config:
         return {k.name: (a if rng.random() < 0.5 else b)[k.name] for k in self.knobs}
+
+    def complete(self, config: Config) -> Config:
+        """config with the knobs added to the space after it was recorded at their defaults."""
+        return {**{k.name: k.default for k in self.knobs if k.default is not None}, **config}
 
     @staticmethod
     def key(config: Config) -> str:

@@ -28,6 +28,7 @@ BEST = dict(block_n=256, consumers=2, stages=4, warp_specialized=True, persisten
             l2_promotion=2, epilogue="direct")
 TMA_EPILOGUE = dict(BEST, stages=3, epilogue="tma")
 HALF_EPILOGUE = dict(BEST, stages=3, epilogue="tma_half")   # fp32: 3 x 48 KB + 64 KB staged
+CLUSTER = dict(HALF_EPILOGUE, group_m=16, cluster_m=2)      # 2x1 clusters multicasting B
 
 
 def _has_sm90_gpu() -> bool:
@@ -89,6 +90,10 @@ def test_registered_and_builds_for_sm90a():
     (TMA_EPILOGUE, "4096,4096,4096", "shared memory"),                    # 3 x 48 KB + 128 KB fp32
     (dict(HALF_EPILOGUE, stages=4), "4096,4096,4096", "shared memory"),   # 4 x 48 KB + 64 KB
     (dict(HALF_EPILOGUE, persistent=False, warp_specialized=False), "4096,4096,4096", "warp-specialized"),
+    (dict(BEST, persistent=False, warp_specialized=False, cluster_m=2), "4096,4096,4096",
+     "clusters (cluster_m > 1) are written for the warp-specialized body"),
+    (dict(CLUSTER, consumers=1), "192,256,256", "3 tile rows are not a whole number of clusters"),
+    (dict(CLUSTER, cluster_m=4), "4096,4096,4096", "cluster_m 4 is not one of (1, 2)"),
 ])
 def test_reject_names_the_reason(config, shape, reason):
     got = HopperGemmSpace(_op(shape), H100).reject(config)
@@ -122,6 +127,9 @@ def test_features_of_the_best_config():
     assert f["smem_bytes"] == 4 * (128 + 256) * 64 * 2 + 1024
     assert f["waves"] == pytest.approx(512 / 132)
     assert f["l2_bytes_per_flop"] == pytest.approx((128 + 256) / (128 * 256))
+    assert f["cluster_m"] == 1
+    pair = HopperGemmSpace(_op(), H100).features(dict(BEST, cluster_m=2))
+    assert pair["l2_bytes_per_flop"] == pytest.approx((128 + 256 / 2) / (128 * 256))   # B shared
     small = HopperGemmSpace(_op(), H100).features(dict(BEST, block_n=128, stages=3, persistent=False,
                                                         warp_specialized=False))
     assert small["ctas_per_sm"] == 2                   # 97 KB of shared memory, 90-register threads
@@ -136,6 +144,13 @@ def test_sample_and_mutate_stay_in_the_knob_space():
     assert sum(a[k] != b[k] for k in a) == 1
 
 
+def test_configs_recorded_before_clusters_complete_to_cluster_m_1():
+    space = HopperGemmSpace(_op(), H100)
+    old = {k: v for k, v in BEST.items() if k != "cluster_m"}
+    assert space.complete(old) == {**BEST, "cluster_m": 1}
+    assert space.complete(dict(BEST, cluster_m=2))["cluster_m"] == 2
+
+
 # -- lowering to Hopper instructions -----------------------------------------------------------
 LOWERED = [
     ("4096,4096,4096", None, "matmul", BEST),
@@ -146,6 +161,11 @@ LOWERED = [
                                           warp_specialized=False, persistent=False)),
     ("b=4,m=256,n=256,k=512", None, "batch_matmul", dict(BEST, block_n=64, persistent=False)),
     ("b=4,m=256,n=256,k=512", "float16", "batch_matmul", dict(TMA_EPILOGUE, block_n=64)),
+    ("4096,4096,4096", None, "matmul", CLUSTER),
+    ("4096,4096,4096", "float16", "matmul", dict(TMA_EPILOGUE, cluster_m=2)),
+    ("512,768,1024", None, "matmul", dict(BEST, block_n=192, consumers=1, stages=5, persistent=False,
+                                          cluster_m=2)),
+    ("b=4,m=256,n=256,k=512", None, "batch_matmul", dict(BEST, block_n=64, cluster_m=2)),
 ]
 
 
@@ -167,6 +187,10 @@ def test_lowers_to_wgmma_and_tma(lowered_sources):
         assert "const __grid_constant__ CUtensorMap" in src
         assert ("setmaxnreg" in src) == config["warp_specialized"]
         assert ("global.shared::cta.tile.bulk_group" in src) == (config["epilogue"] != "direct")
+        clustered = config.get("cluster_m", 1) > 1
+        for cluster_only in ("multicast::cluster", "mapa.shared::cluster", "barrier.cluster.arrive",
+                             "fence.mbarrier_init.release.cluster", "%cluster_ctarank"):
+            assert (cluster_only in src) == clustered, cluster_only
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -265,6 +289,12 @@ def _run(op, config) -> float:
     return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
+def _matches_reference(shape: str, accum: str | None, name: str, config: dict) -> None:
+    """The family's kernel for (shape, accum: None, "float16" out or "bf16" in) within tolerance."""
+    op = _op(shape, name, dtype="bfloat16") if accum == "bf16" else _op(shape, name, accum)
+    assert _run(op, config) <= op.tolerance
+
+
 @pytest.mark.parametrize("block_n, consumers", [(64, 1), (256, 1), (256, 2)])
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
@@ -302,8 +332,31 @@ CORRECT = [
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
 def test_family_matches_numpy(shape, accum, name, config):
-    op = _op(shape, name, dtype="bfloat16") if accum == "bf16" else _op(shape, name, accum)
-    assert _run(op, config) <= op.tolerance
+    _matches_reference(shape, accum, name, config)
+
+
+# 2x1 clusters multicasting B: persistent (fewer tiles than SMs; several tiles per cluster and a
+# last group of 2 tile-row pairs at 2560 x 2816) and not, fp32 and fp16 out, 3 B chunks, batched
+CLUSTER_CORRECT = [
+    ("1024,1024,2048", None, "matmul", CLUSTER),
+    ("2560,2816,512", None, "matmul", CLUSTER),
+    ("4096,4096,1024", None, "matmul", dict(BEST, cluster_m=2)),
+    ("1024,1024,1024", "float16", "matmul", dict(TMA_EPILOGUE, cluster_m=2)),
+    ("768,512,1024", None, "matmul", dict(BEST, block_n=128, consumers=1, persistent=False,
+                                          group_m=1, cluster_m=2)),
+    ("512,768,1024", None, "matmul", dict(BEST, block_n=192, consumers=1, persistent=False,
+                                          stages=5, cluster_m=2)),
+    ("b=3,m=256,n=512,k=512", None, "batch_matmul", dict(BEST, cluster_m=2)),
+    ("b=3,m=256,n=512,k=512", "float16", "batch_matmul", dict(TMA_EPILOGUE, cluster_m=2)),
+    ("1024,1024,2048", "bf16", "matmul", CLUSTER),
+]
+
+
+@pytest.mark.parametrize("shape, accum, name, config", CLUSTER_CORRECT)
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
+def test_clusters_match_numpy(shape, accum, name, config):
+    _matches_reference(shape, accum, name, config)
 
 
 FRESH = """
