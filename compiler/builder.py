@@ -65,6 +65,11 @@ def _worker_build(mod: tvm.IRModule, target: Target, out_dir: str, options: dict
     return build_to_file(mod, target, os.path.join(out_dir, f"{uuid.uuid4().hex}.so"), options)
 
 
+def _ready() -> int:
+    """A worker's first job: unpickling it imports this module (and TVM) in the worker."""
+    return os.getpid()
+
+
 def _first_error_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "error" in line]
@@ -117,6 +122,15 @@ class Builder:
         return [future.result() for future in self.submit(mods)]
 
     def _serve(self, worker: PopenWorker) -> None:
+        # Start the worker now, all at once: a fresh worker reads its first job only after its
+        # imports (~8 s on the H200 host), and a send that fills the pipe waits for that read, so
+        # starting workers by their first build under the lock started them one after another
+        # (16 cold builds done 7.5 s apart, against 1.9 s in all once started; H200, 2026-12-02).
+        try:
+            worker.send(_ready, (), timeout=self.timeout_s)
+            worker.recv()
+        except Exception:  # closed meanwhile, or cannot start: its first build will say why
+            pass
         while True:
             item = self.queue.get()
             with self.lock:
