@@ -19,7 +19,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 
 from energy_tuner.schedules import make_op
-from energy_tuner.schedules.hopper_gemm import (SMEM_LIMIT, GemmConfig, HopperGemmSpace, build,
+from energy_tuner.schedules.hopper_gemm import (CLUSTERS, SMEM_LIMIT, GemmConfig, HopperGemmSpace, build,
                                                 cuda_source, gemm_func, reject)
 from energy_tuner.schedules.knobs import knob_spaces
 
@@ -112,8 +112,9 @@ def test_reject_passes_what_runs_and_holds_the_limits():
     space = HopperGemmSpace(_op(), H100)
     assert space.reject(BEST) is None
     names = [k.name for k in space.knobs]
-    for values in itertools.product(*(k.values for k in space.knobs)):
-        config = dict(zip(names, values))
+    for values, cluster_m in itertools.product(itertools.product(*(k.values for k in space.knobs)),
+                                               CLUSTERS):  # cluster_m = 2 too, though not searched
+        config = dict(zip(names, values), cluster_m=cluster_m)
         cfg = space.gemm_config(config)
         if space.reject(config) is None:
             assert cfg.smem_bytes <= SMEM_LIMIT
