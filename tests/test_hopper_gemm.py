@@ -329,13 +329,6 @@ CORRECT = [
 ]
 
 
-@pytest.mark.parametrize("shape, accum, name, config", CORRECT)
-@pytest.mark.gpu
-@pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
-def test_family_matches_numpy(shape, accum, name, config):
-    _matches_reference(shape, accum, name, config)
-
-
 # 2x1 clusters multicasting B: persistent (fewer tiles than SMs; several tiles per cluster and a
 # last group of 2 tile-row pairs at 2560 x 2816) and not, fp32 and fp16 out, 3 B chunks, batched
 CLUSTER_CORRECT = [
@@ -353,10 +346,12 @@ CLUSTER_CORRECT = [
 ]
 
 
-@pytest.mark.parametrize("shape, accum, name, config", CLUSTER_CORRECT)
+@pytest.mark.parametrize("shape, accum, name, config", [
+    *CORRECT, *(pytest.param(*case, id=f"clusters{i}") for i, case in enumerate(CLUSTER_CORRECT))])
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_sm90_gpu(), reason="needs an sm_90 GPU")
-def test_clusters_match_numpy(shape, accum, name, config):
+def test_family_matches_numpy(shape, accum, name, config):
+    """Against numpy; `-k clusters` selects the cluster cases."""
     _matches_reference(shape, accum, name, config)
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from energy_tuner.measure.meters import (MeterError, RaplMeter, inside, meter_problem, nvml_device,
+from energy_tuner.measure.meters import (MeterError, RaplCounters, RaplMeter, inside, meter_problem, nvml_device,
                             power_from_ticks)
 from energy_tuner.measure.protocol import Precision, measure_energy, window_seconds
 from tests.conftest import DATA
@@ -32,6 +32,19 @@ def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
         # the tree writes at most once per ms (sleeps only oversleep); a starved reader sees fewer
         assert 1 <= reading.ticks <= round(reading.span_s / 1e-3) + 1
         assert reading.watts_sampled is None and reading.min_sm_clock_mhz is None  # RAPL has neither
+
+
+def test_rapl_counters_sum_packages_and_unwrap_each_at_its_range(tmp_path):
+    """The joules between two reads, from counters written by hand (no clock): exact."""
+    for i, (value, top) in enumerate([(1_000_000, 90_000_000), (49_990_000, 50_000_000)]):
+        (tmp_path / f"intel-rapl:{i}").mkdir()
+        (tmp_path / f"intel-rapl:{i}" / "max_energy_range_uj").write_text(str(top))
+        (tmp_path / f"intel-rapl:{i}" / "energy_uj").write_text(str(value))
+    counters = RaplCounters(tmp_path)
+    before = counters.read()
+    (tmp_path / "intel-rapl:0" / "energy_uj").write_text(str(4_000_000))     # +3 J
+    (tmp_path / "intel-rapl:1" / "energy_uj").write_text(str(1_990_000))     # wrapped: +2 J
+    assert counters.joules(before, counters.read()) == pytest.approx(5.0)
 
 
 def test_rapl_tick_period_is_measured(tmp_path):
