@@ -25,6 +25,9 @@ from tvm.target import Target
 _STORAGE_REWRITE_ERROR = "tvm_access_ptr element type must match"
 
 
+Module = tvm.IRModule | Callable[[], tvm.IRModule]   # a module, or what makes it
+
+
 @dataclass
 class BuildResult:
     artifact: str | None
@@ -101,17 +104,23 @@ class Builder:
         for worker in self.workers:
             threading.Thread(target=self._serve, args=(worker,), daemon=True, name="build").start()
 
-    def job(self, mod: tvm.IRModule, target: Target | None = None, options: dict | None = None
-            ) -> tuple[Callable[..., str], tuple]:
+    def job(self, mod: Module, target: Target | None = None, options: dict | None = None
+            ) -> Callable[[], tuple[Callable[..., str], tuple]]:
         """What a worker process runs to build `mod` (for `target` with `options`, else the
-        pool's): a function returning the library's path, and its arguments."""
-        return _worker_build, (mod, target or self.target, self.out_dir,
-                               self.options if options is None else options)
+        pool's), made when a worker takes it: a function returning the library's path, and its
+        arguments."""
+        def made() -> tuple[Callable[..., str], tuple]:
+            module = mod() if callable(mod) else mod
+            return _worker_build, (module, target or self.target, self.out_dir,
+                                   self.options if options is None else options)
+        return made
 
-    def submit(self, mods: list[tvm.IRModule], target: Target | None = None,
+    def submit(self, mods: list[Module], target: Target | None = None,
                options: dict | None = None) -> list[Future]:
-        """Queue the builds; their BuildResults as futures, in the order of `mods`. `target` and
-        `options` override the pool's, so that one pool serves spaces of several tasks."""
+        """Queue the builds; their BuildResults as futures, in the order of `mods`. A callable
+        is made into its module by the thread that hands it to a worker, off the caller's thread
+        (a TIRx kernel takes ~0.1 s of Python to write). `target` and `options` override the
+        pool's, so that one pool serves spaces of several tasks."""
         futures = []
         for mod in mods:
             futures.append(Future())
@@ -133,12 +142,21 @@ class Builder:
             pass
         while True:
             item = self.queue.get()
+            if item is None or self.closed:
+                break
+            job, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                fn, args = job()
+            except Exception as err:  # the space could not write this kernel
+                error = f"module not made: {_first_error_line(str(err))}"
+                future.set_result(BuildResult(None, error))
+                continue
             with self.lock:
-                if item is None or self.closed:
+                if self.closed:
+                    future.set_result(BuildResult(None, "build pool closed"))
                     break
-                (fn, args), future = item
-                if not future.set_running_or_notify_cancel():
-                    continue
                 worker.send(fn, args, timeout=self.timeout_s)  # close() kills what was sent
             try:
                 future.set_result(BuildResult(worker.recv(), None))

@@ -37,8 +37,7 @@ from ..measure.cuda_graph import try_graph_batch
 from ..measure.meters import open_meter, powercap_root
 from ..measure.protocol import Precision, measure_energy
 from ..measure.l2_policy import l2_policy
-from ..measure.meters import METER_NAMES
-from ..measure.runner import MeasureConfig, measurement_identity, rotation_sets
+from ..measure.runner import MeasureConfig, rotation_sets
 from ..measure.worker import IsolatedRunner, WorkerSpec
 from ..schedules import Op
 
@@ -195,15 +194,17 @@ class ModelTuner:
     def _config(self, op: Op) -> MeasureConfig:
         return MeasureConfig(l2=l2_policy(self.settings.l2, op), **LATENCY_TIMING[self.plat.kind])
 
+    def _spec(self, op: Op) -> WorkerSpec:
+        return WorkerSpec(op.describe(), self.plat.kind, self.plat.device.index, self._config(op),
+                          self.settings.seed, None if self.no_meter else powercap_root())
+
     def _measurement(self, op: Op) -> dict:
         """What op's worker will report as its measurement identity (the task's db key)."""
-        meter = None if self.no_meter else METER_NAMES[self.plat.kind]
-        return measurement_identity(self._config(op), meter)
+        return self._spec(op).measurement()
 
     def _runner(self, op: Op) -> IsolatedRunner:
-        return IsolatedRunner(WorkerSpec(op.describe(), self.plat.kind, self.plat.device.index,
-                                         self._config(op), self.settings.seed,
-                                         None if self.no_meter else powercap_root()))
+        """op's worker, launched: it starts while the task's first builds run."""
+        return IsolatedRunner(self._spec(op), wait=not self.overlap)
 
     def _builder(self) -> Builder:
         """One build pool for every task: its processes import TVM (and, for MetaSchedule's

@@ -54,6 +54,7 @@ class TuneStats:
     build_wait_s: float = 0.0   # the loop waited for builds
     first_build_wait_s: float = 0.0  # ... of which for the first batch (worker start-up included)
     wall_s: float = 0.0         # the whole tune of this run
+    first_record_s: float | None = None  # ... until its first measured record (start-up)
     search_wait_s: float = 0.0  # of which the loop spent waiting (the rest overlapped measuring)
     warm_start: str | None = None  # workload key whose saved model started this tune
     exhausted: bool = False     # the strategy found no new candidates before the budget was spent
@@ -240,7 +241,8 @@ class Tuner:
                 taken = known.keys() | {c.mod_hash for c in in_flight}
                 new = {c.mod_hash: c for c in candidates if c.mod_hash not in taken}
                 fresh = list(new.values())[: remaining - planned]
-                builds = builder.submit([c.mod for c in fresh], self.space.target,
+                # each module is written by the build thread that takes it, not by this loop
+                builds = builder.submit([lambda c=c: c.mod for c in fresh], self.space.target,
                                         self.space.compile_options)
                 submitted.extend(builds)
                 return Batch(candidates, fresh, builds)
@@ -261,6 +263,8 @@ class Tuner:
                     for cand, built, watts, m in self._measured(zip(batch.fresh, builds, power)):
                         record = self._book(cand, built, watts, m, stats)
                         record.id = self.db.add(record)
+                        if stats.first_record_s is None:
+                            stats.first_record_s = time.perf_counter() - started
                         records.append(record)
                         measured.append((record, cand))
                         on_record(record)

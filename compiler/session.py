@@ -91,11 +91,12 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
     return 0
 
 
-def make_runner(args: argparse.Namespace, spec: WorkerSpec, err: Console
+def make_runner(args: argparse.Namespace, spec: WorkerSpec, err: Console, wait: bool = True
                 ) -> IsolatedRunner | RpcPool:
-    """The RPC workers at `--tracker` under `--key`, each reported; else one local worker."""
+    """The RPC workers at `--tracker` under `--key`, each reported; else one local worker
+    (`wait=False`: launched, it starts while the first builds run)."""
     if args.tracker is None:
-        return IsolatedRunner(spec)
+        return IsolatedRunner(spec, wait=wait)
     pool = RpcPool(args.tracker, args.key, spec, args.tracker_wait,
                    report=lambda line: err.print(escape(line), soft_wrap=True))
     for w in pool.workers:
@@ -112,12 +113,14 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
     config = MeasureConfig(l2=l2_policy(args.l2, op), **LATENCY_TIMING[plat.kind])
     spec = WorkerSpec(op.describe(), plat.kind, plat.device.index, config, args.seed,
                       None if no_meter else powercap_root())
+    overlap = plat.kind == "cuda" and not args.no_overlap
     try:
-        runner = make_runner(args, spec, err)
+        runner = make_runner(args, spec, err, wait=not overlap)
     except WorkerError as error:
         err.print(escape(f"tune: error: {error}"), soft_wrap=True)
         raise TuneStopped(2 if isinstance(error, NoWorkers) else 1) from error
-    if runner.idle_w is not None:
+    told_idle = runner.idle_w is not None  # a worker still starting: told after the tune
+    if told_idle:
         err.print(f"idle power {runner.idle_w:.1f} W")
     if args.tracker is not None and runner.measurement.get("meter") is None:
         if objective.needs_energy:
@@ -127,8 +130,7 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
             raise TuneStopped(2)
         err.print("energy: not measured (the RPC workers have no energy meter)")
     tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
-                  energy_policy=args.energy_policy,
-                  overlap=plat.kind == "cuda" and not args.no_overlap, space=args.space)
+                  energy_policy=args.energy_policy, overlap=overlap, space=args.space)
     previous = db.records(tuner.key)
     done = min(trials, sum(r.objective == objective.key for r in previous))
     if done:
@@ -150,6 +152,8 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
         runner.close()
 
     s = result.stats
+    if not told_idle and runner.idle_w is not None:
+        err.print(f"idle power {runner.idle_w:.1f} W (measured while the first builds ran)")
     err.print(f"space {s.space}, strategy {s.strategy}, energy policy {tuner.policy.mode}"
               + (f"; {s.strategy_report}" if s.strategy_report else ""))
     err.print(f"measured {s.measured} new candidates ({s.previous} before): {s.build_errors} build "
@@ -191,5 +195,6 @@ def time_split(stats, measured: list[Record]) -> str | None:
     rest = stats.wall_s - stats.build_wait_s - sum(phases.values())
     return (f"time per candidate: {stats.wall_s / n:.2f} s ({stats.measured * 60 / stats.wall_s:.1f}"
             f"/min): measuring {steps or 'none'}; waiting for builds {stats.build_wait_s / n:.2f} "
-            f"({stats.first_build_wait_s:.1f} s in all for the first batch); "
+            f"({stats.first_build_wait_s:.1f} s in all for the first batch, its first record "
+            f"after {stats.first_record_s:.1f} s); "
             f"other {max(rest, 0.0) / n:.2f}")

@@ -19,7 +19,8 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .runner import MeasureConfig, Measurement, Runner
+from .meters import METER_NAMES
+from .runner import MeasureConfig, Measurement, Runner, measurement_identity
 
 
 class WorkerError(RuntimeError):
@@ -34,6 +35,12 @@ class WorkerSpec:
     config: MeasureConfig
     seed: int
     powercap: str | None          # RAPL root; None: measure no energy
+
+    def measurement(self) -> dict:
+        """The measurement identity the worker will report (its meter opened as `kind` opens
+        one), known before it starts: what a tune's database key holds."""
+        meter = None if self.powercap is None else METER_NAMES[self.kind]
+        return measurement_identity(self.config, meter)
 
 
 def _serve(conn, spec: WorkerSpec) -> None:
@@ -93,24 +100,37 @@ def start_ignoring_sigint(proc: mp.Process) -> None:
 
 
 class IsolatedRunner:
-    """`run(artifact) -> Measurement`, like `Runner`, with the kernel in a separate process."""
+    """`run(artifact) -> Measurement`, like `Runner`, with the kernel in a separate process.
+
+    wait=False: return once the worker is launched, without waiting for its imports, inputs,
+    references and idle power (seconds for a large op), so builds can start meanwhile; the first
+    `run` (or `ready`) waits for it. `measurement` is then the spec's until the worker confirms it."""
 
     slots = 1
 
     def __init__(self, spec: WorkerSpec, timeout_s: float = 120.0,
-                 start_timeout_s: float = 900.0) -> None:
+                 start_timeout_s: float = 900.0, wait: bool = True) -> None:
         self.spec, self.timeout_s, self.start_timeout_s = spec, timeout_s, start_timeout_s
         self.restarts = 0
         self._ctx = mp.get_context("spawn")
         self._proc = None
-        self.measurement: dict = {}
-        self.idle_w = self._start()
+        self.measurement: dict = spec.measurement()
+        self.idle_w: float | None = None
+        self._launch()
+        if wait:
+            self.ready()
 
-    def _start(self) -> float | None:
+    def _launch(self) -> None:
         self._conn, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=_serve, args=(child, self.spec))
         start_ignoring_sigint(self._proc)
         child.close()
+        self._started = False
+
+    def ready(self) -> None:
+        """Wait until the launched worker has started (its idle power measured)."""
+        if self._started:
+            return
         if not self._conn.poll(self.start_timeout_s):
             self._kill()
             raise WorkerError(f"measurement worker did not start in {self.start_timeout_s:.0f} s")
@@ -121,8 +141,11 @@ class IsolatedRunner:
         if "error" in ready:
             self._proc.join(10)
             raise WorkerError(f"measurement worker failed to start: {ready['error']}")
-        self.measurement = ready["measurement"]
-        return ready["idle_w"]
+        if ready["measurement"] != self.measurement:
+            self._kill()
+            raise WorkerError(f"measurement worker measures as {ready['measurement']}, not as "
+                              f"expected {self.measurement}")
+        self.idle_w, self._started = ready["idle_w"], True
 
     def _exit(self) -> int | None:
         self._proc.join(10)
@@ -136,12 +159,14 @@ class IsolatedRunner:
         if self._proc.is_alive():
             self._kill()
         self.restarts += 1
-        self._start()
+        self._launch()
+        self.ready()
 
     def run(self, artifact: str, decide: Callable[[Measurement], bool] = lambda m: True,
             latency_bound_s: float | None = None,
             energy_bound_j: float | None = None) -> Measurement:
         """Measure in the worker; `decide` answers the worker's "measure energy?" question."""
+        self.ready()
         if not self._proc.is_alive():
             self._restart()
         self._conn.send((artifact, latency_bound_s, energy_bound_j))

@@ -58,9 +58,12 @@ class GatedBuilder(Builder):
         self.log, self.gates, self.numbers = log, gates, itertools.count(1)
 
     def job(self, mod, *rest):
-        fn, args = super().job(mod, *rest)
-        number = next(self.numbers)
-        return gated_build, (self.log, number, self.gates.get(number), fn, args)
+        made, number = super().job(mod, *rest), next(self.numbers)   # numbered as submitted
+
+        def gated_job():
+            fn, args = made()
+            return gated_build, (self.log, number, self.gates.get(number), fn, args)
+        return gated_job
 
 
 def gated(log: Path, gates: dict[int, str], workers: int | None = None):

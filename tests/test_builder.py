@@ -39,6 +39,24 @@ def test_results_come_in_submission_order_when_builds_finish_out_of_order(tmp_pa
         assert np.allclose(c.numpy(), a @ b)
 
 
+def test_a_module_maker_is_made_by_the_pool_and_a_failing_one_is_a_build_error(tmp_path):
+    def broken():
+        raise ValueError("tile does not divide the shape")
+
+    builder = GatedBuilder(resolve("llvm").target, str(tmp_path), workers=1, log=tmp_path / "log",
+                           gates={})
+    try:
+        made, failed = builder.build([lambda: modules(1)[0], broken])
+    finally:
+        builder.close()
+    a, b = np.ones((8, 8), "float32"), np.ones((8, 8), "float32")
+    c = tvm.runtime.tensor(np.zeros((8, 8), "float32"))
+    tvm.runtime.load_module(made.artifact)["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
+    assert np.allclose(c.numpy(), a @ b)
+    assert failed.artifact is None and "module not made" in failed.error
+    assert "tile does not divide the shape" in failed.error
+
+
 def test_close_cancels_queued_builds_and_kills_the_running_one(tmp_path):
     log = tmp_path / "log"
     builder = GatedBuilder(resolve("llvm").target, str(tmp_path), workers=1, log=log,

@@ -81,6 +81,32 @@ def test_worker_setup_failure_is_reported(tmp_path):
         IsolatedRunner(spec(powercap=str(tmp_path / "none")))
 
 
+def test_a_launched_worker_starts_on_its_first_run_and_reports_setup_failures_there(kernels,
+                                                                                tmp_path):
+    runner = IsolatedRunner(spec(), wait=False)
+    try:
+        assert runner.measurement == spec().measurement()        # the db key, before it started
+        assert runner.run(kernels["good"]).status == "ok"
+    finally:
+        runner.close()
+    failing = IsolatedRunner(spec(powercap=str(tmp_path / "none")), wait=False)
+    try:
+        with pytest.raises(WorkerError, match="no RAPL energy counters"):
+            failing.run(kernels["good"])
+    finally:
+        failing.close()
+
+
+def test_a_worker_measuring_otherwise_than_its_spec_says_is_refused(kernels):
+    runner = IsolatedRunner(spec(), wait=False)
+    try:
+        runner.measurement = dict(runner.measurement, l2="rotate")   # what the db key assumed
+        with pytest.raises(WorkerError, match="measures as"):
+            runner.run(kernels["good"])
+    finally:
+        runner.close()
+
+
 def test_timeout_grows_with_the_kernels_latency(kernels):
     """Measuring takes about five calls of the kernel; the base timeout is 2.5 calls (measured
     here first), so without scaling the wait after the first call would time out."""
