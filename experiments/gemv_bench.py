@@ -195,15 +195,15 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
 BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
             "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
             "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad"}
-CURATED_TMA = [  # TMA ring + mma, W2 28672x8192 on an H200 (2026-12-02): the best two, then
-    {"k_warps": 2},                          # variants; ~43.7 us (16 consumer warps per SM)
-    {"k_warps": 2, "offset": "fold"},
+CURATED_TMA = [  # TMA ring + mma on an H200 (2026-12-02): the fields layout's best at W2 and W4
+    {"k_warps": 2, "offset": "fold"},        # (28672x8192: 29.8 and 41.1 us), then the planes'
+    {"k_step": 512, "offset": "fold"},       # W2 best two and variants; ~43.7 us (16 consumer
+    {"k_warps": 2},                          # warps per SM)
     {"k_warps": 2, "mma_chains": 4},
     {"row_warps": 8, "k_step": 512},         # ~44.5 us
     {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 4, "stages": 3},
     {"row_warps": 8, "k_step": 512, "offset": "fold"},
     {"k_step": 512},                         # W4's best (55.7 us), then its variants
-    {"k_step": 512, "offset": "fold"},
     {"k_step": 512, "mma_chains": 4},
     {"k_step": 512, "ctas_per_sm": 3, "stages": 3},
     {"row_warps": 8, "k_step": 512, "ctas_per_sm": 1, "stages": 6},  # W4: 56.2 us

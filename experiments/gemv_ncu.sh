@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 10's question (why cuBLAS's GEMV draws less power at our speed) put to Nsight Compute:
-# our best fp16 GEMV kernels of a gemv_bench summary and cuBLAS's, one call each, full section set,
-# caches flushed before each kernel, GPU clocks left as they are.
+# Issue 10's questions (why cuBLAS's GEMV draws less power at our speed; what bounds the low-bit
+# GEMVs) put to Nsight Compute: our best GEMV kernels (fp16, or the dequant twin) of a gemv_bench
+# summary and cuBLAS's, one call each, full section set, caches flushed before each kernel, GPU
+# clocks left as they are.
 #   bash experiments/gemv_ncu.sh OUT [SUMMARY]
 # Writes OUT/gemv.ncu-rep, OUT/details.csv (the sections) and OUT/raw.csv (every metric).
 set -uo pipefail
