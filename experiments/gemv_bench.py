@@ -194,11 +194,13 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
 ]
 BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
             "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
-            "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad"}
+            "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad", "scale_load": "late"}
 CURATED_TMA = [  # TMA ring + mma on an H200 (2026-12-02): the fields layout's best at W2 and W4
-    {"k_warps": 2, "offset": "fold"},        # (28672x8192: 29.8 and 41.1 us), then the planes'
-    {"k_step": 512, "offset": "fold"},       # W2 best two and variants; ~43.7 us (16 consumer
-    {"k_warps": 2},                          # warps per SM)
+    {"k_warps": 2, "offset": "fold", "scale_load": "early"},    # (28672x8192: 29.8 and 41.1 us)
+    {"k_step": 512, "offset": "fold", "scale_load": "early"},   # with the scales loaded early,
+    {"k_warps": 2, "offset": "fold"},                           # then as measured, then the
+    {"k_step": 512, "offset": "fold"},                          # planes' W2 best two and
+    {"k_warps": 2},                          # variants; ~43.7 us (16 consumer warps per SM)
     {"k_warps": 2, "mma_chains": 4},
     {"row_warps": 8, "k_step": 512},         # ~44.5 us
     {"row_warps": 2, "k_warps": 2, "ctas_per_sm": 4, "stages": 3},

@@ -226,6 +226,8 @@ class _MmaWriter(_SplitKWriter):
     def __init__(self, space: DequantGemvMma, config: Config, emulate: bool) -> None:
         super().__init__(space, config, emulate)
         self.bits, self.group = space.bits, space.group
+        # symmetric weights (no zero points): the zero is the op's constant midpoint, not read
+        self.zero = None if space.op.params["zero_points"] else (2 ** self.bits - 1) / 2
         self.row_warps, self.k_warps = int(config["row_warps"]), int(config["k_warps"])
         self.cols, self.unroll = int(config["thread_cols"]), int(config["unroll"])
         self.words = self.cols // WORD                         # plane words per row and sub-step
@@ -458,12 +460,39 @@ class _MmaWriter(_SplitKWriter):
         for v in range(PAIRS // 4):
             self.b_reg.store(t, self.xp_words[ramp(col // 2 + 4 * v, 4)], ramp(4 * v, 4))
 
+    early_scales = False    # scales (and zeros) loaded by `load_scales` before the decode
+
+    def group_of(self, t, s, u: int):
+        """The weight group of thread t's columns in sub-step u of step s."""
+        return (self.ks * self.k_slice + self.column(t, s, u)) // self.group
+
+    def load_scales(self, t, s) -> None:
+        """The scale (and zero) of each row and sub-step of step s into registers: issued
+        before the step's decode and products, so their latency hides behind them."""
+        for u in range(self.unroll):
+            group = self.group_of(t, s, u)
+            for r in range(2):
+                row = self.row(t, r)
+                self.sz_reg.store(t, self.scales[row, group], 2 * (2 * u + r))
+                if self.zero is None:
+                    self.sz_reg.store(t, self.zeros[row, group], 2 * (2 * u + r) + 1)
+
+    def scale_and_zero(self, t, s, u: int, r: int):
+        """(scale, zero) of row r of thread t in sub-step u of step s: from the registers of
+        `load_scales`, else read here; the zero is a constant for symmetric weights."""
+        if self.early_scales:
+            at = 2 * (2 * u + r)
+            scale, zero = self.sz_reg.load(t, at), self.sz_reg.load(t, at + 1)
+        else:
+            group, row = self.group_of(t, s, u), self.row(t, r)
+            scale, zero = self.scales[row, group], self.zeros[row, group]
+        return scale, zero if self.zero is None else tirx.const(self.zero, "float32")
+
     def apply_scales(self, t, s) -> None:
         """acc[r] += scale (C - zero' sum_x) per sub-step, C the sum of its mma chains."""
         for u in range(self.unroll):
             col = self.column(t, s, u)
             span_col = col if self.per_thread else col - self.lane(t)[1] * self.cols
-            group = (self.ks * self.k_slice + col) // self.group
             x_sum = self.x_sum[0, span_col // self.span]
             offset = tirx.const(MAGIC_VALUE, "float32") * self.x_sum[self.sums - 1, span_col // self.span] \
                 if self.fold else tirx.const(0.0, "float32")
@@ -471,9 +500,8 @@ class _MmaWriter(_SplitKWriter):
                 c = self.c_reg.load(t, u * self.chains * 4 + 2 * r)
                 for ch in range(1, self.chains):
                     c = c + self.c_reg.load(t, (u * self.chains + ch) * 4 + 2 * r)
-                row = self.row(t, r)
-                correction = self.zeros[row, group] * x_sum + offset
-                self.acc.store(t, self.acc.load(t, r) + self.scales[row, group] * (c - correction), r)
+                scale, zero = self.scale_and_zero(t, s, u, r)
+                self.acc.store(t, self.acc.load(t, r) + scale * (c - (zero * x_sum + offset)), r)
 
     def multiply_word(self, s, u: int, word: int) -> None:
         """One plane word of sub-step u: decoded into A, its x pairs loaded into B, and its mmas

@@ -39,8 +39,15 @@ makes each pair in one lop3: the main loop's static SASS falls from 2.5 to 1.5 i
 weight at W2 and from 3.0 to 1.6 at W4 (counts in schedules/dequant_gemv_mma.py; not measured
 on a GPU yet).
 
-Left out: split-k (the persistent grid covers n >= 4096 at 16-128 rows per CTA), swizzled boxes
-(the layout above needs none), scales by TMA (read from global memory once per span and row).
+`scale_load`: `late` reads each row's group scale (and zero) from global memory where a sub-step
+applies it, right after its mma chain; `early` issues those loads at the start of the sub-step,
+before the ring reads and the decode, so their latency hides behind them. Nsight Compute on the
+H200 (experiments/results/dequant_fields_shapes_h200_2026-12-02) found waits on global loads the
+largest stall of the W4 kernel (4.9 cycles per issued instruction) and DRAM only 55-70% busy.
+Without zero points the zero is the op's constant midpoint and is not read (both spaces).
+
+Left out: split-k (the persistent grid covers n >= 4096 at 16-128 rows per CTA; at n = 4096 and
+64-row blocks half the SMs idle), swizzled boxes (the layout above needs none), scales by TMA.
 """
 from __future__ import annotations
 
@@ -110,7 +117,8 @@ class DequantGemvTma(DequantGemvMma):
                 Knob("decode", ("shift", "scaled")),
                 Knob("ctas_per_sm", (0, 1, 2, 3, 4)),
                 Knob("l2_promotion", (0, 2, 3)),
-                Knob("box", ("quad", "row")))
+                Knob("box", ("quad", "row")),
+                Knob("scale_load", ("late", "early")))
 
     @staticmethod
     def mma_config(config: Config) -> Config:
@@ -206,6 +214,7 @@ class _TmaWriter(_MmaWriter):
         self.tx_bytes = space.stage_bytes(config)
         self.dynamic_bytes = space.dynamic_bytes(config)
         self.l2_promotion = int(config["l2_promotion"])
+        self.early_scales = config["scale_load"] == "early"
 
     def body(self) -> None:
         self.declare()
@@ -238,6 +247,7 @@ class _TmaWriter(_MmaWriter):
         self.b_reg = simt.reg((PAIRS,), "uint32")
         self.c_reg = simt.reg((self.chains * 4,), "float32")
         self.x_col = simt.reg((1,), "int32")
+        self.sz_reg = simt.reg((2 * 2,), "float32") if self.early_scales else None
         self.red = simt.shared((self.k_warps, self.rows), "float32") if self.k_warps > 1 else None
         full = empty = None
         if not self.emulate:
@@ -337,6 +347,8 @@ class _TmaWriter(_MmaWriter):
         with simt.threads() as t:
             for i in range(self.chains * 4):
                 self.c_reg.store(t, tirx.const(0.0, "float32"), i)
+            if self.early_scales:
+                self.load_scales(t, s)
             self.read_planes(t, stage, u)
         for word in range(self.words):
             self.multiply_word(s, 0, word)
