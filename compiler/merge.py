@@ -5,7 +5,13 @@ of a module, the call sites of nn.Linear modules that take the same fx node as t
 argument and agree on in_features, weight dtype and device, and on having a bias (of one dtype
 and device) or not, are replaced by one nn.Linear: its weight (and bias) is theirs concatenated
 along the output dimension, copied once when merging, and its output is split along the last
-dimension into views (no copy) that take the place of the original outputs. A LLaMA layer's
+dimension into contiguous copies (`torch.split_with_sizes_copy`, one kernel) that take the place
+of the original outputs. Copies, not views: a consumer then sees the layout the unmerged module
+gave it. With views (the merged row stride) torch eager ran a LLaMA layer's attention 16% slower
+at decode batch 16 and 3% slower at prefill (torch.cat and friends take slower paths with strided
+inputs; H200, experiments/results/model_layer_merged16_h200_2026-12-02), more than the merged
+products saved. The copy moves the product's output once more: small next to the weights it
+streams at decode, ~1% of a prefill product's time. A LLaMA layer's
 q/k/v projections become one 6144 x 4096 product and gate/up one 28672 x 4096: fewer, wider
 GEMVs, which stream better than narrow ones.
 
@@ -17,9 +23,7 @@ same node: two nodes computing the same value are not recognised (no CSE).
 The result computes the same function up to rounding (each output element is the same dot
 product; the wider product may reduce in another order). It is for inference: the merged weight
 is a frozen copy (requires_grad False) and later changes to the original weights do not reach
-it; every other submodule is shared with the original module, which is left unchanged. The
-split outputs have the merged row stride, so a consumer must not need them contiguous (`.view`
-across the last dimension; `.reshape` is fine).
+it; every other submodule is shared with the original module, which is left unchanged.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def merge_linears(module: nn.Module) -> fx.GraphModule:
         with traced.graph.inserting_before(nodes[0]):
             out = traced.graph.call_module(name, (nodes[0].args[0],))
             parts = traced.graph.call_function(
-                torch.split, (out, [m.out_features for m in linears]), {"dim": -1})
+                torch.split_with_sizes_copy, (out, [m.out_features for m in linears]), {"dim": -1})
             for i, node in enumerate(nodes):
                 node.replace_all_uses_with(traced.graph.call_function(operator.getitem, (parts, i)))
         for node in nodes:

@@ -80,11 +80,15 @@ class Pair(nn.Module):
         return self.a(x), self.b(x)
 
 
-def test_split_outputs_are_views_of_one_product():
-    merged = merge_linears(Pair())
-    a, b = merged(torch.randn(4, 8))
-    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()   # no copies
-    assert a.shape == (4, 5) and b.shape == (4, 3) and a.stride() == (8, 1)
+def test_split_outputs_are_contiguous_as_the_unmerged_outputs_were():
+    pair = Pair()
+    merged, x = merge_linears(pair), torch.randn(4, 8)
+    (a, b), (a0, b0) = merged(x), pair(x)
+    assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()   # copies, not views
+    assert (a.shape, a.stride(), b.shape, b.stride()) == (a0.shape, a0.stride(), b0.shape, b0.stride())
+    assert a.view(20).shape == (20,)          # what a view of the merged product would refuse
+    with torch.no_grad():
+        torch.testing.assert_close((a, b), (a0, b0), rtol=1e-6, atol=1e-6)
 
 
 def test_nested_siblings_merge_under_their_parent_and_nothing_else_changes():
