@@ -7,11 +7,12 @@ and device) or not, are replaced by one nn.Linear: its weight (and bias) is thei
 along the output dimension, copied once when merging, and its output is split along the last
 dimension into contiguous copies (`torch.split_with_sizes_copy`, one kernel) that take the place
 of the original outputs. Copies, not views: a consumer then sees the layout the unmerged module
-gave it. With views (the merged row stride) torch eager ran a LLaMA layer's attention 16% slower
-at decode batch 16 and 3% slower at prefill (torch.cat and friends take slower paths with strided
-inputs; H200, experiments/results/model_layer_merged16_h200_2026-12-02), more than the merged
-products saved. The copy moves the product's output once more: small next to the weights it
-streams at decode, ~1% of a prefill product's time. A LLaMA layer's
+gave it. With views (the merged row stride) torch eager ran a LLaMA layer 16% slower at decode
+batch 16 (torch.cat and friends take slower paths with strided inputs); with copies, at the same
+speed as unmerged (H200, experiments/results/model_layer_merged16_h200_2026-12-02). The copy
+moves the product's output once more: small at decode, where the products stream their weights.
+At prefill the products are compute-bound, merging saves nothing and the copies cost: that
+layer took 4% more energy merged. Merge for decode. A LLaMA layer's
 q/k/v projections become one 6144 x 4096 product and gate/up one 28672 x 4096: fewer, wider
 GEMVs, which stream better than narrow ones.
 
