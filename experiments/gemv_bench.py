@@ -265,11 +265,11 @@ def make_space(args, n: int, k: int, target: Target, sms: int) -> GemvKnobs:
     return cls(op, target, sms=sms)
 
 
-def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
-                  ) -> tuple[list[dict], Counter]:
-    """`count` distinct valid configs of one pass (bulk copies or the others; curated first,
-    then random samples) and, over 2000 random samples, how often each reject reason (numbers
-    blanked) came up."""
+def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False,
+                  changes: list[dict] | None = None) -> tuple[list[dict], Counter]:
+    """`count` distinct valid configs of one pass (bulk copies or the others; curated first, or
+    the base with each of `changes` where given, then random samples) and, over 2000 random
+    samples, how often each reject reason (numbers blanked) came up."""
     configs, keys = [], set()
 
     def take(cfg: dict) -> None:
@@ -280,8 +280,8 @@ def bench_configs(space: GemvKnobs, count: int, seed: int, bulk: bool = False
 
     _, base, curated, curated_bulk = next(v for spaces in BENCH_SPACES.values()
                                           for v in spaces.values() if type(space) is v[0])
-    for changes in (curated_bulk if bulk else curated):
-        take({**base, **changes})
+    for change in (curated_bulk if bulk else curated) if changes is None else changes:
+        take({**base, **change})
     rng, reasons = np.random.default_rng(seed), Counter()
     for _ in range(2000):
         cfg = space.sample(rng)
@@ -295,7 +295,7 @@ def dry_run(args) -> int:
     plan = []
     for n, k in args.shapes:
         space = make_space(args, n, k, SM90, sms=132)
-        configs, reasons = bench_configs(space, args.configs, args.seed)
+        configs, reasons = bench_configs(space, args.configs, args.seed, changes=args.changes)
         configs += bench_configs(space, args.bulk_configs, args.seed, bulk=True)[0]
         built = []
         for cfg in configs:
@@ -467,7 +467,8 @@ class Bench:
         case = case_name(args, n, k)
         space = make_space(args, n, k, self.target, self.sms)
         count = args.bulk_configs if bulk else args.configs
-        configs, reasons = bench_configs(space, count, args.seed, bulk)
+        configs, reasons = bench_configs(space, count, args.seed, bulk,
+                                         changes=None if bulk else args.changes)
         if not configs:
             return
         self.progress(f"{case}: preparing inputs")
@@ -606,6 +607,16 @@ def gpu_run(args) -> int:
     return 0
 
 
+def changes_list(text: str) -> list[dict]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not (isinstance(value, list) and all(isinstance(c, dict) for c in value)):
+        raise argparse.ArgumentTypeError("a JSON list of objects, e.g. '[{\"k_warps\": 2}]'")
+    return value
+
+
 def shapes(text: str) -> list[tuple[int, int]]:
     try:
         out = [tuple(int(v) for v in part.split("x")) for part in text.split(",")]
@@ -632,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
                     "lut-dequant-gemv-simt, the default, or lut-dequant-gemv-mma)")
     ap.add_argument("--shapes", type=shapes, help="NxK,NxK,... (default: issue 10's for --op)")
     ap.add_argument("--configs", type=int, default=16, help="configs per shape, ld loads")
+    ap.add_argument("--changes", type=changes_list, help="JSON list of changes to the space's "
+                    "base config, measured instead of the curated list (invalid ones skipped)")
     ap.add_argument("--bulk-configs", type=int, default=5, help="configs per shape, bulk copies")
     ap.add_argument("--bulk-share", type=float, default=0.3, help="of the budget, for bulk copies")
     ap.add_argument("--hang-s", type=float, default=90.0, help="watchdog: kill after this long "

@@ -30,6 +30,16 @@ def test_configs_are_distinct_valid_and_curated_first():
     assert sum(reasons.values()) == 2000 and 0 < reasons["valid"] < 2000
 
 
+def test_explicit_changes_replace_the_curated_list_and_bad_json_is_one_line(tmp_path, capsys):
+    space = GemvKnobs(make_op("gemv", "4096,14336", "float16"), gemv_bench.SM90, sms=132)
+    configs, _ = gemv_bench.bench_configs(space, 2, seed=0, changes=[{"split_k": 3}, {"unroll": 4}])
+    assert configs[0] == {**gemv_bench.BASE, "unroll": 4}        # the invalid change is skipped
+    assert configs[1] != gemv_bench.BASE and space.reject(configs[1]) is None
+    with pytest.raises(SystemExit) as stop:
+        gemv_bench.main(["--dry-run", "--out", str(tmp_path), "--changes", "{oops"])
+    assert stop.value.code == 2 and "--changes: not JSON" in capsys.readouterr().err
+
+
 def test_dry_run_builds_every_planned_config(tmp_path):
     rc = gemv_bench.main(["--dry-run", "--out", str(tmp_path), "--configs", "2",
                           "--bulk-configs", "1", "--shapes", "4096x4096,28672x8192"])
