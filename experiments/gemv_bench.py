@@ -200,6 +200,7 @@ CURATED_TMA = [  # TMA ring + mma on an H200 (2026-12-02): the fields layout's b
     {"k_step": 512, "offset": "fold", "scale_load": "early"},   # with the scales loaded early,
     {"k_warps": 2, "offset": "fold"},                           # then as measured, then the
     {"k_step": 512, "offset": "fold"},                          # planes' W2 best two and
+    {"row_warps": 2, "k_warps": 2, "offset": "fold", "ctas_per_sm": 1, "stages": 6},  # W4 4096x14336
     {"k_warps": 2},                          # variants; ~43.7 us (16 consumer warps per SM)
     {"k_warps": 2, "mma_chains": 4},
     {"row_warps": 8, "k_step": 512},         # ~44.5 us

@@ -101,8 +101,14 @@ class DequantGemvTma(DequantGemvMma):
         return None
 
     def seeds(self) -> list[Config]:
-        """None measured yet; the bench's curated list starts from the mma space's best."""
-        return []
+        """The least-energy configs measured on an H200 with the fields layout (2026-12-02,
+        experiments/results/dequant_zeros_early_h200_2026-12-02 and dequant_rowblocks_...):
+        W2 28672x8192 and 4096x14336, W4 28672x8192, W4 4096x14336."""
+        base = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
+                "mma_chains": 2, "fragment": "thread", "offset": "fold", "decode": "scaled",
+                "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad", "scale_load": "late"}
+        return [dict(base, k_warps=2), dict(base, k_step=512),
+                dict(base, row_warps=2, k_warps=2, ctas_per_sm=1, stages=6)]
 
     @property
     def knobs(self) -> tuple[Knob, ...]:

@@ -321,3 +321,21 @@ def test_scales_load_before_the_decode_when_early_and_symmetric_zeros_are_not_re
         first_scale, first_decode = kernel.index("scales_ptr["), kernel.index("lop3_b32")
         assert (first_scale < first_decode) == (load == "early")
         assert ("zeros_ptr[" in kernel) == zero_points
+
+
+def test_seeds_are_the_measured_bests_and_run_on_the_benched_shapes():
+    """Each seed is a least-energy config of the H200 runs (replayed fixtures and the
+    4096x14336 run), valid on the shapes it was measured on."""
+    import json
+    from pathlib import Path
+
+    fields = json.loads((Path(__file__).parent / "data" / "h200_dequant_fields_measured.json").read_text())
+    best = {b: min((r for r in fields["ours"] if r["wbits"] == b), key=lambda r: r["mj"])["config"]
+            for b in (2, 4)}
+    seeds = space(bits=2, n=28672, k=8192, sms=132, layout="fields").seeds()
+    assert seeds[:2] == [best[2], best[4]]
+    for bits, n, k in ((2, 28672, 8192), (4, 28672, 8192), (4, 4096, 14336)):
+        s = space(bits=bits, n=n, k=k, sms=132, layout="fields")
+        assert s.runnable_seeds(), (bits, n, k)
+    narrow = space(bits=4, n=4096, k=14336, sms=132, layout="fields")
+    assert dict(seeds[0], row_warps=2, ctas_per_sm=1, stages=6) in narrow.runnable_seeds()
