@@ -14,7 +14,10 @@ power x measured latency. Energy is measured when
 The margin follows the model's measured error: max(`base_margin` (3%), `error_factor` (2) x the
 median relative energy error over the last `window` candidates whose energy was both predicted
 and measured), so it tightens as the model improves and loosens when it drifts. Skipped
-measurements are counted.
+measurements are counted. Until the search's model has a power model (it is retrained between
+batches), the tuner predicts power with one refit after every measured energy (`Tuner.early`),
+so the policy can skip energies within the first batch too (the H200's default tune measured
+its whole first batch of 16, experiments/results/hopper_tune_h200_2026-12-02b).
 
 Which policy a tune runs (`policy_for`): `auto` is `dynamic` for a knob space whose cost model's
 quality has been measured (`KnobSpace.model_quality`), else `all`. On a space with seeds the

@@ -141,6 +141,10 @@ class Tuner:
         # workloads whose models can share weights: same op, dtype, device and space (features)
         self.family = f"{op.name}/{op.dtype}/{plat.device_name}/{self.space.name}"
         self.model = KernelModel(seed)
+        # the energy policy's power model until `model` has one (its first batch): refit after
+        # each measured energy, so the policy can skip energies within that batch; the search's
+        # `model` changes only between batches, so proposals stay reproducible
+        self.early = KernelModel(seed)
         self.scorer = Scorer(objective, self.model, seed)
         self.records: list[Record] = []
         self.features: dict[str, np.ndarray] = {}  # feature row per mod_hash, computed once
@@ -199,7 +203,19 @@ class Tuner:
                 energy = math.nan if record.energy_j is None else record.energy_j
                 train.append((cand, record.latency_s, energy))
 
+        early: list[tuple[Candidate, float, float]] = []   # this batch's energies, for `early`
+
+        def learn_early(record: Record, cand: Candidate) -> None:
+            """While `model` has no power model, refit `early` on every energy measured so far."""
+            if self.model.power is not None or record.energy_j is None:
+                return
+            early.append((cand, record.latency_s, record.energy_j))
+            rows = [(c, lat, e) for c, lat, e in train + early if not math.isnan(e)]
+            cands, lat, energy = zip(*rows)
+            self.early.fit(self._features(strategy, list(cands)), np.array(lat), np.array(energy))
+
         def retrain() -> None:
+            early.clear()
             if train:
                 cands, lat, energy = zip(*train)
                 self.model.fit(self._features(strategy, list(cands)), np.array(lat),
@@ -253,7 +269,8 @@ class Tuner:
                 while batch.candidates:
                     planned = stats.measured + len(batch.fresh)
                     more = planned < remaining
-                    power = self._predicted_power(strategy, batch.fresh)
+                    # predicted as each candidate is taken to be measured (see `early`)
+                    power = (self._predicted_power(strategy, [c])[0] for c in batch.fresh)
                     builds = self._waited(batch.builds, stats, first=not stats.measured)
                     if not self.overlap:  # measure once every build is done (building while
                         builds = iter(list(builds))  # measuring on the CPU disturbs its timing)
@@ -267,6 +284,7 @@ class Tuner:
                             stats.first_record_s = time.perf_counter() - started
                         records.append(record)
                         measured.append((record, cand))
+                        learn_early(record, cand)
                         on_record(record)
                         if proposal is not None and proposal.done():  # build it while measuring
                             upcoming, proposal = plan(wait(proposal), planned, batch.fresh), None
@@ -309,10 +327,12 @@ class Tuner:
             yield built
 
     def _predicted_power(self, strategy, candidates: list[Candidate]) -> list[float | None]:
-        """Predicted energy per second of (burst) latency, per candidate; None untrained."""
-        if not candidates or self.model.power is None:
+        """Predicted energy per second of (burst) latency, per candidate, by `model`, else by
+        `early`; None while neither has a power model."""
+        model = self.model if self.model.power is not None else self.early
+        if not candidates or model.power is None:
             return [None] * len(candidates)
-        log_power = self.model.predict_log(self._features(strategy, candidates))["power"]
+        log_power = model.predict_log(self._features(strategy, candidates))["power"]
         return [float(math.exp(p)) for p in log_power]
 
     def _measured(self, jobs: Iterator[tuple[Candidate, BuildResult, float | None]]

@@ -313,3 +313,33 @@ def test_a_runner_with_two_slots_measures_every_candidate_once(tmp_path, overlap
     line = time_split(stats, records)
     assert line.startswith("time per candidate: ") and "waiting for builds" in line
     db.close()
+
+
+def test_the_dynamic_policy_skips_energies_within_the_first_batch(tmp_path):
+    """Before the search's model has a power model (its first batch), the policy predicts power
+    with a model refit after every measured energy: past the warmup it skips candidates whose
+    predicted energy is clearly off the front, instead of measuring the whole batch. Real llvm
+    kernels, energy from a fake powercap tree (constant power, so energy follows latency)."""
+    from energy_tuner.measure.meters import RaplMeter
+    from tests.fake_powercap import ClockPowercap
+
+    op = make_op("matmul", "64,64,64", "float32")
+    plat = resolve("llvm")
+    db = TuningDatabase(tmp_path / "p.sqlite")
+    with ClockPowercap(tmp_path / "powercap"):
+        runner = Runner(op, plat.device, RaplMeter(str(tmp_path / "powercap")),
+                        MeasureConfig(latency_repeats=3, latency_min_repeat_ms=2))
+        tuner = Tuner(op, plat, runner, db, Objective("energy"), batch=16, population=64,
+                      energy_policy="dynamic", screen=False)
+        result = tuner.tune(16)
+    records = sorted(db.records(result.records[0].workload_key), key=lambda r: r.id)
+    db.close()
+    ok = [r for r in records if r.status == "ok"]
+    assert len(records) == 16 and len(ok) >= 12
+    warmup = tuner.policy.warmup
+    assert all(r.energy_j is not None for r in ok[:warmup])      # the warmup is measured
+    skipped = [r for r in ok[warmup:] if r.meta.get("energy_skipped")]
+    assert skipped, "the whole first batch was measured"
+    assert all(r.energy_j is None and r.meta["energy_predicted_j"] > 0 for r in skipped)
+    assert result.stats.energy_skipped == len(skipped)
+    assert Objective("energy").choose(records).energy_j is not None
