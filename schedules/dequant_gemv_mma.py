@@ -480,13 +480,11 @@ class _MmaWriter(_SplitKWriter):
     def scale_and_zero(self, t, s, u: int, r: int):
         """(scale, zero) of row r of thread t in sub-step u of step s: from the registers of
         `load_scales`, else read here; the zero is a constant for symmetric weights."""
-        if self.early_scales:
-            at = 2 * (2 * u + r)
-            scale, zero = self.sz_reg.load(t, at), self.sz_reg.load(t, at + 1)
-        else:
-            group, row = self.group_of(t, s, u), self.row(t, r)
-            scale, zero = self.scales[row, group], self.zeros[row, group]
-        return scale, zero if self.zero is None else tirx.const(self.zero, "float32")
+        at, group, row = 2 * (2 * u + r), self.group_of(t, s, u), self.row(t, r)
+        scale = self.sz_reg.load(t, at) if self.early_scales else self.scales[row, group]
+        if self.zero is not None:
+            return scale, tirx.const(self.zero, "float32")
+        return scale, self.sz_reg.load(t, at + 1) if self.early_scales else self.zeros[row, group]
 
     def apply_scales(self, t, s) -> None:
         """acc[r] += scale (C - zero' sum_x) per sub-step, C the sum of its mma chains."""

@@ -102,8 +102,8 @@ class DequantGemvTma(DequantGemvMma):
 
     def seeds(self) -> list[Config]:
         """The least-energy configs measured on an H200 with the fields layout (2026-12-02,
-        experiments/results/dequant_zeros_early_h200_2026-12-02 and dequant_rowblocks_...):
-        W2 28672x8192 and 4096x14336, W4 28672x8192, W4 4096x14336."""
+        experiments/results/dequant_zeros_early_h200_2026-12-02 and dequant_rowblocks_...): W2's
+        (at 28672x8192 and 4096x14336 alike), W4's at 28672x8192, W4's at 4096x14336."""
         base = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
                 "mma_chains": 2, "fragment": "thread", "offset": "fold", "decode": "scaled",
                 "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad", "scale_load": "late"}
@@ -253,7 +253,7 @@ class _TmaWriter(_MmaWriter):
         self.b_reg = simt.reg((PAIRS,), "uint32")
         self.c_reg = simt.reg((self.chains * 4,), "float32")
         self.x_col = simt.reg((1,), "int32")
-        self.sz_reg = simt.reg((2 * 2,), "float32") if self.early_scales else None
+        self.sz_reg = simt.reg((2 * 2 * self.unroll,), "float32") if self.early_scales else None
         self.red = simt.shared((self.k_warps, self.rows), "float32") if self.k_warps > 1 else None
         full = empty = None
         if not self.emulate:
