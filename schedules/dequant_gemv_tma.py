@@ -43,11 +43,22 @@ on a GPU yet).
 applies it, right after its mma chain; `early` issues those loads at the start of the sub-step,
 before the ring reads and the decode, so their latency hides behind them. Nsight Compute on the
 H200 (experiments/results/dequant_fields_shapes_h200_2026-12-02) found waits on global loads the
-largest stall of the W4 kernel (4.9 cycles per issued instruction) and DRAM only 55-70% busy.
-Without zero points the zero is the op's constant midpoint and is not read (both spaces).
+largest stall of the W4 kernel (4.9 cycles per issued instruction) and DRAM only 55-70% busy,
+and `early` changed nothing measurable: a sub-step's work is shorter than a DRAM round trip.
+`ring` moves them off the consumers' path: the producer copies each stage's scales (and zeros),
+[rows][k_step / group] float32 boxes of the [n, k / group] arrays (2-D TMA), into a region of
+the ring after the planes, counted in the stage's expected bytes, and the consumers read them
+from shared memory. Without zero points the zero is the op's constant midpoint and is not read
+(all three).
 
-Left out: split-k (the persistent grid covers n >= 4096 at 16-128 rows per CTA; at n = 4096 and
-64-row blocks half the SMs idle), swizzled boxes (the layout above needs none), scales by TMA.
+`k_warps` 4 splits a row block's sub-step over four warps (a quarter of the columns each), so a
+warp's dependent chain of ring reads, decode and mmas is a quarter of the block's k: on the H200
+the 16-64-row blocks of 4096x14336 all took 15-16 us at W2 with the same work per warp
+(experiments/results/dequant_rowblocks_h200_2026-12-02), which is what a per-warp latency
+bound looks like.
+
+Left out: split-k over CTAs (the persistent grid covers n >= 4096 at 16-128 rows per CTA; more
+warps per row block are the k_warps knob), swizzled boxes (the layout above needs none).
 """
 from __future__ import annotations
 
@@ -65,6 +76,8 @@ from .op import Op
 from .simt import WARP, Simt, ramp
 
 TMA = "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+TMA_2D = "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+TMA_MIN_BYTES = 16              # a TMA box's inner extent and a tensor's row stride: multiples of it
 CONSUMER_BARRIER = 1            # named barrier id of the consumer warps (0 is __syncthreads)
 RING_ALIGN = 128                # bytes: a TMA box's shared-memory destination
 DYNAMIC_OPT_IN = 48 * 1024      # dynamic shared memory from which TVM's runtime opts a kernel in
@@ -113,7 +126,7 @@ class DequantGemvTma(DequantGemvMma):
     @property
     def knobs(self) -> tuple[Knob, ...]:
         return (Knob("row_warps", (1, 2, 4, 8)),
-                Knob("k_warps", (1, 2)),
+                Knob("k_warps", (1, 2, 4)),
                 Knob("thread_cols", (32, 128)),
                 Knob("k_step", (512, 1024, 2048)),
                 Knob("stages", (2, 3, 4, 6, 8)),
@@ -124,7 +137,7 @@ class DequantGemvTma(DequantGemvMma):
                 Knob("ctas_per_sm", (0, 1, 2, 3, 4)),
                 Knob("l2_promotion", (0, 2, 3)),
                 Knob("box", ("quad", "row")),
-                Knob("scale_load", ("late", "early")))
+                Knob("scale_load", ("late", "early", "ring")))
 
     @staticmethod
     def mma_config(config: Config) -> Config:
@@ -134,9 +147,24 @@ class DequantGemvTma(DequantGemvMma):
                     split_reduce="atomic")
 
     # -- derived sizes -----------------------------------------------------------------------
-    def stage_bytes(self, config: Config) -> int:
-        """One ring stage: every plane of the block's rows for k_step columns."""
+    def plane_bytes(self, config: Config) -> int:
+        """The planes of one ring stage: every plane of the block's rows for k_step columns."""
         return self.bits * self.rows_per_block(config) * int(config["k_step"]) // K_PER_BYTE
+
+    def scale_arrays(self) -> int:
+        """Arrays read per group and row: the scales, and the zeros with zero points."""
+        return 2 if self.op.params["zero_points"] else 1
+
+    def scale_bytes(self, config: Config) -> int:
+        """The scales (and zeros) of one ring stage with scale_load=ring: float32 [rows][groups]."""
+        if config["scale_load"] != "ring":
+            return 0
+        groups = int(config["k_step"]) // self.group
+        return self.scale_arrays() * self.rows_per_block(config) * groups * 4
+
+    def stage_bytes(self, config: Config) -> int:
+        """One ring stage: its planes, then (scale_load=ring) its scales and zeros."""
+        return self.plane_bytes(config) + self.scale_bytes(config)
 
     def ring_bytes(self, config: Config) -> int:
         return int(config["stages"]) * self.stage_bytes(config)
@@ -162,6 +190,11 @@ class DequantGemvTma(DequantGemvMma):
                     f"(k_warps x 4 x thread_cols)")
         if self.k % step:
             return f"a k_step of {step} columns does not divide k={self.k}"
+        if config["scale_load"] == "ring":
+            groups = self.k // self.group
+            if (step // self.group * 4) % TMA_MIN_BYTES or (groups * 4) % TMA_MIN_BYTES:
+                return (f"scale_load=ring copies {step // self.group} of a row's {groups} float32 "
+                        f"scales per stage, and TMA needs both in multiples of {TMA_MIN_BYTES} B")
         why = super().reject(mma)
         if why:
             return why
@@ -184,7 +217,8 @@ class DequantGemvTma(DequantGemvMma):
                 "shared_bytes": smem, "ring_bytes": self.ring_bytes(config),
                 "bytes_in_flight_per_sm": resident * self.ring_bytes(config),
                 "k_step": int(config["k_step"]), "l2_promotion": int(config["l2_promotion"]),
-                "box_row": float(config["box"] == "row")}
+                "box_row": float(config["box"] == "row"),
+                "scales_in_ring": float(config["scale_load"] == "ring")}
 
     def writer(self, config: Config, emulate: bool) -> _TmaWriter:
         return _TmaWriter(self, self.mma_config(config), emulate)
@@ -221,6 +255,20 @@ class _TmaWriter(_MmaWriter):
         self.dynamic_bytes = space.dynamic_bytes(config)
         self.l2_promotion = int(config["l2_promotion"])
         self.early_scales = config["scale_load"] == "early"
+        self.ring_scales = config["scale_load"] == "ring"
+        self.stage_groups = self.stage_cols // self.group       # groups per row and stage
+        self.scale_offset = self.stages * space.plane_bytes(config) // 4   # float32 words
+        self.arrays = space.scale_arrays()
+
+    def scale_map(self, source):
+        """A 2-D tensor map of a float32 [n, k / group] array, boxes [rows][stage_groups]."""
+        groups = self.k // self.group
+        tensor_map = T.bind(tirx.call_intrin(T.TensorMap().ty, "tirx.tvm_stack_alloca",
+                                             "tensormap", 1), var=T.TensorMap())
+        T.evaluate(tirx.call_packed(
+            "runtime.cuTensorMapEncodeTiled", tensor_map, "float32", 2, source.data, groups,
+            self.n, groups * 4, self.stage_groups, self.rows, 1, 1, 0, 0, self.l2_promotion, 0))
+        return tensor_map
 
     def body(self) -> None:
         self.declare()
@@ -233,6 +281,8 @@ class _TmaWriter(_MmaWriter):
                 "runtime.cuTensorMapEncodeTiled", self.tensor_map, "uint32", 3, self.packed.data,
                 words, self.n, self.bits, words * 4, self.n * words * 4,
                 self.bw, self.rows, self.bits, 1, 1, 1, 0, 0, self.l2_promotion, 0))
+            if self.ring_scales:
+                self.scale_maps = [self.scale_map(a) for a in (self.scales, self.zeros)[:self.arrays]]
         self.simt = _RingSimt(self.consumers, self.emulate)
         with self.simt.launch([("blockIdx.x", self.grid_x)]) as (bx,):
             self.bx, self.ks = bx, 0
@@ -246,6 +296,9 @@ class _TmaWriter(_MmaWriter):
                               align=RING_ALIGN)
         self.ring = T.decl_buffer((self.stages, self.boxes, self.bits, self.rows, self.bw),
                                   "uint32", data=ring.data, scope=scope)
+        self.scale_ring = T.decl_buffer(
+            (self.stages, self.arrays, self.rows, self.stage_groups), "float32", data=ring.data,
+            scope=scope, elem_offset=self.scale_offset) if self.ring_scales else None
         self.acc = simt.reg((2,), "float32")
         self.w_reg = simt.reg((2 * self.bits * self.words,), "uint32")
         self.nib = simt.reg((2 * 4,), "uint32")
@@ -308,6 +361,11 @@ class _TmaWriter(_MmaWriter):
                     T.evaluate(TS.ptx[TMA](self.ring.ptr_to([stage, j, 0, 0, 0]),
                                            tirx.address_of(self.tensor_map), word,
                                            self.rb * self.rows, 0, full.ptr_to([stage])))
+                if self.ring_scales:
+                    for a, scale_map in enumerate(self.scale_maps):
+                        T.evaluate(TS.ptx[TMA_2D](
+                            self.scale_ring.ptr_to([stage, a, 0, 0]), tirx.address_of(scale_map),
+                            st * self.stage_groups, self.rb * self.rows, full.ptr_to([stage])))
             if guard is not None:
                 guard.close()
 
@@ -320,6 +378,13 @@ class _TmaWriter(_MmaWriter):
                         word = st * self.stage_cols // WORD + j * self.bw + w
                         T.buffer_store(self.ring, self.planes[b, self.rb * self.rows + r, word],
                                        [0, j, b, r, w])
+        if self.ring_scales:
+            with T.serial(0, self.rows) as r:
+                with T.serial(0, self.stage_groups) as g:
+                    for a, source in enumerate((self.scales, self.zeros)[:self.arrays]):
+                        T.buffer_store(self.scale_ring,
+                                       source[self.rb * self.rows + r, st * self.stage_groups + g],
+                                       [0, a, r, g])
 
     def consume(self, full, empty) -> None:
         """The consumer warps: per stage, its sub-steps as the mma kernel's steps."""
@@ -338,6 +403,7 @@ class _TmaWriter(_MmaWriter):
                 else:
                     T.evaluate(TS.cuda.mbarrier_wait(full.ptr_to([stage]),
                                                      (g // self.stages) % 2))
+                self.stage = stage              # where scale_and_zero reads a ring's scales
                 for u in range(self.per_stage):
                     self.substep_product(stage, st * self.per_stage + u, u)
                 if empty is not None:
@@ -360,6 +426,18 @@ class _TmaWriter(_MmaWriter):
             self.multiply_word(s, 0, word)
         with simt.threads() as t:
             self.apply_scales(t, s)
+
+    def scale_and_zero(self, t, s, u: int, r: int):
+        """scale_load=ring: (scale, zero) of row r of thread t in sub-step s from the current
+        stage's region of the ring; else the mma kernel's."""
+        if not self.ring_scales:
+            return super().scale_and_zero(t, s, u, r)
+        local = self.row(t, r) - self.rb * self.rows
+        group = self.group_of(t, s, u) % self.stage_groups
+        scale = self.scale_ring[self.stage, 0, local, group]
+        if self.zero is not None:
+            return scale, tirx.const(self.zero, "float32")
+        return scale, self.scale_ring[self.stage, 1, local, group]
 
     def read_planes(self, t, stage, u: int) -> None:
         """w_reg as the mma kernel's loads leave it (sub-step 0): the thread's words of every

@@ -59,6 +59,9 @@ def test_applies_to_the_dequant_twin_at_m1_on_sm90_only_and_is_named_only():
     ({"stages": 4, "k_step": 2048, "ctas_per_sm": 2}, {"k": 4096},
      "a persistent grid of 2 CTAs per SM"),
     ({"row_warps": 8}, {"n": 96}, "128 rows per CTA"),
+    ({"scale_load": "ring"}, {"group": 256}, "copies 2 of a row's 4 float32 scales per stage"),
+    ({"scale_load": "ring", "k_step": 1024}, {"k": 1024 + 1024, "group": 512},
+     "TMA needs both in multiples of 16 B"),
 ])
 def test_reject_names_the_reason(changes, kw, why):
     reason = space(**kw).reject({**BASE, **changes})
@@ -82,6 +85,12 @@ def test_reject_names_the_reason(changes, kw, why):
                     "ctas_per_sm": 1, "row_warps": 1}),
     (4, True, 64, {"scale_load": "early", "k_step": 1024, "k_warps": 2, "row_warps": 1}),
     (2, False, 48, {"scale_load": "early", "offset": "fold", "ctas_per_sm": 1, "row_warps": 1}),
+    # the scales (and zeros) copied into the ring, stage by stage, over persistent visits
+    (4, True, 64, {"scale_load": "ring", "k_step": 1024, "k_warps": 2, "row_warps": 1}),
+    (2, False, 48, {"scale_load": "ring", "offset": "fold", "ctas_per_sm": 1, "row_warps": 1}),
+    (3, True, 64, {"scale_load": "ring", "k_warps": 4, "k_step": 1024, "ctas_per_sm": 1,
+                   "row_warps": 1}),
+    (2, True, 64, {"k_warps": 4, "k_step": 512, "row_warps": 1}),   # a warp per quad span
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, n, changes):
     s = space(bits=bits, zero_points=zero_points, n=n)
@@ -99,6 +108,8 @@ def test_emulated_kernel_matches_numpy(bits, zero_points, n, changes):
                     "row_warps": 1}),
     (2, False, 128, {"thread_cols": 128, "fragment": "thread", "k_step": 1024, "decode": "scaled",
                      "offset": "fold", "k_warps": 2, "row_warps": 1, "scale_load": "early"}),
+    (4, True, 64, {"decode": "scaled", "fragment": "thread", "k_warps": 2, "row_warps": 1,
+                   "scale_load": "ring"}),
 ])
 def test_emulated_fields_layout_matches_numpy(bits, zero_points, group, changes):
     """layout=fields: every mma emulated from the 32 lanes' fragments of the decoded fields (and
@@ -145,6 +156,8 @@ COVER = [
     {**WIDE, "box": "row"},
     {**WIDE, "box": "row", "k_warps": 2, "k_step": 2048, "stages": 3, "ctas_per_sm": 1},
     {**WIDE, "k_warps": 2, "offset": "fold", "scale_load": "early"},
+    {**WIDE, "k_warps": 2, "offset": "fold", "scale_load": "ring"},
+    {**WIDE, "row_warps": 2, "k_warps": 4, "k_step": 2048, "ctas_per_sm": 1, "stages": 4},
 ]
 
 
@@ -166,7 +179,8 @@ def test_cuda_source_has_tma_ring_and_mma_and_compiles(bits, at, tmp_path):
     body = src[src.rindex("__global__"):]
     assert "const __grid_constant__ CUtensorMap" in body and "extern __shared__" in body
     boxes = 1 if cfg["box"] == "row" else int(cfg["k_step"]) // (4 * cfg["thread_cols"])
-    assert body.count("cp_async_bulk_tensor_g2s") == boxes
+    scale_boxes = s.scale_arrays() if cfg["scale_load"] == "ring" else 0
+    assert body.count("cp_async_bulk_tensor_g2s") == boxes + scale_boxes
     assert "mbarrier_arrive_expect_tx" in body
     # x is staged by the consumers alone: their named barrier, one __syncthreads (the ring's init)
     assert "bar_sync_count_sync((uint)1" in body and body.count("__syncthreads()") == 1
@@ -244,6 +258,16 @@ GPU_CONFIGS = {   # n = 4096, k = 4096 unless "k" says otherwise
                                    "layout": "fields"}),
     "fields_w4z_early": (4, True, {"k_step": 512, "offset": "fold", "scale_load": "early",
                                    "layout": "fields"}),
+    # the scales (and zeros) copied into the ring; four k-warps per row block
+    "fields_w2_ring": (2, False, {"k_warps": 2, "offset": "fold", "scale_load": "ring",
+                                  "layout": "fields"}),
+    "fields_w4z_ring": (4, True, {"k_step": 512, "offset": "fold", "scale_load": "ring",
+                                  "layout": "fields"}),
+    "fields_w2_kwarps4": (2, False, {"row_warps": 2, "k_warps": 4, "k_step": 2048,
+                                     "ctas_per_sm": 1, "stages": 4, "layout": "fields"}),
+    "fields_w4z_kwarps4_ring": (4, True, {"row_warps": 2, "k_warps": 4, "k_step": 2048,
+                                          "ctas_per_sm": 1, "stages": 4, "scale_load": "ring",
+                                          "layout": "fields"}),
 }
 
 
