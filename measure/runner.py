@@ -35,7 +35,8 @@ from . import l2 as l2_timing
 from .correctness import Expected, Verdict, judge
 from .l2_policy import L2_POLICIES
 from .meters import EnergyMeter, MeterError
-from .protocol import PROTOCOL_VERSION, Precision, energy_seconds, idle_power, measure_energy
+from .protocol import (PROTOCOL_VERSION, Precision, energy_seconds, idle_power, learned_scale,
+                       measure_energy)
 from ..schedules import Op
 
 SCREEN_REPEATS = 3  # latency samples that decide whether a candidate is screened out
@@ -123,6 +124,7 @@ class Runner:
         state = meter.device_state() if meter is not None else {}
         self.max_clock_mhz = state.get("sm_clock_max_mhz")
         self.power_limit_w = state.get("power_limit_w")
+        self.window_scale = 1.0   # where energy windows start (protocol step 4, learned_scale)
 
     def check(self, func, fresh: bool = False) -> Verdict:
         """Poison the output, call once (on the fresh inputs if `fresh`), judge the output."""
@@ -136,7 +138,8 @@ class Runner:
         one call took `call_s` (what the worker's timeout scales with)."""
         cfg = self.config
         timing = cfg.latency_repeats * (2 * max(cfg.latency_min_repeat_ms / 1e3, call_s) + call_s)
-        energy = energy_seconds(self.meter, call_s, cfg.precision) if self.meter else 0.0
+        energy = energy_seconds(self.meter, call_s, cfg.precision, self.window_scale) \
+            if self.meter else 0.0
         return 2 * (timing + energy + 3 * call_s)
 
     def _timers(self, module) -> tuple[Callable[[], list[float]], Callable[[int], float]]:
@@ -244,7 +247,8 @@ class Runner:
         elif self.meter is not None:
             energy = measure_energy(self.meter, run_batch, result.latency_s,
                                     self.config.precision, self.max_clock_mhz, self.power_limit_w,
-                                    stop_above_j=energy_bound_j)
+                                    stop_above_j=energy_bound_j, start_scale=self.window_scale)
+            self.window_scale = learned_scale(energy, self.window_scale)
             lap("energy_s")
             result.energy_j, result.power_w = energy.energy_j, energy.power_w
             result.meta.update(meter=self.meter.name, idle_w=self.idle_w,

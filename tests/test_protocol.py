@@ -10,7 +10,7 @@ import json
 import pytest
 
 from energy_tuner.measure.meters import Timeline, median_tick_period, reading_from_timeline
-from energy_tuner.measure.protocol import Precision, measure_energy, quality_flags
+from energy_tuner.measure.protocol import Precision, learned_scale, measure_energy, quality_flags
 from tests.conftest import DATA
 
 
@@ -139,3 +139,19 @@ def test_a_flagged_kernel_above_the_bound_is_not_remeasured():
     assert above.energy_j == pytest.approx(first)
     below = measure(ReplayMeter(), strict, stop_above_j=1.005 * first)   # it could be the pick
     assert below.attempts == 2 and "above_bound" not in below.flags
+
+
+def test_a_clean_remeasurement_sets_where_the_next_measurement_starts():
+    first = measure(ReplayMeter(), Precision())   # at the 700 W limit 0.4 s windows spread > 3%
+    assert first.attempt_flags[0][-1] == "spread" and first.attempts == 2
+    assert "spread" not in first.flags and first.window_scale == 2.0
+    scale = learned_scale(first, 1.0)
+    assert scale == 2.0
+    second = measure(ReplayMeter(), Precision(), start_scale=scale)
+    assert second.attempts == 1 and "spread" not in second.flags   # no wasted first attempt
+    assert second.windows[0]["calls"] == first.windows[0]["calls"]
+    assert second.energy_j == pytest.approx(first.energy_j, rel=0.01)
+    assert learned_scale(second, scale) == scale           # a clean first attempt teaches nothing
+    still_flagged = measure(ReplayMeter(), Precision(max_spread=0.01))
+    assert still_flagged.attempts == 2 and "spread" in still_flagged.flags
+    assert learned_scale(still_flagged, 1.0) == 1.0        # longer windows did not help
