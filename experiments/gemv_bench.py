@@ -195,7 +195,14 @@ CURATED_WGMMA = [  # TMA + wgmma: cuBLAS's 128-row tile and 12 stages, the table
 BASE_TMA = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
             "mma_chains": 2, "fragment": "thread", "offset": "hsub2", "decode": "scaled",
             "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad", "scale_load": "late"}
-CURATED_TMA = [  # TMA ring + mma on an H200 (2026-12-02): the fields layout's best at W2 and W4
+RING = {"row_warps": 2, "k_warps": 4, "k_step": 2048, "ctas_per_sm": 1, "offset": "fold",
+        "scale_load": "ring"}
+CURATED_TMA = [  # TMA ring + mma on an H200 (2026-12-03): the scales in the ring, best at
+    {**RING, "stages": 8},                                      # W2 (28672x8192: 26.1 us)
+    {**RING, "stages": 4, "mma_chains": 4},                     # W4 (36.5 us)
+    {**RING, "stages": 6},                                      # W2 4096x14336
+    {**RING, "row_warps": 4, "k_warps": 2, "k_step": 1024, "stages": 4},   # W4 14336x4096
+    # (2026-12-02): the fields layout's best at W2 and W4
     {"k_warps": 2, "offset": "fold", "scale_load": "early"},    # (28672x8192: 29.8 and 41.1 us)
     {"k_step": 512, "offset": "fold", "scale_load": "early"},   # with the scales loaded early,
     {"k_warps": 2, "offset": "fold"},                           # then as measured, then the

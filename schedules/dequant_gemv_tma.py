@@ -114,14 +114,15 @@ class DequantGemvTma(DequantGemvMma):
         return None
 
     def seeds(self) -> list[Config]:
-        """The least-energy configs measured on an H200 with the fields layout (2026-12-02,
-        experiments/results/dequant_zeros_early_h200_2026-12-02 and dequant_rowblocks_...): W2's
-        (at 28672x8192 and 4096x14336 alike), W4's at 28672x8192, W4's at 4096x14336."""
-        base = {"row_warps": 4, "k_warps": 1, "thread_cols": 128, "k_step": 1024, "stages": 4,
+        """The least-energy configs measured on an H200 with the fields layout and the scales in
+        the ring (2026-12-03, experiments/results/dequant_ring_h200_2026-12-03): W2's at
+        28672x8192 and 14336x4096, W2's at 4096x14336, W4's at 28672x8192 and 4096x14336,
+        W4's at 14336x4096."""
+        base = {"row_warps": 2, "k_warps": 4, "thread_cols": 128, "k_step": 2048, "stages": 8,
                 "mma_chains": 2, "fragment": "thread", "offset": "fold", "decode": "scaled",
-                "ctas_per_sm": 2, "l2_promotion": 2, "box": "quad", "scale_load": "late"}
-        return [dict(base, k_warps=2), dict(base, k_step=512),
-                dict(base, row_warps=2, k_warps=2, ctas_per_sm=1, stages=6)]
+                "ctas_per_sm": 1, "l2_promotion": 2, "box": "quad", "scale_load": "ring"}
+        return [base, dict(base, stages=6), dict(base, stages=4, mma_chains=4),
+                dict(base, row_warps=4, k_warps=2, k_step=1024, stages=4)]
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
