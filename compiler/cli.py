@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -279,6 +280,7 @@ def bad_input() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     try:
         try:
             plan = prepare(argv)
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with run_folder(plan.db.path):
             return run_session(plan.args, plan.objective, plan.plat, plan.ops, plan.no_meter,
-                               plan.db)
+                               plan.db, started)
     except KeyboardInterrupt:
         print("tune: interrupted", file=sys.stderr)
         return 130

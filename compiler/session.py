@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Callable
 
 from rich.console import Console
@@ -34,9 +35,11 @@ class TuneStopped(Exception):
 
 
 def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, ops: list[Op],
-                no_meter: str | None, db: TuningDatabase) -> int:
+                no_meter: str | None, db: TuningDatabase, started: float | None = None) -> int:
     """Tune each implementation in `ops` (one op, or e.g. the LUT and dequant forms of lut_mpgemm,
-    splitting the trials between them) and choose by measurement over all of them."""
+    splitting the trials between them) and choose by measurement over all of them; `started`:
+    the monotonic clock when the command began, for the wall-time split it reports."""
+    began = time.monotonic()
     out, err = Console(), Console(stderr=True)
     op = ops[0]
     impls = f", implementations {' + '.join(o.params['impl'] for o in ops)}" if len(ops) > 1 else ""
@@ -84,10 +87,15 @@ def run_session(args: argparse.Namespace, objective: Objective, plat: Platform, 
         out.print(f"trade-off: {chosen.latency_s / fastest.latency_s - 1:+.1%} latency, "
                   + (f"{chosen.energy_j / fastest.energy_j - 1:+.1%} energy"
                      if chosen.energy_j and fastest.energy_j else "energy not measured"))
+    tuned = time.monotonic()
     if args.export:
         tuner = tuners[chosen.workload_key]
         manifest = export_kernel(tuner.op, plat.target, chosen, objective.label, args.export)
         out.print(f"exported {manifest.with_suffix('.so')} and {manifest}")
+    split = f"start-up {began - started:.1f} s (arguments, TVM, target, db), " \
+        if started is not None else ""
+    err.print(f"wall time: {split}tune {tuned - began:.1f} s"
+              + (f", export {time.monotonic() - tuned:.1f} s" if args.export else ""))
     return 0
 
 

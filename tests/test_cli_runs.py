@@ -2,6 +2,7 @@
 interrupts, and re-exporting a LUT kernel from the database in a fresh process."""
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -175,5 +176,8 @@ def test_a_finished_lut_tune_re_exports_in_a_fresh_process(tmp_path, capsys):
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert proc.returncode == 0, proc.stderr
     assert "resuming: 2 of 2" in proc.stderr and "w2 g32 sym" in proc.stdout
+    split = re.search(r"wall time: start-up ([\d.]+) s \(arguments, TVM, target, db\), "
+                      r"tune ([\d.]+) s, export ([\d.]+) s", proc.stderr)
+    assert split and all(float(x) >= 0 for x in split.groups())      # the 3 parts, each reported
     manifest = json.loads((export / "lut_mpgemm_2x16x64_float32_w2_g32_sym_lut.json").read_text())
     assert (export / manifest["library"]).is_file() and manifest["params"]["impl"] == "lut"
