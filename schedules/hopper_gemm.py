@@ -69,12 +69,16 @@ CLUSTERS = (1, 2)             # cluster_m: CTAs of a cluster along m (they share
 # 64 trials went to such configs; it stays buildable (GemmConfig, benches) until that is fixed
 SEARCHED_CLUSTERS = (1,)
 
-# an arrival on the mbarrier at the same shared-memory offset in CTA `rank` of the cluster
+# an arrival on the mbarrier at the same shared-memory offset in CTA `rank` of the cluster. It
+# releases at CTA scope (the default): the stage's reads are wgmma's, complete once its
+# wait_group returned, and a cluster-scope release put a fence on every stage: Nsight Compute
+# saw membar stalls (3.2 of 28.3 cycles per issue) in the clustered kernel only
+# (experiments/results/hopper_cluster_stalls_h200_2026-12-03)
 CLUSTER_ARRIVE = """
 __forceinline__ __device__ void cluster_arrive(void* bar, int rank) {
   unsigned local = (unsigned)__cvta_generic_to_shared(bar), remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" : : "r"(remote) : "memory");
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" : : "r"(remote) : "memory");
 }
 """
 

@@ -192,6 +192,7 @@ def test_lowers_to_wgmma_and_tma(lowered_sources):
         for cluster_only in ("multicast::cluster", "mapa.shared::cluster", "barrier.cluster.arrive",
                              "fence.mbarrier_init.release.cluster", "%cluster_ctarank"):
             assert (cluster_only in src) == clustered, cluster_only
+        assert "arrive.release.cluster" not in src     # a stage is released at CTA scope
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
