@@ -64,9 +64,10 @@ NUM_SMS = 132                 # H100 SXM / H200
 OVERHEAD_REGS = 40            # registers a consumer thread needs beside its accumulators (ptxas: ~154 - 128)
 PRODUCER_REGS = 40            # setmaxnreg.dec target of the producer warpgroup
 CLUSTERS = (1, 2)             # cluster_m: CTAs of a cluster along m (they share the B tile)
-# what the search proposes: cluster_m = 2 is correct on an H200 but took 1.5x the time and energy
-# at 4096^3 (experiments/results/hopper_cluster_h200_2026-12-02), and in the default tune 26 of
-# 64 trials went to such configs; it stays buildable (GemmConfig, benches) until that is fixed
+# what the search proposes: cluster_m = 2 took 1.5x the time at 4096^3 on an H200 until its
+# stage release became CTA-scope; now it is 1.02x the time and 1.01x the energy of the same
+# kernel without clusters (experiments/results/hopper_cluster_stalls_h200_2026-12-03), so still
+# not searched (in an earlier default tune 26 of 64 trials went to such configs); buildable
 SEARCHED_CLUSTERS = (1,)
 
 # an arrival on the mbarrier at the same shared-memory offset in CTA `rank` of the cluster. It
