@@ -55,8 +55,8 @@ from shared memory. Without zero points the zero is the op's constant midpoint a
 warp's dependent chain of ring reads, decode and mmas is a quarter of the block's k: on the H200
 the 16-64-row blocks of 4096x14336 all took 15-16 us at W2 with the same work per warp
 (experiments/results/dequant_rowblocks_h200_2026-12-02), which is what a per-warp latency
-bound looks like. `k_warps` 8 (with 32-column thread spans, so that a sub-step of 1024 columns
-fits a k_step) halves that chain again: 16 consumer warps per 32-row block.
+bound looks like. Eight k-warps (which need 32-column thread spans to fit a k_step) were 1.02-1.6x
+slower on the H200 (experiments/results/dequant_kwarps8_h200_2026-12-03), so 4 is the most.
 
 Left out: split-k over CTAs (the persistent grid covers n >= 4096 at 16-128 rows per CTA; more
 warps per row block are the k_warps knob), swizzled boxes (the layout above needs none).
@@ -128,7 +128,7 @@ class DequantGemvTma(DequantGemvMma):
     @property
     def knobs(self) -> tuple[Knob, ...]:
         return (Knob("row_warps", (1, 2, 4, 8)),
-                Knob("k_warps", (1, 2, 4, 8)),
+                Knob("k_warps", (1, 2, 4)),
                 Knob("thread_cols", (32, 128)),
                 Knob("k_step", (512, 1024, 2048)),
                 Knob("stages", (2, 3, 4, 6, 8)),

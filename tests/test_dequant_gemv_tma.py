@@ -91,8 +91,6 @@ def test_reject_names_the_reason(changes, kw, why):
     (3, True, 64, {"scale_load": "ring", "k_warps": 4, "k_step": 1024, "ctas_per_sm": 1,
                    "row_warps": 1}),
     (2, True, 64, {"k_warps": 4, "k_step": 512, "row_warps": 1}),   # a warp per quad span
-    (4, True, 64, {"k_warps": 8, "thread_cols": 32, "k_step": 1024, "row_warps": 1,
-                   "scale_load": "ring", "ctas_per_sm": 1}),        # eight k-warps, 32-column spans
 ])
 def test_emulated_kernel_matches_numpy(bits, zero_points, n, changes):
     s = space(bits=bits, zero_points=zero_points, n=n)
@@ -160,8 +158,6 @@ COVER = [
     {**WIDE, "k_warps": 2, "offset": "fold", "scale_load": "early"},
     {**WIDE, "k_warps": 2, "offset": "fold", "scale_load": "ring"},
     {**WIDE, "row_warps": 2, "k_warps": 4, "k_step": 2048, "ctas_per_sm": 1, "stages": 4},
-    {**WIDE, "row_warps": 2, "k_warps": 8, "thread_cols": 32, "k_step": 2048, "ctas_per_sm": 1,
-     "stages": 6, "scale_load": "ring"},
 ]
 
 
@@ -272,13 +268,6 @@ GPU_CONFIGS = {   # n = 4096, k = 4096 unless "k" says otherwise
     "fields_w4z_kwarps4_ring": (4, True, {"row_warps": 2, "k_warps": 4, "k_step": 2048,
                                           "ctas_per_sm": 1, "stages": 4, "scale_load": "ring",
                                           "layout": "fields"}),
-    "fields_w2_kwarps8_ring": (2, False, {"row_warps": 2, "k_warps": 8, "thread_cols": 32,
-                                          "k_step": 2048, "ctas_per_sm": 1, "stages": 6,
-                                          "offset": "fold", "scale_load": "ring",
-                                          "layout": "fields"}),
-    "fields_w4z_kwarps8_ring": (4, True, {"row_warps": 2, "k_warps": 8, "thread_cols": 32,
-                                          "k_step": 1024, "ctas_per_sm": 1, "stages": 4,
-                                          "scale_load": "ring", "layout": "fields"}),
 }
 
 
