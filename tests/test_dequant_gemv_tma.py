@@ -331,15 +331,27 @@ def test_recorded_gpu_measurements_replay_and_lead_the_bench():
                    for r in measured)
         best = min(measured, key=lambda r: r["mj"])["config"]
         assert best in [{**base, **c} for c in curated]
-    ring = json.loads((Path(__file__).parent / "data" / "h200_dequant_ring_measured.json").read_text())
+    ring, ring_best = ring_bests()
     for bits in (2, 4):   # the ring's least-energy config at 28672x8192 heads the list
         s = space(bits=bits, n=28672, k=8192, sms=132, layout="fields")
-        best = min((r for r in ring["ours"] if r["wbits"] == bits and r["n"] == 28672),
-                   key=lambda r: r["mj"])
+        best = ring_best[bits, 28672, 8192]
         runnable = [{**base, **c} for c in curated if s.reject({**base, **c}) is None]
         assert best["config"] in runnable[:2]
         ref = min(c["mj"] for c in ring["cublas"] if c["wbits"] == bits and c["n"] == 28672)
         assert 2.5 < ref / best["mj"] < {2: 5, 4: 3}[bits]
+
+
+def ring_bests() -> tuple[dict, dict]:
+    """The H200 runs with the scales in the ring (tests/data), and the least-energy row of each
+    (bits, n, k) case."""
+    import json
+
+    from tests.conftest import DATA
+
+    ring = json.loads((DATA / "h200_dequant_ring_measured.json").read_text())
+    cases = {(r["wbits"], r["n"], r["k"]) for r in ring["ours"]}
+    return ring, {c: min((r for r in ring["ours"] if (r["wbits"], r["n"], r["k"]) == c),
+                         key=lambda r: r["mj"]) for c in cases}
 
 
 @pytest.mark.parametrize("zero_points", [False, True])
@@ -360,14 +372,8 @@ def test_seeds_are_the_measured_bests_and_run_on_the_benched_shapes():
     """Each seed is the least-energy config of a shape and bit width of the H200 runs with the
     scales in the ring (replayed fixture), runnable on that shape, and the first is W2's at
     28672x8192."""
-    import json
-    from pathlib import Path
-
-    ring = json.loads((Path(__file__).parent / "data" / "h200_dequant_ring_measured.json").read_text())
-    cases = {(r["wbits"], r["n"], r["k"]) for r in ring["ours"]}
-    assert len(cases) == 6
-    best = {c: min((r for r in ring["ours"] if (r["wbits"], r["n"], r["k"]) == c),
-                   key=lambda r: r["mj"])["config"] for c in cases}
+    best = {c: r["config"] for c, r in ring_bests()[1].items()}
+    assert len(best) == 6
     assert space(bits=2, n=28672, k=8192, sms=132, layout="fields").seeds()[0] == best[2, 28672, 8192]
     for (bits, n, k), config in best.items():
         assert config in space(bits=bits, n=n, k=k, sms=132, layout="fields").runnable_seeds()
