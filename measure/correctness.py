@@ -10,7 +10,10 @@
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -47,10 +50,41 @@ class Verdict:
         return self.problem is None
 
 
+CHUNK = 1 << 20   # elements a thread judges at once: large outputs are judged by several threads
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, min(4, len(os.sched_getaffinity(0)))),
+                              thread_name_prefix="judge")
+
+
+def _chunk(got: np.ndarray, expected: Expected, lo: int, hi: int) -> tuple[float, float]:
+    """(sum of squared errors, largest error / bound) over flat elements lo..hi."""
+    diff = got[lo:hi].astype("float32")
+    np.subtract(diff, expected.output.reshape(-1)[lo:hi], out=diff)
+    np.abs(diff, out=diff)
+    sq = float(np.dot(diff, diff))
+    return sq, float(np.divide(diff, expected.bound.reshape(-1)[lo:hi], out=diff).max())
+
+
 def judge(op: Op, expected: Expected, got: np.ndarray) -> Verdict:
     """The three checks of the module docstring on one output. A correct output costs three passes
-    over it (difference, its norm, its ratio to the bound): a NaN or Inf in `got` makes the norm
-    non-finite, so the element-wise finiteness scan runs only then."""
+    over it (difference, its norm, its ratio to the bound), in chunks on a few threads (numpy
+    releases the GIL); a wrong one (NaN or Inf make the norm non-finite) is judged again in one
+    piece, to say where it is wrong."""
+    flat = np.ascontiguousarray(got).reshape(-1)
+    parts = list(_pool().map(lambda lo: _chunk(flat, expected, lo, lo + CHUNK),
+                             range(0, flat.size, CHUNK)))
+    rel = float(np.sqrt(sum(sq for sq, _ in parts))) / max(expected.norm, 1e-30)
+    worst_ratio = max(ratio for _, ratio in parts)
+    if rel <= op.tolerance and worst_ratio <= 1.0:
+        return Verdict(rel, worst_ratio, None)
+    return _diagnose(op, expected, got)
+
+
+def _diagnose(op: Op, expected: Expected, got: np.ndarray) -> Verdict:
+    """The verdict on a wrong output, with the line that says what is wrong."""
     diff = got.astype("float32")  # a copy (got may be a view of the device buffer's copy)
     np.subtract(diff, expected.output, out=diff)
     np.abs(diff, out=diff)

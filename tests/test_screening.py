@@ -1,11 +1,15 @@
 """Cheap screening: a few latency samples first, energy only where the objective needs it."""
+import json
+import statistics
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
 
 from energy_tuner.compiler.objective import Objective
 from energy_tuner.compiler.policy import EnergyPolicy
-from energy_tuner.measure.runner import SCREEN_REPEATS, MeasureConfig, Runner
+from energy_tuner.measure.runner import SCREEN_REPEATS, MeasureConfig, Runner, enough_samples
 from energy_tuner.schedules import make_op
 from tests.test_replay import as_records
 
@@ -56,11 +60,36 @@ def built_kernel(tmp_path_factory):
     return op, str(path)
 
 
+def test_runner_stops_timing_once_the_samples_agree(built_kernel):
+    op, path = built_kernel
+    agreeing = MeasureConfig(latency_repeats=9, latency_min_repeat_ms=1, latency_stable_cv=10.0)
+    stable = Runner(op, tvm.cpu(), None, agreeing).run(path, latency_bound_s=10.0)
+    assert len(stable.latency_samples) == 5                # the 3 screening samples are kept
+    never = MeasureConfig(latency_repeats=9, latency_min_repeat_ms=1, latency_stable_cv=0.0)
+    assert len(Runner(op, tvm.cpu(), None, never).run(path).latency_samples) == 9
+
+
+def test_stable_latency_rule_on_h200_tunes():
+    """Stopping at 5 samples that agree within 0.3% leaves each candidate's median within 1% of
+    its 10-sample one, over three H200 tunes, and stops early for at least a third of them."""
+    runs = json.loads((Path(__file__).parent / "data" / "h200_hopper_tune_latency_samples.json")
+                      .read_text())["runs"]
+    config = MeasureConfig()
+    early = total = 0
+    for samples in (s for run in runs.values() for s in run):
+        total += 1
+        n = 5 if enough_samples(samples[:5], config) else 10   # where the runner asks
+        assert enough_samples(samples[:n], config)
+        early += n == 5
+        assert statistics.median(samples[:n]) == pytest.approx(statistics.median(samples), rel=0.01)
+    assert total > 150 and early >= total / 3
+    assert not enough_samples([1.0, 1.0, 1.0, 1.0], config)    # never fewer than 5
+    assert not enough_samples([1.0, 1.0, 1.0, 1.0, 1.1], config)
 
 
 def test_runner_screens_out_after_a_few_samples(built_kernel):
     op, path = built_kernel
-    config = MeasureConfig(latency_repeats=7, latency_min_repeat_ms=1)
+    config = MeasureConfig(latency_repeats=7, latency_min_repeat_ms=1, latency_stable_repeats=7)
     runner = Runner(op, tvm.cpu(), None, config)
     asked = []
     slow = runner.run(path, lambda m: asked.append(m) or True, latency_bound_s=1e-12)
