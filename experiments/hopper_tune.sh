@@ -3,6 +3,8 @@
 # through the Hopper GEMM space (tune picks it on sm_90), timed, its kernel exported, then the
 # export re-measured in a fresh process against cuBLAS, interleaved (experiments/remeasure_export.py).
 #   bash experiments/hopper_tune.sh OUT [COMMIT] [SHAPE] [TRIALS] [TUNE_TIMEOUT_S]
+# REMEASURE=0: the tune only (a throughput run: no export re-measurement, and a tune stopped by
+# the limit is not resumed to export).
 # TVM must be staged in /tmp/site first (shared/device/prepare.sh here, .device/pK/stage.sh there).
 set -uo pipefail
 out=$1; export COMMIT=${2:-unknown}; shape=${3:-4096,4096,4096}; trials=${4:-64}; limit=${5:-360}
@@ -24,6 +26,7 @@ rc=$?
 end=$(date +%s.%N)
 echo "tune rc $rc wall_s $(python3 -c "print(round($end - $start, 1))")" | tee "$out/tune_wall.txt"
 tail -25 "$out/tune.log"
+[ "${REMEASURE:-1}" = 0 ] && exit 0
 if [ "$rc" -ne 0 ]; then  # stopped by the limit: export what it has (a resume with nothing left)
   done=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from candidates').fetchone()[0])" "$out/tune.sqlite")
   echo "resuming with --trials $done to export" | tee -a "$out/tune_wall.txt"
