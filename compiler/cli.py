@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "applies, or trace (TVM MetaSchedule traces); auto (default): a knob "
                         "space that applies, else trace")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the test inputs")
+    p.add_argument("--no-seeds", action="store_true",
+                   help="start a knob space's search from samples, not from its seed configs "
+                        "(the measured bests it starts from by default): to measure the search "
+                        "itself, e.g. a warm start's effect")
     p.add_argument("--no-overlap", action="store_true",
                    help="on a GPU, search, build and measure in turns (by default the next "
                         "batch is searched for and built on all CPUs but one while the current "

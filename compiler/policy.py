@@ -84,8 +84,10 @@ class EnergyPolicy:
             self.errors.append(abs(predicted_power_w * latency_s - energy_j) / energy_j)
 
 
-def policy_for(objective: Objective, mode: str, space: Space) -> EnergyPolicy:
-    """The policy a tune of `space` runs under `mode` (one of CHOICES; see the module docstring)."""
+def policy_for(objective: Objective, mode: str, space: Space, seeds: bool = True) -> EnergyPolicy:
+    """The policy a tune of `space` runs under `mode` (one of CHOICES; see the module docstring);
+    its warm-up is the space's seeds, if the tune starts from them."""
     if mode == AUTO:
         mode = "dynamic" if space.model_quality else "all"
-    return EnergyPolicy(objective, mode, warmup=len(space.runnable_seeds()) or WARMUP)
+    return EnergyPolicy(objective, mode,
+                        warmup=(len(space.runnable_seeds()) if seeds else 0) or WARMUP)

@@ -129,13 +129,14 @@ class Tuner:
                  objective: Objective, seed: int = 0, batch: int = 16, population: int = 512,
                  energy_policy: str = POLICY_AUTO, overlap: bool = False, space: str = AUTO,
                  strategy: str | None = None, screen: bool = True,
-                 measurement: dict | None = None, builder: Builder | None = None) -> None:
+                 measurement: dict | None = None, builder: Builder | None = None,
+                 seeds: bool = True) -> None:
         self.op, self.plat, self.runner, self.db, self.builder = op, plat, runner, db, builder
         self.objective, self.seed, self.batch, self.population = objective, seed, batch, population
-        self.overlap, self.screen = overlap, screen
+        self.overlap, self.screen, self.seeds = overlap, screen, seeds
         self.space = choose_space(op, plat.target, space)
         self.strategy_cls = strategy_for(self.space, strategy)
-        self.policy = policy_for(objective, energy_policy, self.space)
+        self.policy = policy_for(objective, energy_policy, self.space, seeds)
         measurement = runner.measurement if measurement is None else measurement
         self.key = workload_key(op, plat, measurement_config(measurement, self.policy.mode))
         # workloads whose models can share weights: same op, dtype, device and space (features)
@@ -162,7 +163,8 @@ class Tuner:
     def _setup(self, trials: int) -> SearchSetup:
         return SearchSetup(self.op, self.plat.target, self.space, self.scorer, self._cost,
                            seed=self.seed, batch=self.batch, population=self.population,
-                           threads=usable_cpus(self.overlap), max_trials=trials)
+                           threads=usable_cpus(self.overlap), max_trials=trials,
+                           seeds=self.seeds)
 
     def _cost(self, record: Record) -> float:
         """What a strategy ranks a record by: the objective, with the model's energy for a

@@ -138,7 +138,8 @@ def _tune(args: argparse.Namespace, objective: Objective, plat: Platform, op: Op
             raise TuneStopped(2)
         err.print("energy: not measured (the RPC workers have no energy meter)")
     tuner = Tuner(op, plat, runner, db, objective, seed=args.seed,
-                  energy_policy=args.energy_policy, overlap=overlap, space=args.space)
+                  energy_policy=args.energy_policy, overlap=overlap, space=args.space,
+                  seeds=not args.no_seeds)
     previous = db.records(tuner.key)
     done = min(trials, sum(r.objective == objective.key for r in previous))
     if done:

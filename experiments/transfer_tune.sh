@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 11's warm start across shapes, in ONE device call: the same energy tune of matmul SHAPE
-# twice, same seed, cold (a fresh database) and warm (a copy of SOURCE_DB, whose saved model of
+# twice, same seed, from samples (--no-seeds: the space's seeds would lead both), cold (a fresh database) and warm (a copy of SOURCE_DB, whose saved model of
 # another shape of the family starts the tune's model), then the trials each needed to come
 # within 5% of the final objective (experiments/warm_start_effect.py).
 #   bash experiments/transfer_tune.sh OUT COMMIT SHAPE TRIALS TUNE_TIMEOUT_S SOURCE_DB.sqlite.gz
@@ -15,7 +15,7 @@ gunzip -c "$source_db" > "$out/warm.sqlite"
 for run in cold warm; do
   start=$(date +%s.%N)
   timeout -s INT "$limit" python3 -m energy_tuner.compiler.cli --op matmul --shape "$shape" \
-    --objective energy --trials "$trials" --db "$out/$run.sqlite" > "$out/$run.log" 2>&1
+    --objective energy --no-seeds --trials "$trials" --db "$out/$run.sqlite" > "$out/$run.log" 2>&1
   rc=$?
   end=$(date +%s.%N)
   echo "$run rc $rc wall_s $(python3 -c "print(round($end - $start, 1))")" | tee -a "$out/wall.txt"

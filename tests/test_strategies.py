@@ -100,10 +100,10 @@ def cost(space, config):
     return math.exp(-f["log_tile_i"] - f["log_tile_j"] - 2 * f["vectorize"] - f["parallel"])
 
 
-def genetic(space, scorer, batch=8, population=64, seed=0):
+def genetic(space, scorer, batch=8, population=64, seed=0, seeds=True):
     value = lambda r: r.latency_s if r.status == "ok" else math.inf  # noqa: E731
     return GeneticStrategy(SearchSetup(space.op, LLVM, space, scorer, value, seed=seed,
-                                       batch=batch, population=population))
+                                       batch=batch, population=population, seeds=seeds))
 
 
 def record(cand, latency):
@@ -165,6 +165,8 @@ def test_seeds_lead_the_first_batch_once_and_rejected_seeds_are_skipped():
     assert all(space.reject(c.handle) is None for c in first)
     later = [c.handle for _ in range(3) for c in strategy.propose()]
     assert not any(c in later for c in valid)
+    unseeded = genetic(space, Scorer(Objective("latency"), LatencyModel(space)), seeds=False)
+    assert not any(c.handle in valid[:2] for c in unseeded.propose())   # --no-seeds
 
 
 def test_hopper_seeds_run_on_the_tables_shapes():

@@ -46,6 +46,7 @@ class SearchSetup:
     population: int = 512
     threads: int = 1
     max_trials: int = 64
+    seeds: bool = True                  # start from the space's seeds (knob spaces that have them)
 
 
 class Strategy(ABC):

@@ -102,7 +102,8 @@ class GeneticStrategy(Strategy):
 
     def _seeds(self) -> list[Config]:
         """The space's seeds this tune has not measured and the op can run (once per tune)."""
-        seeds, self.seeded = ([] if self.seeded else self.space.runnable_seeds()), True
+        fresh = self.setup.seeds and not self.seeded
+        seeds, self.seeded = (self.space.runnable_seeds() if fresh else []), True
         return [c for c in seeds if self.space.key(c) not in self.known][:self.setup.batch]
 
     def propose(self) -> list[Candidate]:
