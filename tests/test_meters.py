@@ -17,7 +17,7 @@ from tests.fake_powercap import ClockPowercap
 
 def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
     """Package 1 wraps at once: the summed power is still the tree's 50 W (windows of 2 s, so a
-    reader that sees a counter step up to 500 ms late on a loaded host stays inside 25%; one
+    reader that sees a counter step up to 700 ms late on a loaded host stays inside 35%; one
     package alone (30 or 20 W) or a missed wrap (+-45 W over a window) falls outside)."""
     # a 90 J range: package 0 wraps every 3 s, package 1 every 4.5 s (at once, then at
     # 4.5 s), each more than a window apart, so no window can alias a whole wrap away
@@ -28,7 +28,7 @@ def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
         readings = [meter.power_during(lambda: time.sleep(2.0) or 0.001) for _ in range(3)]
     assert readings[0].result == 0.001
     for reading in readings:
-        assert reading.watts == pytest.approx(tree.total_watts, rel=0.25)  # step edges seen late on a loaded host
+        assert reading.watts == pytest.approx(tree.total_watts, rel=0.35)
         # the tree writes at most once per ms (sleeps only oversleep); a starved reader sees fewer
         assert 1 <= reading.ticks <= round(reading.span_s / 1e-3) + 1
         assert reading.watts_sampled is None and reading.min_sm_clock_mhz is None  # RAPL has neither

@@ -65,7 +65,7 @@ def test_runner_stops_timing_once_the_samples_agree(built_kernel):
     agreeing = MeasureConfig(latency_repeats=9, latency_min_repeat_ms=1, latency_stable_cv=10.0)
     stable = Runner(op, tvm.cpu(), None, agreeing).run(path, latency_bound_s=10.0)
     assert len(stable.latency_samples) == 5                # the 3 screening samples are kept
-    never = MeasureConfig(latency_repeats=9, latency_min_repeat_ms=1, latency_stable_cv=0.0)
+    never = MeasureConfig(latency_repeats=9, latency_min_repeat_ms=1, latency_stable_repeats=9)
     assert len(Runner(op, tvm.cpu(), None, never).run(path).latency_samples) == 9
 
 
