@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 11's warm start across shapes, in ONE device call: the same energy tune of matmul SHAPE
-# twice, same seed, from samples (--no-seeds: the space's seeds would lead both), cold (a fresh database) and warm (a copy of SOURCE_DB, whose saved model of
-# another shape of the family starts the tune's model), then the trials each needed to come
-# within 5% of the final objective (experiments/warm_start_effect.py).
+# twice, same seed, from samples (--no-seeds: the space's seeds would lead both), cold (a fresh
+# database) and warm (a copy of SOURCE_DB, whose saved model of another shape of the family
+# starts the tune's model), then the trials each needed to come within 5% of the final
+# objective (experiments/warm_start_effect.py).
 #   bash experiments/transfer_tune.sh OUT COMMIT SHAPE TRIALS TUNE_TIMEOUT_S SOURCE_DB.sqlite.gz
 # TVM must be staged in /tmp/site first (shared/device/prepare.sh here, .device/pK/stage.sh there).
 set -uo pipefail

@@ -59,37 +59,33 @@ def _pool() -> ThreadPoolExecutor:
                               thread_name_prefix="judge")
 
 
-def _chunk(got: np.ndarray, expected: Expected, lo: int, hi: int) -> tuple[float, float]:
-    """(sum of squared errors, largest error / bound) over flat elements lo..hi."""
-    diff = got[lo:hi].astype("float32")
-    np.subtract(diff, expected.output.reshape(-1)[lo:hi], out=diff)
+def _errors(got: np.ndarray, output: np.ndarray, bound: np.ndarray) -> tuple[float, np.ndarray]:
+    """(sum of squared errors, |got - output| / bound element-wise) of matching arrays; the
+    ratios are a new float32 array (got may be a view of the device buffer's copy)."""
+    diff = got.astype("float32")
+    np.subtract(diff, output, out=diff)
     np.abs(diff, out=diff)
-    sq = float(np.dot(diff, diff))
-    return sq, float(np.divide(diff, expected.bound.reshape(-1)[lo:hi], out=diff).max())
+    flat = diff.reshape(-1)
+    return float(np.dot(flat, flat)), np.divide(diff, bound, out=diff)
 
 
 def judge(op: Op, expected: Expected, got: np.ndarray) -> Verdict:
     """The three checks of the module docstring on one output. A correct output costs three passes
     over it (difference, its norm, its ratio to the bound), in chunks on a few threads (numpy
-    releases the GIL); a wrong one (NaN or Inf make the norm non-finite) is judged again in one
-    piece, to say where it is wrong."""
-    flat = np.ascontiguousarray(got).reshape(-1)
-    parts = list(_pool().map(lambda lo: _chunk(flat, expected, lo, lo + CHUNK),
-                             range(0, flat.size, CHUNK)))
+    releases the GIL); a wrong one is looked at again in one piece, to say where it is wrong
+    (a NaN or Inf makes the norm non-finite, so the finiteness scan runs only then)."""
+    flat, out, bound = (np.ascontiguousarray(a).reshape(-1)
+                        for a in (got, expected.output, expected.bound))
+
+    def chunk(lo: int) -> tuple[float, float]:
+        sq, ratio = _errors(flat[lo:lo + CHUNK], out[lo:lo + CHUNK], bound[lo:lo + CHUNK])
+        return sq, float(ratio.max())
+
+    parts = list(_pool().map(chunk, range(0, flat.size, CHUNK)))
     rel = float(np.sqrt(sum(sq for sq, _ in parts))) / max(expected.norm, 1e-30)
     worst_ratio = max(ratio for _, ratio in parts)
     if rel <= op.tolerance and worst_ratio <= 1.0:
         return Verdict(rel, worst_ratio, None)
-    return _diagnose(op, expected, got)
-
-
-def _diagnose(op: Op, expected: Expected, got: np.ndarray) -> Verdict:
-    """The verdict on a wrong output, with the line that says what is wrong."""
-    diff = got.astype("float32")  # a copy (got may be a view of the device buffer's copy)
-    np.subtract(diff, expected.output, out=diff)
-    np.abs(diff, out=diff)
-    flat = diff.reshape(-1)
-    rel = float(np.sqrt(np.dot(flat, flat))) / max(expected.norm, 1e-30)
     if not np.isfinite(rel):
         finite = np.isfinite(got)
         if not finite.all():
@@ -97,10 +93,8 @@ def _diagnose(op: Op, expected: Expected, got: np.ndarray) -> Verdict:
             first = tuple(int(i) for i in np.argwhere(~finite)[0])
             return Verdict(float("inf"), float("inf"),
                            f"{bad} elements are NaN or Inf (first at {first})")
-    ratio = np.divide(diff, expected.bound, out=diff)
+    _, ratio = _errors(got, expected.output, expected.bound)
     worst_ratio = float(ratio.max())
-    if rel <= op.tolerance and worst_ratio <= 1.0:
-        return Verdict(rel, worst_ratio, None)
     worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
     if not rel <= op.tolerance:
         return Verdict(rel, worst_ratio, f"relative error {rel:.3g} > {op.tolerance:g}")
